@@ -1,0 +1,51 @@
+# Two commands matter: `make pipeline` and `make test`. Everything else is a helper.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   := torch==2.13.0
+DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core \
+           accelerate datasets "datatrove[processing,io]" spacy sentencepiece wandb \
+           transformers peft tokenizers safetensors matplotlib pytest pytest-timeout
+STAMP   := $(VENV)/.installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY=false
+export PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS=false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
+export DO_NOT_TRACK=1
+export WANDB_MODE=offline
+export WANDB_ERROR_REPORTING=false
+export WANDB_SILENT=true
+export HF_HUB_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup pipeline test check sweep clean distclean
+
+setup: $(STAMP)
+
+# torch first and alone, from the CPU wheel; every later install repeats the pin.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) $(DEPS)
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+pipeline: setup
+	$(BIN)/python -m flows.pipeline $(ARGS)
+
+check: setup
+	$(BIN)/python -m flows.pipeline --cfg job $(ARGS) > /dev/null && echo "config OK"
+
+sweep: setup
+	$(BIN)/python -m flows.pipeline -m align.beta=0.05,0.1,0.5 $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q tests $(ARGS)
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache
+
+distclean: clean
+	rm -rf artifacts $(VENV)
