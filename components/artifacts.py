@@ -1,0 +1,130 @@
+"""The stage contract on disk: cache keys and atomic artifact directories.
+
+This is the one place that computes cache keys. A key is the sha256 of the stage
+name, the output-relevant part of its config, its input artifacts' keys and a
+fingerprint of the stage's code. An artifact is `<root>/<stage>/<key>/` and counts
+only once its manifest.json exists: stages write into a temporary sibling that is
+renamed into place after the manifest is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from components.config import as_dict, output_relevant
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = "manifest.json"
+KEY_LENGTH = 16
+_VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datatrove", "sentencepiece", "tokenizers")
+
+
+def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
+    """sha256 over the Python sources under the given repo-relative paths."""
+    digest = hashlib.sha256()
+    for rel in sorted(code_paths):
+        root = REPO_ROOT / rel
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for path in files:
+            digest.update(str(path.relative_to(REPO_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
+    payload = {
+        "stage": stage,
+        "config": output_relevant(cfg),
+        "inputs": dict(sorted(input_keys.items())),
+        "code": code_fingerprint(code_paths),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+
+
+def artifact_dir(root: Path, stage: str, key: str) -> Path:
+    return Path(root) / stage / key
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: Path) -> dict:
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
+@contextlib.contextmanager
+def _key_lock(lock_path: Path):
+    """One builder per key, across processes (parallel Hydra sweeps share the cache)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def build(
+    root: Path,
+    stage: str,
+    key: str,
+    cfg: Any,
+    inputs: dict[str, Path],
+    run: Callable[[Any, dict[str, Path], Path], dict],
+) -> tuple[Path, bool]:
+    """Return (artifact dir, built). Runs `run` only when no complete artifact exists."""
+    final = artifact_dir(root, stage, key)
+    if is_complete(final):
+        return final, False
+    with _key_lock(final.parent / f".{key}.lock"):
+        if is_complete(final):  # another process built it while we waited
+            return final, False
+        for stale in final.parent.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            started = time.time()
+            metrics = run(cfg, dict(inputs), tmp)
+            manifest = {
+                "stage": stage,
+                "key": key,
+                "config": as_dict(cfg),
+                "inputs": {name: {"key": Path(p).name, "path": str(p)} for name, p in inputs.items()},
+                "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+                "metrics": metrics or {},
+                "timings": {"started": started, "seconds": round(time.time() - started, 3)},
+                "versions": _versions(),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            if final.exists():  # a directory without a manifest is never trusted
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("%s: built %s", stage, final)
+    return final, True

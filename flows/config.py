@@ -1,0 +1,53 @@
+"""The whole pipeline's config schema: one section per stage plus run-level settings.
+
+Registered with Hydra's ConfigStore as the schema of conf/config.yaml, so an unknown
+key anywhere fails when the config is composed, and a bad value fails in the stage
+dataclass's __post_init__ when `to_pipeline_config` builds it: both before any work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from components.align.config import AlignConfig
+from components.config import check
+from components.data.config import DataConfig
+from components.eval.config import EvalConfig
+from components.pretrain.config import PretrainConfig
+from components.sft.config import SFTConfig
+from components.stages import STAGES
+from tokenizer.config import TokenizerConfig
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """How the pipeline runs. Nothing here is part of any cache key."""
+
+    artifacts_dir: str | None = None  # null: <repo>/artifacts
+    until: str = "eval"  # last stage to run (its dependencies run too)
+    dry_run: bool = False  # print the plan (keys; cached or to build) and stop
+
+    def __post_init__(self) -> None:
+        check(self.until in STAGES, "run.until", self.until, f"choose one of {list(STAGES)}")
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+
+
+def to_pipeline_config(cfg: DictConfig) -> PipelineConfig:
+    """DictConfig -> dataclasses, running every __post_init__ check."""
+    return OmegaConf.to_object(cfg)

@@ -1,0 +1,79 @@
+"""Entry point: `python -m flows.pipeline [hydra overrides]` (add `-m` for a multirun).
+
+Composes and validates the whole config first (unknown keys and bad values fail
+here, before any work), computes every stage's key, then runs the Prefect flow.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from flows.config import PipelineConfig, register, to_pipeline_config
+from flows.plan import artifacts_root, describe, make_plan
+
+log = logging.getLogger("pipeline")
+
+_QUIET_PREFECT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "components,tokenizer",
+    "DO_NOT_TRACK": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_ERROR_REPORTING": "false",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def configure_prefect(root: Path) -> None:
+    """Must run before prefect is imported: Prefect reads its settings at import."""
+    for name, value in _QUIET_PREFECT.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
+
+
+def run_pipeline(cfg: PipelineConfig) -> list[dict]:
+    root = artifacts_root(cfg.run)
+    plan = make_plan(cfg)
+    if cfg.run.dry_run:
+        log.info("plan (artifacts under %s):\n%s", root, describe(plan, root))
+        return []
+    root.mkdir(parents=True, exist_ok=True)
+    configure_prefect(root)
+    from flows.dag import pipeline_flow  # imports prefect, after its settings are in place
+
+    rows = pipeline_flow(plan, str(root))
+    table = [f"{'stage':<10} {'status':<7} {'seconds':>8}  key metric"]
+    table += [f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>8}  {r['metric']}" for r in rows]
+    if rows and rows[-1]["stage"] == "eval":
+        table.append(f"report: {Path(rows[-1]['path']) / 'report.md'}")
+    log.info("pipeline finished\n%s", "\n".join(table))
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        pipeline_cfg = to_pipeline_config(cfg)
+    except (ValueError, OmegaConfBaseException) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    run_pipeline(pipeline_cfg)
+
+
+def main() -> None:
+    register()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The cache key and the atomic artifact contract, without Prefect or ML."""
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from components.artifacts import build, is_complete, stage_key
+from components.config import check, log_only
+
+
+@dataclass(kw_only=True)
+class Toy:
+    lr: float = 1e-3
+    log_every: int = log_only(10)
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+
+    def __post_init__(self):
+        check(self.lr > 0, "toy.lr", self.lr, "must be > 0")
+
+
+CODE = ("components/tasks",)
+
+
+def test_key_changes_with_output_relevant_config_only():
+    base = stage_key("toy", Toy(), {}, CODE)
+    assert stage_key("toy", Toy(), {}, CODE) == base
+    assert stage_key("toy", Toy(lr=2e-3), {}, CODE) != base
+    assert stage_key("toy", Toy(layers=[1, 3]), {}, CODE) != base
+    assert stage_key("toy", Toy(log_every=99), {}, CODE) == base  # logging only
+
+
+def test_key_changes_with_inputs_stage_and_code(tmp_path, monkeypatch):
+    base = stage_key("toy", Toy(), {"up": "a"}, CODE)
+    assert stage_key("toy", Toy(), {"up": "b"}, CODE) != base
+    assert stage_key("other", Toy(), {"up": "a"}, CODE) != base
+    assert stage_key("toy", Toy(), {"up": "a"}, ("components/eval",)) != base
+    import components.artifacts as artifacts
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    monkeypatch.setattr(artifacts, "REPO_ROOT", tmp_path)
+    before = stage_key("toy", Toy(), {}, ("pkg",))
+    (tmp_path / "pkg" / "m.py").write_text("x = 2\n")
+    assert stage_key("toy", Toy(), {}, ("pkg",)) != before
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ValueError, match=r"toy\.lr=-1"):
+        Toy(lr=-1)
+
+
+def _write(cfg, inputs, out: Path) -> dict:
+    (out / "weights.txt").write_text(str(cfg.lr))
+    return {"loss": 1.5}
+
+
+def test_build_writes_manifest_last_and_reuses(tmp_path):
+    path, built = build(tmp_path, "toy", "k1", Toy(), {}, _write)
+    assert built and is_complete(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["metrics"] == {"loss": 1.5} and manifest["key"] == "k1"
+    assert manifest["files"] == ["weights.txt"]
+    assert manifest["config"]["log_every"] == 10
+    again, built = build(tmp_path, "toy", "k1", Toy(), {}, _write)
+    assert again == path and not built
+
+
+def test_a_stage_that_raises_leaves_nothing_trusted(tmp_path):
+    def crash(cfg, inputs, out):
+        (out / "half.bin").write_bytes(b"partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        build(tmp_path, "toy", "k2", Toy(), {}, crash)
+    assert list((tmp_path / "toy").iterdir()) == [tmp_path / "toy" / ".k2.lock"]
+    path, built = build(tmp_path, "toy", "k2", Toy(), {}, _write)
+    assert built and is_complete(path)
+
+
+def test_directory_without_manifest_is_rebuilt(tmp_path):
+    stale = tmp_path / "toy" / "k3"
+    stale.mkdir(parents=True)
+    (stale / "weights.txt").write_text("stale")
+    path, built = build(tmp_path, "toy", "k3", Toy(lr=0.5), {}, _write)
+    assert built and (path / "weights.txt").read_text() == "0.5"
+
+
+def _slow_write(cfg, inputs, out: Path) -> dict:
+    with open(out.parents[1] / "calls.txt", "a") as f:
+        f.write("call\n")
+    time.sleep(1.0)
+    return _write(cfg, inputs, out)
+
+
+def _build_in_child(root: str) -> None:
+    build(Path(root), "toy", "k4", Toy(), {}, _slow_write)
+
+
+def test_concurrent_builders_of_one_key_build_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "calls.txt").read_text().count("call") == 1
