@@ -18,8 +18,14 @@ export WANDB_ERROR_REPORTING=false
 export WANDB_SILENT=true
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup pipeline test check sweep clean distclean
+# `make pipeline` talks to a local Prefect server (its UI shows every run), started
+# on first use and left running; `make server-stop` stops it.
+PREFECT_PORT ?= 4200
+PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: setup server server-stop pipeline test check sweep clean distclean
 
 setup: $(STAMP)
 
@@ -32,14 +38,26 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-pipeline: setup
-	$(BIN)/python -m flows.pipeline $(ARGS)
+server: setup
+	@if ! curl -sf $(PREFECT_API)/health > /dev/null; then \
+	  echo "starting the Prefect server (UI: http://127.0.0.1:$(PREFECT_PORT)), log in .prefect/server.log"; \
+	  mkdir -p $(PREFECT_HOME); \
+	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(PREFECT_HOME)/server.log 2>&1 & \
+	  for i in $$(seq 120); do curl -sf $(PREFECT_API)/health > /dev/null && break; sleep 1; done; \
+	  curl -sf $(PREFECT_API)/health > /dev/null || { echo "Prefect server did not start: see $(PREFECT_HOME)/server.log"; exit 1; }; \
+	fi
+
+server-stop:
+	-pkill -f "prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)"
+
+pipeline: server
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline $(ARGS)
 
 check: setup
 	$(BIN)/python -m flows.pipeline --cfg job $(ARGS) > /dev/null && echo "config OK"
 
-sweep: setup
-	$(BIN)/python -m flows.pipeline -m align.beta=0.05,0.1,0.5 $(ARGS)
+sweep: server
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline -m align.beta=0.05,0.1,0.5 $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)

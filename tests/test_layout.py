@@ -1,0 +1,52 @@
+"""Structure rules: components never import Prefect; every config file composes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from flows.config import register, to_pipeline_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_components_do_not_import_prefect():
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts)
+        for pkg in ("components", "tokenizer")
+        for p in (REPO / pkg).rglob("*.py")
+    )
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "assert 'prefect' not in sys.modules, 'a component imported prefect'\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
+
+
+def test_config_files_import_no_heavy_libraries():
+    """The flow composes configs before any work: config modules must stay light."""
+    code = "import sys, flows.config\nheavy = {'torch', 'transformers', 'datatrove', 'prefect'} & set(sys.modules)\n"
+    code += "assert not heavy, heavy\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+@pytest.mark.parametrize("experiment", [None] + sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(experiment):
+    register()
+    overrides = [f"experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_pipeline_config(compose("config", overrides=overrides))
+    assert cfg.run.until == "eval"
+
+
+def test_yaml_mirrors_dataclass_fields():
+    """conf/<stage>/default.yaml names every field of the stage's dataclass, no more."""
+    import dataclasses
+
+    import yaml
+
+    from components.stages import STAGES
+
+    for name, stage in STAGES.items():
+        data = yaml.safe_load((REPO / "conf" / name / "default.yaml").read_text()) or {}
+        fields = {f.name for f in dataclasses.fields(stage.config_type())}
+        assert set(data) == fields, f"conf/{name}/default.yaml vs {stage.config_class}: {set(data) ^ fields}"

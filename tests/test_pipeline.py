@@ -1,0 +1,121 @@
+"""End to end on the smoke experiment: the real Prefect engine, every stage real.
+
+The cache contract, proved from a user's side: a rerun builds nothing and Prefect
+says Cached; changing sft.lr rebuilds sft, align and eval only; a logging-only
+change rebuilds nothing; a deleted artifact is rebuilt alone; a stage that raises
+leaves nothing a later run would trust.
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from flows.config import register, to_pipeline_config
+from flows.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["data", "tokenizer", "pretrain", "sft", "align", "eval"]
+pytestmark = pytest.mark.slow
+
+
+def config(root: Path, *overrides: str):
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", f"run.artifacts_dir={root}", *overrides])
+    return to_pipeline_config(cfg)
+
+
+def statuses(rows: list[dict]) -> dict[str, str]:
+    return {r["stage"]: r["status"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    rows = run_pipeline(config(root))
+    assert statuses(rows) == {s: "built" for s in STAGES}
+    return root
+
+
+def test_first_run_writes_every_artifact_with_its_manifest(root):
+    for stage in STAGES:
+        (path,) = [p for p in (root / stage).iterdir() if not p.name.startswith(".")]
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["key"] == path.name
+    (eval_dir,) = [p for p in (root / "eval").iterdir() if not p.name.startswith(".")]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["unigram_ppl"] > 1
+    for model in ("base", "sft", "aligned"):
+        assert metrics[model]["val_ppl"] > 1
+    for model in ("sft", "aligned"):
+        assert 0.0 <= metrics[model]["task_accuracy"] <= 1.0
+        assert 0.0 <= metrics[model]["preference_accuracy"] <= 1.0
+    assert (eval_dir / "report.md").read_text().strip()
+
+
+def test_second_run_is_cached_in_prefect(root):
+    assert statuses(run_pipeline(config(root))) == {s: "cached" for s in STAGES}
+
+
+def test_changing_sft_lr_rebuilds_sft_align_eval_only(root):
+    rows = run_pipeline(config(root, "sft.lr=0.0007"))
+    assert statuses(rows) == {
+        "data": "cached", "tokenizer": "cached", "pretrain": "cached",
+        "sft": "built", "align": "built", "eval": "built",
+    }
+
+
+def test_logging_only_settings_rebuild_nothing(root):
+    rows = run_pipeline(config(root, "pretrain.log_every=3", "sft.log_every=2", "data.workers=1"))
+    assert statuses(rows) == {s: "cached" for s in STAGES}
+
+
+def test_deleted_artifact_is_rebuilt_and_nothing_else(root):
+    plan_rows = run_pipeline(config(root))
+    pretrain = Path(next(r["path"] for r in plan_rows if r["stage"] == "pretrain"))
+    shutil.rmtree(pretrain)
+    rows = run_pipeline(config(root))
+    assert statuses(rows) == {s: ("built" if s == "pretrain" else "cached") for s in STAGES}
+    assert (pretrain / "manifest.json").is_file()
+
+
+def test_stage_that_raises_midway_leaves_no_trusted_directory(root, monkeypatch):
+    import components.align.run as align_run
+
+    def crash(cfg, inputs, out_dir):
+        (out_dir / "model").mkdir()
+        (out_dir / "model" / "half.safetensors").write_bytes(b"partial")
+        raise RuntimeError("killed midway")
+
+    cfg = config(root, "align.beta=0.33")
+    monkeypatch.setattr(align_run, "run", crash)
+    with pytest.raises(RuntimeError, match="killed midway"):
+        run_pipeline(cfg)
+    leftovers = [p for p in (root / "align").iterdir() if not p.name.endswith(".lock")]
+    assert all((p / "manifest.json").is_file() for p in leftovers)  # only complete artifacts remain
+    monkeypatch.undo()
+    assert statuses(run_pipeline(cfg))["align"] == "built"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_unknown_key_fails_before_any_work(tmp_path):
+    out = _cli("sft.lrr=1", f"run.artifacts_dir={tmp_path / 'a'}", cwd=REPO)
+    assert out.returncode != 0
+    assert "lrr" in out.stderr + out.stdout
+    assert not (tmp_path / "a").exists()
+
+
+def test_bad_value_fails_before_any_work_naming_it(tmp_path):
+    out = _cli("sft.lr=-1", f"run.artifacts_dir={tmp_path / 'a'}", cwd=REPO)
+    assert out.returncode == 2
+    assert "sft.lr" in out.stderr + out.stdout
+    assert not (tmp_path / "a").exists()
