@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import check, check_choice
+from components.train.config import TrainConfig
+
+
+@dataclass(kw_only=True)
+class AlignConfig(TrainConfig):
+    """DPO against the frozen sft model; its log-probs are computed once, before training."""
+
+    beta: float = 0.1  # strength of the KL anchor to the reference
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge
+    lr: float = 2e-4
+    max_steps: int = 150
+    warmup_steps: int = 10
+    batch_size: int = 16  # pairs per micro-batch
+    num_pairs: int = 2000  # generated training pairs (components/tasks)
+    num_val_pairs: int = 200
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.beta > 0, "align.beta", self.beta, "must be > 0")
+        check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
+        check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")

@@ -1,0 +1,95 @@
+"""DPO: the sft model is both the starting policy and the frozen reference.
+
+The reference log-probs of every pair are computed once, before the first update
+(when policy == reference), and cached in the artifact: no second model in memory.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.align.config import AlignConfig
+from components.tasks import preference_pairs
+from components.train.chat import encode_chat, epoch_indices, pad_batch
+from components.train.losses import dpo_loss, sequence_logps
+from components.train.loop import make_accelerator, train
+
+log = logging.getLogger(__name__)
+
+
+def encode_pair(tokenizer, pair: dict) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    prompt = pair["prompt"]
+    chosen = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["chosen"]}])
+    rejected = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["rejected"]}])
+    return chosen, rejected
+
+
+def pairs_batch(encoded: list, idx: list[int], pad_id: int) -> dict:
+    """Chosen sequences first, then rejected, in one padded batch."""
+    batch = pad_batch([encoded[i][0] for i in idx] + [encoded[i][1] for i in idx], pad_id)
+    batch["n_targets"] = len(idx)
+    batch["n_tokens"] = int(batch["attention_mask"].sum())
+    return batch
+
+
+@torch.no_grad()
+def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: int, accelerator) -> torch.Tensor:
+    """[n_pairs, 2] log-probs (chosen, rejected) of the responses."""
+    model.eval()
+    out = []
+    for i in range(0, len(encoded), batch_size):
+        idx = list(range(i, min(i + batch_size, len(encoded))))
+        b = pairs_batch(encoded, idx, pad_id)
+        with accelerator.autocast():
+            logps = sequence_logps(model, b["input_ids"], b["labels"], b["attention_mask"]).float()
+        out.append(torch.stack([logps[: len(idx)], logps[len(idx) :]], dim=1))
+    return torch.cat(out)
+
+
+def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    src = Path(inputs["sft"]) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    pad = tokenizer.pad_token_id
+    train_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("train", cfg.num_pairs, cfg.seed)]
+    val_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("heldout", cfg.num_val_pairs, cfg.seed)]
+    accelerator = make_accelerator(cfg)
+    ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
+    ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
+    torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
+    log.info("align: reference log-probs of %d + %d pairs cached", len(train_pairs), len(val_pairs))
+
+    def batch_fn(step: int, micro: int) -> dict:
+        idx = epoch_indices(len(train_pairs), cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
+        batch = pairs_batch(train_pairs, idx, pad)
+        batch["ref"] = ref_train[idx]
+        return batch
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"]).float()
+        n = batch["n_targets"]
+        losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], batch["ref"][:, 0], batch["ref"][:, 1],
+                                                cfg.beta, cfg.loss)
+        return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
+                              "reward_margin": float((chosen_r - rejected_r).mean())}
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        logps = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
+        rewards = cfg.beta * (logps - ref_val)
+        return {
+            "val_reward_accuracy": float((rewards[:, 0] > rewards[:, 1]).float().mean()),
+            "val_reward_margin": float((rewards[:, 0] - rewards[:, 1]).mean()),
+            "val_preference_accuracy": float((logps[:, 0] > logps[:, 1]).float().mean()),
+        }
+
+    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator)
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
+    return {**metrics, "train_pairs": len(train_pairs), "val_preference_accuracy_before": before}

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from components.config import check
+from components.model.config import ModelConfig
+from components.train.config import TrainConfig
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(TrainConfig):
+    """Pretraining from scratch on the tokenizer's shards: next-token prediction."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lr: float = 2e-3
+    max_steps: int = 1100
+    warmup_steps: int = 60
+    batch_size: int = 16
+    max_val_tokens: int = 65536  # validation tokens scored (fixed windows)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_val_tokens > 0, "pretrain.max_val_tokens", self.max_val_tokens, "must be > 0")

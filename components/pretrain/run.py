@@ -1,0 +1,57 @@
+"""Pretrain a LLaMA-style decoder from scratch on the tokenizer's shards."""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from components.model.build import build_model, count_parameters
+from components.pretrain.config import PretrainConfig
+from components.train.data import fixed_windows, load_shard, random_windows
+from components.train.losses import lm_loss, token_nll_sum
+from components.train.loop import train
+
+log = logging.getLogger(__name__)
+
+
+def flops_per_token(cfg: PretrainConfig, n_params: int) -> int:
+    """6N for the matmuls plus attention's 6 * layers * context * d_model (Kaplan et al.)."""
+    return 6 * n_params + 6 * cfg.model.n_layers * cfg.model.context_length * cfg.model.d_model
+
+
+def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> float:
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i : i + batch_size]
+        total += float(token_nll_sum(model, ids, ids))
+        count += ids.numel() - len(ids)
+    return total / count
+
+
+def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    tok_dir = Path(inputs["tokenizer"]) / "hf"
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    train_tokens = load_shard(inputs["tokenizer"], "train")
+    val_windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"), cfg.model.context_length, cfg.max_val_tokens)
+    model = build_model(cfg.model, tokenizer, cfg.seed)
+    n_params = count_parameters(model)
+    log.info("pretrain: %.2fM parameters, %d FLOPs/token, %d train tokens, %d steps x %d x %d tokens",
+             n_params / 1e6, flops_per_token(cfg, n_params), len(train_tokens), cfg.max_steps,
+             cfg.batch_size * cfg.grad_accum, cfg.model.context_length)
+
+    def batch_fn(step: int, micro: int) -> dict:
+        return random_windows(train_tokens, cfg.model.context_length, cfg.batch_size, cfg.seed, step, micro)
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        loss = validation_loss(model, val_windows, cfg.batch_size)
+        return {"val_loss": loss, "val_ppl": math.exp(loss)}
+
+    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate)
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return {**metrics, "params": n_params, "flops_per_token": flops_per_token(cfg, n_params)}

@@ -1,0 +1,56 @@
+"""Chat examples -> token ids with labels on assistant tokens only (shared by sft and align)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from components.train.losses import IGNORE
+
+END = "<|end|>"
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Ids of the rendered conversation, and labels that keep only assistant content + its <|end|>.
+
+    The trained spans are found on the rendered text (the template's own output), and
+    tokens are mapped to them through offsets, so the mask cannot drift from the template.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        start, answer = len(prefix), message["content"] + END
+        if text[start : start + len(answer)] != answer:
+            raise ValueError(f"chat template does not render assistant turn {i} right after its prompt")
+        spans.append((start, start + len(answer)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [
+        tok if b > a and any(s <= a and b <= e for s, e in spans) else IGNORE
+        for tok, (a, b) in zip(ids, enc["offset_mapping"])
+    ]
+    return ids, labels
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-padded input_ids, attention_mask and labels (IGNORE on padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, labs) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(labs)] = torch.tensor(labs)
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_indices(n_items: int, batch_size: int, seed: int, position: int) -> list[int]:
+    """Items of the batch at `position` (global micro-batch index), shuffled per epoch."""
+    out = []
+    for j in range(position * batch_size, (position + 1) * batch_size):
+        epoch, offset = divmod(j, n_items)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_items)[offset]))
+    return out

@@ -1,0 +1,132 @@
+"""The shared training loop: schedule, token-normalised accumulation, exact resume, config checks."""
+import json
+import math
+
+import pytest
+import torch
+
+from components.model.build import build_model
+from components.model.config import ModelConfig
+from components.pretrain.config import PretrainConfig
+from components.train.chat import pad_batch
+from components.train.losses import IGNORE, token_nll_sum
+from components.train.loop import accumulate_gradients, lr_at, make_accelerator, train
+from tests.tiny import make_tokenizer_artifact
+
+TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=32)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return make_tokenizer_artifact(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir / "hf")
+
+
+def test_lr_warms_up_then_decays_to_floor():
+    cfg = PretrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
+
+
+def _masked(model, batch):
+    return token_nll_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"]), {}
+
+
+def test_accumulation_4x2_equals_batch_8(tokenizer):
+    """Sequences with different numbers of targets: per-micro-batch means would differ."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for n in (5, 9, 14, 20, 7, 30, 11, 3):
+        ids = torch.randint(8, len(tokenizer), (n,), generator=gen).tolist()
+        labels = [IGNORE] * (n // 2) + ids[n // 2 :]
+        rows.append((ids, labels))
+
+    def batch(part):
+        b = pad_batch(part, tokenizer.pad_token_id)
+        b["n_targets"] = int((b["labels"] != IGNORE).sum())
+        return b
+
+    grads = []
+    for micro in ([rows], [rows[i : i + 2] for i in range(0, 8, 2)]):
+        model = build_model(TINY, tokenizer, seed=0)
+        accumulate_gradients(model, [batch(p) for p in micro], _masked, make_accelerator(PretrainConfig(mixed_precision="no")))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def _cfg(**kw):
+    return PretrainConfig(model=TINY, max_steps=6, warmup_steps=2, batch_size=4, lr=1e-2, save_every=3,
+                          mixed_precision="no", log_every=1, **kw)
+
+
+def _run(cfg, tok_dir, out, crash_at=None):
+    from components.pretrain import run as pretrain_run
+
+    if crash_at is None:
+        return pretrain_run.run(cfg, {"tokenizer": tok_dir}, out)
+    original = pretrain_run.random_windows
+
+    def crashing(tokens, seq_len, batch_size, seed, step, micro):
+        if step == crash_at:
+            raise KeyboardInterrupt("killed")
+        return original(tokens, seq_len, batch_size, seed, step, micro)
+
+    pretrain_run.random_windows = crashing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_run.run(cfg, {"tokenizer": tok_dir}, out)
+    finally:
+        pretrain_run.random_windows = original
+
+
+def _losses(out):
+    return [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_a_crash_continues_the_same_curve(tok_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir(), resumed.mkdir()
+    _run(_cfg(), tok_dir, straight)
+    _run(_cfg(), tok_dir, resumed, crash_at=4)  # dies during step 5, after the step-3 checkpoint
+    assert (resumed / "checkpoints").is_dir()
+    metrics = _run(_cfg(), tok_dir, resumed)
+    assert metrics["steps"] == 6
+    a, b = _losses(straight), _losses(resumed)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_pretraining_lowers_validation_loss(tok_dir, tmp_path):
+    metrics = _run(_cfg().__class__(**{**_cfg().__dict__, "max_steps": 30}), tok_dir, tmp_path)
+    rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
+    assert metrics["val_ppl"] < len(__import__("transformers").AutoTokenizer.from_pretrained(tok_dir / "hf"))
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (lambda: PretrainConfig(lr=-1), "pretrain.lr"),
+        (lambda: PretrainConfig(warmup_steps=5000), "pretrain.warmup_steps"),
+        (lambda: PretrainConfig(mixed_precision="fp8"), "pretrain.mixed_precision"),
+        (lambda: ModelConfig(d_model=100, n_heads=3), "pretrain.model.n_heads"),
+        (lambda: ModelConfig(n_heads=4, n_kv_heads=3), "pretrain.model.n_kv_heads"),
+    ],
+)
+def test_bad_values_name_their_key(make, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        make()
