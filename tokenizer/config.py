@@ -1,0 +1,28 @@
+"""Tokenizer stage options (mirrored by conf/tokenizer/default.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import check, check_choice, log_only
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    type: str = "bpe"  # bpe | unigram (sentencepiece model type)
+    vocab_size: int = 4096
+    byte_fallback: bool = True  # unknown characters become byte tokens, never <unk>
+    split_digits: bool = True  # one token per digit: arithmetic tasks need it
+    character_coverage: float = 0.9995
+    max_training_bytes: int = 20_000_000  # cap on text fed to sentencepiece training
+    seed: int = 0
+    num_workers: int = log_only(2)  # processes encoding the shards (output does not depend on it)
+
+    def __post_init__(self) -> None:
+        check_choice("tokenizer.type", self.type, ("bpe", "unigram"))
+        check(self.vocab_size >= 300, "tokenizer.vocab_size", self.vocab_size,
+              "must be >= 300 (256 byte tokens + specials + pieces)")
+        check(self.vocab_size <= 65535, "tokenizer.vocab_size", self.vocab_size, "must fit in uint16 shards (<= 65535)")
+        check(0.9 <= self.character_coverage <= 1.0, "tokenizer.character_coverage", self.character_coverage,
+              "must be in [0.9, 1]")
+        check(self.max_training_bytes > 0, "tokenizer.max_training_bytes", self.max_training_bytes, "must be > 0")
+        check(self.num_workers >= 1, "tokenizer.num_workers", self.num_workers, "must be >= 1")
