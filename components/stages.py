@@ -40,7 +40,7 @@ STAGES: dict[str, Stage] = {
             "components.eval",
             "EvalConfig",
             ("data", "tokenizer", "pretrain", "sft", "align"),
-            ("components/eval", "components/tasks"),
+            ("components/eval", "components/tasks", "components/train"),
         ),
     )
 }

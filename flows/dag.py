@@ -23,7 +23,7 @@ KEY_METRICS = {
     "tokenizer": ("bytes_per_token",),
     "pretrain": ("val_ppl", "val_loss"),
     "sft": ("val_loss", "final_loss"),
-    "align": ("reward_accuracy", "heldout_reward_accuracy", "val_loss"),
+    "align": ("val_preference_accuracy", "val_reward_accuracy"),
     "eval": ("aligned/task_accuracy", "sft/task_accuracy"),
 }
 

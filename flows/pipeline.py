@@ -31,6 +31,8 @@ _QUIET_PREFECT = {
     "WANDB_SILENT": "true",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
@@ -49,6 +51,8 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
         return []
     root.mkdir(parents=True, exist_ok=True)
     configure_prefect(root)
+    for noisy in ("httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.dag import pipeline_flow  # imports prefect, after its settings are in place
 
     rows = pipeline_flow(plan, str(root))

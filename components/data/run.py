@@ -6,10 +6,13 @@ input line lands in quarantine.jsonl with file, line and reason.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
+import os
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -50,6 +53,27 @@ def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int]:
     return staged, reasons, n
 
 
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """datatrove logs every task at INFO to stderr (hard-coded): send it to a file
+    (workers inherit the descriptor), and show its tail if the pipeline fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as handle:
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        except BaseException as err:
+            os.dup2(saved, 2)
+            tail = path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"datatrove pipeline failed ({err}); end of its log {path}:\n{tail}") from err
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
@@ -68,8 +92,10 @@ def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         return JsonlWriter(str(rejected / f"{i:02d}_{block}"))
 
     def execute(name: str, pipeline: list, tasks: int = 1, workers: int = 1) -> None:
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(work / "logs" / name),
-                              skip_completed=False).run()
+        log.info("data: running %s (%d tasks)", name, tasks)
+        with stderr_to(out_dir / "logs" / f"{name}.log"):
+            LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(work / "logs" / name),
+                                  skip_completed=False).run()
 
     quality = []
     if cfg.gopher_repetition:

@@ -1,0 +1,22 @@
+"""Eval stage options (mirrored by conf/eval/default.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import check, log_only
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    num_tasks: int = 200  # held-out generated instructions scored by exact match
+    num_pairs: int = 200  # held-out preference pairs
+    max_val_tokens: int = 100_000  # validation tokens scored for perplexity
+    max_new_tokens: int = 24  # greedy decoding budget per answer
+    num_samples: int = 3  # prompts shown with each decoding strategy in the report
+    seed: int = 0
+    batch_size: int = log_only(50)  # results do not depend on it (padding-invariant scoring)
+
+    def __post_init__(self) -> None:
+        for name in ("num_tasks", "num_pairs", "max_val_tokens", "max_new_tokens", "batch_size"):
+            check(getattr(self, name) > 0, f"eval.{name}", getattr(self, name), "must be > 0")
+        check(self.num_samples >= 0, "eval.num_samples", self.num_samples, "must be >= 0")

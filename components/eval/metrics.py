@@ -1,0 +1,85 @@
+"""What eval measures: perplexity, exact-match task accuracy, preference accuracy, samples."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from components.train.chat import encode_chat, pad_batch
+from components.train.losses import sequence_logps, token_nll_sum
+
+END = "<|end|>"
+
+
+def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int) -> float:
+    """Add-one smoothed unigram model from the train shard, on the tokens the models predict."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    targets = windows[:, 1:].numpy().ravel()
+    return float(math.exp(-logp[targets].mean()))
+
+
+@torch.no_grad()
+def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i : i + batch_size]
+        total += float(token_nll_sum(model, ids, ids))
+        count += ids.numel() - len(ids)
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, **sampling) -> list[str]:
+    """Answers to chat prompts (left-padded batches), cut at <|end|>."""
+    tokenizer.padding_side = "left"
+    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    answers = []
+    for i in range(0, len(prompts), batch_size):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts[i : i + batch_size]]
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+                             pad_token_id=tokenizer.pad_token_id, do_sample=bool(sampling), **sampling)
+        for row in out[:, enc["input_ids"].shape[1] :]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=False).split(END)[0]
+                           .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
+    return answers
+
+
+def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[float, dict, list]:
+    answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], max_new_tokens, batch_size)
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for ex, answer in zip(examples, answers):
+        per_task[ex["task"]].append(answer.strip() == ex["answer"].strip())
+    overall = sum(sum(v) for v in per_task.values()) / len(examples)
+    return overall, {t: sum(v) / len(v) for t, v in sorted(per_task.items())}, answers
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs: list[dict], batch_size: int) -> float:
+    """Share of pairs where log p(chosen | prompt) > log p(rejected | prompt), summed over response tokens."""
+    wins = 0
+    for i in range(0, len(pairs), batch_size):
+        part = pairs[i : i + batch_size]
+        rows = [encode_chat(tokenizer, p["prompt"] + [{"role": "assistant", "content": p[side]}])
+                for side in ("chosen", "rejected") for p in part]
+        b = pad_batch(rows, tokenizer.pad_token_id)
+        logps = sequence_logps(model, b["input_ids"], b["labels"], b["attention_mask"])
+        wins += int((logps[: len(part)] > logps[len(part) :]).sum())
+    return wins / len(pairs)
+
+
+def samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, seed: int) -> list[dict]:
+    strategies = {"greedy": {}, "temperature=0.8": {"temperature": 0.8},
+                  "top_k=20": {"top_k": 20, "temperature": 1.0}, "top_p=0.9": {"top_p": 0.9, "temperature": 1.0}}
+    shown = []
+    for prompt in prompts:
+        row = {"prompt": prompt[-1]["content"]}
+        for name, kw in strategies.items():
+            torch.manual_seed(seed)
+            row[name] = generate(model, tokenizer, [prompt], max_new_tokens, 1, **kw)[0]
+        shown.append(row)
+    return shown

@@ -1,0 +1,52 @@
+"""Eval stage: score base, sft and aligned models on the same held-out data; write metrics and report."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.eval import metrics as m
+from components.eval.config import EvalConfig
+from components.eval.report import write_report
+from components.tasks import preference_pairs, sft_examples
+from components.train.data import fixed_windows, load_shard
+
+log = logging.getLogger(__name__)
+MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
+
+
+def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    tasks = sft_examples("heldout", cfg.num_tasks, cfg.seed)
+    pairs = preference_pairs("heldout", cfg.num_pairs, cfg.seed)
+    results: dict = {}
+    samples = {}
+    for name, stage in MODELS.items():
+        model_dir = Path(inputs[stage]) / "model"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"),
+                                model.config.max_position_embeddings, cfg.max_val_tokens)
+        if "unigram_ppl" not in results:
+            results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
+        acc, per_task, _ = m.task_accuracy(model, tokenizer, tasks, cfg.max_new_tokens, cfg.batch_size)
+        results[name] = {
+            "val_ppl": m.val_ppl(model, windows, cfg.batch_size),
+            "task_accuracy": acc,
+            "preference_accuracy": m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size),
+        }
+        results.setdefault("per_task", {})[name] = per_task
+        samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
+                                  cfg.max_new_tokens, cfg.seed)
+        log.info("eval %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
+        del model
+    results["val_tokens"] = int(windows[:, 1:].numel())
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_report(out_dir, results, samples, inputs)
+    flat = {"unigram_ppl": results["unigram_ppl"]}
+    for name in MODELS:
+        flat.update({f"{name}/{k}": v for k, v in results[name].items()})
+    return flat
