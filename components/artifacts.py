@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -87,6 +86,17 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _keep_only_checkpoints(partial: Path) -> None:
+    """Clear a partial build, keeping checkpoints/ so training resumes after a crash or kill."""
+    if not partial.exists():
+        return
+    for child in partial.iterdir():
+        if child.name != "checkpoints":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not any(partial.iterdir()):
+        partial.rmdir()
+
+
 def build(
     root: Path,
     stage: str,
@@ -102,10 +112,9 @@ def build(
     with _key_lock(final.parent / f".{key}.lock"):
         if is_complete(final):  # another process built it while we waited
             return final, False
-        for stale in final.parent.glob(f".{key}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        tmp = final.parent / f".{key}.partial"  # fixed name: a rerun finds the training checkpoints
+        _keep_only_checkpoints(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         try:
             started = time.time()
             metrics = run(cfg, dict(inputs), tmp)
@@ -124,7 +133,7 @@ def build(
                 shutil.rmtree(final)
             os.rename(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _keep_only_checkpoints(tmp)
             raise
     log.info("%s: built %s", stage, final)
     return final, True

@@ -64,15 +64,15 @@ def pipeline_flow(plan: list[Step], root: str) -> list[dict]:
             return_state=True,
         )
         result = state.result()  # re-raises the stage's error, failing the flow
-        paths[step.stage] = result["path"]
+        paths[step.stage] = str(step.path(Path(root)))  # not the cached path: the root may have moved
         status = "cached" if state.name == "Cached" else ("built" if result["built"] else "reused")
-        manifest = read_manifest(Path(result["path"]))
+        manifest = read_manifest(Path(paths[step.stage]))
         row = {
             "stage": step.stage,
             "status": status,
             "seconds": round(time.time() - started, 1),
             "metric": key_metric(step.stage, manifest),
-            "path": result["path"],
+            "path": paths[step.stage],
         }
         logger.info("%-9s %-6s %6.1fs  %s", row["stage"], row["status"], row["seconds"], row["metric"])
         rows.append(row)

@@ -68,7 +68,7 @@ def test_dpo_loss_matches_the_paper_formula():
 def test_loss_starts_at_ln2_and_moves(sft_dir, tmp_path):
     from components.align.run import run
 
-    cfg = AlignConfig(max_steps=8, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=64, num_val_pairs=16,
+    cfg = AlignConfig(max_steps=8, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=64, num_val_pairs=16, rpo_alpha=0.0,
                       mixed_precision="no", log_every=1)
     metrics = run(cfg, {"sft": sft_dir}, tmp_path)
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -84,3 +84,17 @@ def test_bad_align_values_name_their_key():
         AlignConfig(beta=0)
     with pytest.raises(ValueError, match=r"align\.loss"):
         AlignConfig(loss="kto")
+
+
+def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
+    """With rpo_alpha, step 0's loss is ln 2 plus alpha times the chosen answers' per-token NLL."""
+    from components.align.run import run
+
+    base = dict(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no", log_every=1)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    run(AlignConfig(rpo_alpha=0.0, **base), {"sft": sft_dir}, tmp_path / "a")
+    run(AlignConfig(rpo_alpha=0.5, **base), {"sft": sft_dir}, tmp_path / "b")
+    pure = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])["loss"]
+    mixed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["loss"]
+    assert pure == pytest.approx(math.log(2), abs=1e-4)
+    assert mixed > pure + 0.5  # a random model's NLL per token is several nats

@@ -68,7 +68,7 @@ def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_pat
                     mixed_precision="no", log_every=5)
     metrics = run(cfg, {"pretrain": pre}, out)
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    assert rows[-1]["loss"] < rows[0]["loss"] * 0.7
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8
     assert metrics["val_loss"] < rows[0]["loss"]
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     assert reloaded.config.vocab_size == len(tokenizer)

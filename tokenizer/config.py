@@ -9,7 +9,7 @@ from components.config import check, check_choice, log_only
 @dataclass(kw_only=True)
 class TokenizerConfig:
     type: str = "bpe"  # bpe | unigram (sentencepiece model type)
-    vocab_size: int = 4096
+    vocab_size: int = 1024  # small corpus (~1 MB): a small vocabulary generalises better
     byte_fallback: bool = True  # unknown characters become byte tokens, never <unk>
     split_digits: bool = True  # one token per digit: arithmetic tasks need it
     character_coverage: float = 0.9995

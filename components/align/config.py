@@ -12,7 +12,8 @@ class AlignConfig(TrainConfig):
 
     beta: float = 0.1  # strength of the KL anchor to the reference
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge
-    lr: float = 2e-4
+    rpo_alpha: float = 1.0  # weight of the chosen answers' NLL added to the loss (RPO); 0: pure preference loss
+    lr: float = 5e-5
     max_steps: int = 150
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
@@ -23,4 +24,5 @@ class AlignConfig(TrainConfig):
         super().__post_init__()
         check(self.beta > 0, "align.beta", self.beta, "must be > 0")
         check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
+        check(self.rpo_alpha >= 0, "align.rpo_alpha", self.rpo_alpha, "must be >= 0")
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.align.config import AlignConfig
 from components.tasks import preference_pairs
 from components.train.chat import encode_chat, epoch_indices, pad_batch
-from components.train.losses import dpo_loss, sequence_logps
+from components.train.losses import IGNORE, dpo_loss, sequence_logps
 from components.train.loop import make_accelerator, train
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         n = batch["n_targets"]
         losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], batch["ref"][:, 0], batch["ref"][:, 1],
                                                 cfg.beta, cfg.loss)
+        if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
+            chosen_len = (batch["labels"][:n] != IGNORE).sum(-1).clamp(min=1)
+            losses = losses - cfg.rpo_alpha * logps[:n] / chosen_len
         return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
                               "reward_margin": float((chosen_r - rejected_r).mean())}
 

@@ -56,11 +56,12 @@ def _plot_accuracy(out_dir: Path, results: dict) -> str:
 
 def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> None:
     lines = ["# Pipeline report", "", "## Models", "",
-             "| model | val_ppl | task_accuracy | preference_accuracy |", "|---|---|---|---|"]
+             "| model | val_ppl | bits/byte | task_accuracy | preference_accuracy |", "|---|---|---|---|---|"]
     for name in STAGE_OF:
         r = results[name]
-        lines.append(f"| {name} | {r['val_ppl']:.2f} | {r['task_accuracy']:.3f} | {r['preference_accuracy']:.3f} |")
-    lines += [f"| unigram baseline | {results['unigram_ppl']:.2f} | | |", "",
+        lines.append(f"| {name} | {r['val_ppl']:.2f} | {r['val_bits_per_byte']:.3f} | {r['task_accuracy']:.3f} | "
+                     f"{r['preference_accuracy']:.3f} |")
+    lines += [f"| unigram baseline | {results['unigram_ppl']:.2f} | {results['unigram_bits_per_byte']:.3f} | | |", "",
               f"Perplexity on {results['val_tokens']} validation tokens. Task accuracy: exact match of greedy answers "
               "to held-out generated instructions. Preference accuracy: share of held-out pairs where the model gives "
               "the correct answer a higher log-probability than the plausible wrong one (summed over response tokens).",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -44,9 +45,14 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         log.info("eval %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
         del model
     results["val_tokens"] = int(windows[:, 1:].numel())
+    # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
+    bytes_per_token = json.loads((Path(inputs["tokenizer"]) / "manifest.json").read_text())["metrics"]["bytes_per_token"]
+    results["unigram_bits_per_byte"] = math.log2(results["unigram_ppl"]) / bytes_per_token
+    for name in MODELS:
+        results[name]["val_bits_per_byte"] = math.log2(results[name]["val_ppl"]) / bytes_per_token
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_report(out_dir, results, samples, inputs)
-    flat = {"unigram_ppl": results["unigram_ppl"]}
+    flat = {"unigram_ppl": results["unigram_ppl"], "unigram_bits_per_byte": results["unigram_bits_per_byte"]}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items()})
     return flat

@@ -12,9 +12,9 @@ class PretrainConfig(TrainConfig):
     """Pretraining from scratch on the tokenizer's shards: next-token prediction."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lr: float = 2e-3
-    max_steps: int = 1100
-    warmup_steps: int = 60
+    lr: float = 3e-3
+    max_steps: int = 300
+    warmup_steps: int = 30
     batch_size: int = 16
     max_val_tokens: int = 65536  # validation tokens scored (fixed windows)
 

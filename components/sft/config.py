@@ -11,10 +11,10 @@ class SFTConfig(TrainConfig):
     """Instruction tuning of the pretrained model: chat template, loss on assistant tokens only."""
 
     lr: float = 1e-3
-    max_steps: int = 500
+    max_steps: int = 600
     warmup_steps: int = 30
     batch_size: int = 32
-    num_examples: int = 4000  # generated training examples (components/tasks)
+    num_examples: int = 20000  # generated training examples (components/tasks)
     num_val_examples: int = 200  # generated held-out examples for validation loss
     data_path: str | None = None  # optional jsonl of {"messages": [...]} used instead of generated tasks
 

@@ -23,8 +23,8 @@ def split_of(prompt: str) -> str:
 
 
 def add(rng: random.Random):
-    a, b = rng.randint(0, 20), rng.randint(0, 20)
-    wrong = rng.choice([a + b + d for d in (-2, -1, 1, 2, 10) if a + b + d >= 0])
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    wrong = rng.choice([a + b + d for d in (-2, -1, 1, 2) if a + b + d >= 0])
     return f"What is {a} + {b}?", str(a + b), str(wrong)
 
 
@@ -34,7 +34,7 @@ def larger(rng: random.Random):
 
 
 def sort_numbers(rng: random.Random):
-    nums = rng.sample(range(10), rng.randint(3, 4))
+    nums = rng.sample(range(10), 3)
     ordered = sorted(nums)
     wrong = ordered[:]
     i = rng.randrange(len(wrong) - 1)
@@ -64,11 +64,11 @@ def count_words(rng: random.Random):
     return f"How many words are in this list: {' '.join(words)}?", str(n), str(n + rng.choice([-1, 1]))
 
 
-def uppercase(rng: random.Random):
-    word = rng.choice(WORDS)
-    other = rng.choice([w for w in WORDS if w != word])
-    wrong = word.capitalize() if rng.random() < 0.5 else other.upper()
-    return f"Write the word {word} in capital letters.", word.upper(), wrong
+def repeat_word(rng: random.Random):
+    word, other = rng.sample(WORDS, 2)
+    times = rng.randint(2, 3)
+    wrong = " ".join([word] * (5 - times)) if rng.random() < 0.5 else " ".join([other] * times)
+    return f"Repeat the word {word} {times} times.", " ".join([word] * times), wrong
 
 
 def recall_city(rng: random.Random):
@@ -81,5 +81,5 @@ def recall_city(rng: random.Random):
 
 TASKS = {
     f.__name__: f
-    for f in (add, larger, sort_numbers, reverse_words, last_word, count_words, uppercase, recall_city)
+    for f in (add, larger, sort_numbers, reverse_words, last_word, count_words, repeat_word, recall_city)
 }

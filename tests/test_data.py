@@ -1,0 +1,117 @@
+"""Data stage: quarantine, PII scrubbing, planted contamination removed, determinism, real samples."""
+import gzip
+import json
+
+import pytest
+
+from components.data.blocks import PII_PATTERNS, PIIScrubber, normalise
+from components.data.config import DataConfig
+from components.data.readers import read_jsonl
+from components.data.run import run
+
+
+def _lines(path):
+    with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_bad_lines_are_quarantined_with_file_line_and_reason(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([
+        json.dumps({"text": "fine document"}),
+        '{"text": "broken',
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": ""}),
+        json.dumps({"text": 42}),
+    ]) + "\n")
+    results = list(read_jsonl(src, "text", 1_000_000))
+    good = [d for d, bad in results if d]
+    bad = [b for d, b in results if b]
+    assert [d["text"] for d in good] == ["fine document"]
+    assert [(b["line"], b["reason"].split(" ")[0]) for b in bad] == [
+        (2, "invalid_json"), (3, "missing_field"), (4, "empty_field"), (5, "non_string_field")]
+    assert all(b["file"] == str(src) for b in bad)
+
+
+def test_custom_text_key_and_long_lines(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"content": "hello there"}) + "\n" + json.dumps({"content": "x" * 500}) + "\n")
+    results = list(read_jsonl(src, "content", 200))
+    assert results[0][0]["text"] == "hello there"
+    assert results[1][1]["reason"].startswith("line_too_long")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mail alice.smith@example.org now", "mail <EMAIL> now"),
+    ("server at 203.0.113.7 answered", "server at <IP> answered"),
+    ("call +1 415 555 0199 today", "call <PHONE> today"),
+    ("call (415) 555-0199 today", "call <PHONE> today"),
+    ("call 415-555-0199 today", "call <PHONE> today"),
+    ("ring +44 20 7946 0958 now", "ring <PHONE> now"),
+])
+def test_pii_is_replaced_with_typed_placeholders(text, expected):
+    assert PIIScrubber().format(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "Python 3.11.2 was released", "on 2024-01-15 at 10:30:00", "order id 48213977 shipped",
+    "see section 4.2.1 for details", "ISBN 978-0-306-40615-7", "@decorator applies here",
+])
+def test_look_alikes_survive(text):
+    assert PIIScrubber().format(text) == text
+    assert not any(p.search(text) for p in PII_PATTERNS.values())
+
+
+def test_normalise_folds_case_punctuation_and_space():
+    assert normalise("Hello,   WORLD!\n") == normalise("hello world")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    metrics = run(DataConfig(max_documents=60, validation_fraction=0.2, workers=1), {}, out)
+    return out, metrics
+
+
+def test_embedded_run_removes_planted_contamination_and_keeps_prose(small_run):
+    out, m = small_run
+    assert m["quarantined"] == 3 and (out / "quarantine.jsonl").is_file()
+    assert m["exact_dup_recall"] == 1.0
+    assert m["junk_removed_frac"] >= 0.9
+    assert m["pii_recall"] == 1.0
+    assert m["prose_kept_frac"] >= 0.6
+    assert m["train_docs"] > 0 and m["validation_docs"] > 0
+    assert m["docs_out"] == m["train_docs"] + m["validation_docs"]
+    dropped = sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash"))
+    assert m["docs_in"] == m["docs_out"] + dropped  # nothing lost silently
+    rejected = _lines(next((out / "rejected" / "04_exact_dedup").glob("*.jsonl.gz")))
+    assert all(r["metadata"]["filter_reason"] == "exact_duplicate" for r in rejected)
+    assert "Data report" in (out / "report.md").read_text()
+
+
+def test_runs_are_deterministic(small_run, tmp_path):
+    out, _ = small_run
+    again = tmp_path / "again"
+    again.mkdir()
+    run(DataConfig(max_documents=60, validation_fraction=0.2, workers=2), {}, again)
+    for split in ("train", "validation"):
+        a = sorted(p.name for p in (out / split).glob("*.jsonl.gz"))
+        assert a == sorted(p.name for p in (again / split).glob("*.jsonl.gz"))
+        for name in a:
+            assert _lines(out / split / name) == _lines(again / split / name)
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        run(DataConfig(sources=[str(tmp_path / "nope.jsonl")]), {}, tmp_path)
+
+
+def test_real_ccnet_sample_is_read(samples, tmp_path):
+    src = samples / "pretrain" / "ccnet_en_head-0091_dolma.jsonl"
+    results = list(read_jsonl(src, "text", 10_000_000))
+    assert len(results) == 10 and all(doc is not None for doc, _ in results)
+    out = tmp_path / "out"
+    out.mkdir()
+    m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, out)
+    assert m["docs_in"] == 10 and m["quarantined"] == 0
+    assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash")) == 10
