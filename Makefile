@@ -53,8 +53,9 @@ server-stop:
 pipeline: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline $(ARGS)
 
+# Validate the config and print each stage's key and whether it is cached; runs nothing.
 check: setup
-	$(BIN)/python -m flows.pipeline --cfg job $(ARGS) > /dev/null && echo "config OK"
+	$(BIN)/python -m flows.pipeline run.dry_run=true $(ARGS)
 
 sweep: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline -m align.beta=0.05,0.1,0.5 $(ARGS)

@@ -9,18 +9,21 @@ from components.config import check, check_choice, log_only
 @dataclass(kw_only=True)
 class TokenizerConfig:
     type: str = "bpe"  # bpe | unigram (sentencepiece model type)
-    vocab_size: int = 1024  # small corpus (~1 MB): a small vocabulary generalises better
+    vocab_size: int = 768  # small corpus (~0.8 MB): a small vocabulary generalises better
     byte_fallback: bool = True  # unknown characters become byte tokens, never <unk>
     split_digits: bool = True  # one token per digit: arithmetic tasks need it
-    character_coverage: float = 0.9995
-    max_training_bytes: int = 20_000_000  # cap on text fed to sentencepiece training
-    seed: int = 0
+    character_coverage: float = 0.9995  # share of characters that get their own piece; the rare rest become bytes
+    cover_ascii: bool = True  # every printable ASCII character gets a piece anyway (prompts use ? + 7 9 [ ] rare in prose)
+    max_training_bytes: int = 20_000_000  # cap on text fed to sentencepiece training (whole documents, in order)
+    seed: int = 0  # sentencepiece's random generator (training is deterministic given the seed)
     num_workers: int = log_only(2)  # processes encoding the shards (output does not depend on it)
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.type", self.type, ("bpe", "unigram"))
-        check(self.vocab_size >= 300, "tokenizer.vocab_size", self.vocab_size,
-              "must be >= 300 (256 byte tokens + specials + pieces)")
+        floor = 8 + 256 * self.byte_fallback + 96 * self.cover_ascii + 32
+        check(self.vocab_size >= floor, "tokenizer.vocab_size", self.vocab_size,
+              f"must be >= {floor} (8 specials, 256 byte tokens if byte_fallback, 96 ASCII characters "
+              "if cover_ascii, and some merged pieces)")
         check(self.vocab_size <= 65535, "tokenizer.vocab_size", self.vocab_size, "must fit in uint16 shards (<= 65535)")
         check(0.9 <= self.character_coverage <= 1.0, "tokenizer.character_coverage", self.character_coverage,
               "must be in [0.9, 1]")

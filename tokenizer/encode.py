@@ -26,8 +26,13 @@ def _init(tokenizer_dir: str) -> None:
     _TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Document text is text: a literal "<s>" or "</s>" in it never becomes a control id."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def _encode(texts: list[str]) -> list[list[int]]:
-    return _TOKENIZER(texts, add_special_tokens=False)["input_ids"]
+    return encode_documents(_TOKENIZER, texts)
 
 
 def encode_split(texts: list[str], tokenizer_dir: Path, out_prefix: Path, workers: int, bos: int, eos: int) -> int:

@@ -77,6 +77,7 @@ class TrainValidationSplit(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         with JsonlWriter(f"{self.output_folder}/train") as train, JsonlWriter(f"{self.output_folder}/validation") as val:
             for doc in data:
+                doc.metadata.pop("file_path", None)  # datatrove's staging path: would tie outputs to the build dir
                 held_out = is_validation(doc.id, self.fraction)
                 (val if held_out else train).write(doc, rank)
                 self.stat_update("validation" if held_out else "train")

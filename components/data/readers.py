@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Iterator
 
 
-def expand_sources(sources: list[str], embedded_file: Path) -> list[Path]:
-    paths: list[Path] = []
+def expand_sources(sources: list[str], embedded_file: Path) -> list[tuple[Path, str]]:
+    """(file, name kept in document metadata): the embedded corpus is named "embedded", not by
+    its path inside the artifact, so outputs do not depend on where the artifact is built."""
+    paths: list[tuple[Path, str]] = []
     for source in sources:
         if source == "embedded":
-            paths.append(embedded_file)
+            paths.append((embedded_file, "embedded"))
             continue
         matches = sorted(glob.glob(str(Path(source).expanduser())))
         if not matches:
             raise FileNotFoundError(f"data.sources: no file matches {source!r}")
-        paths += [Path(m) for m in matches]
+        paths += [(Path(m), m) for m in matches]
     return paths
 
 
@@ -25,7 +27,8 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_jsonl(path: Path, text_key: str, max_line_bytes: int) -> Iterator[tuple[dict | None, dict | None]]:
+def read_jsonl(path: Path, text_key: str, max_line_bytes: int,
+               source_name: str | None = None) -> Iterator[tuple[dict | None, dict | None]]:
     """Yield (document, None) for good lines and (None, quarantine record) for bad ones."""
     with _open(path) as handle:
         for number, raw in enumerate(handle, 1):
@@ -54,4 +57,4 @@ def read_jsonl(path: Path, text_key: str, max_line_bytes: int) -> Iterator[tuple
                 yield None, {**where, "reason": f"empty_field '{text_key}'"}
                 continue
             doc_id = str(row.get("id", f"{path.name}:{number}"))
-            yield {"text": text, "id": doc_id, "metadata": {"source": str(path), "line": number}}, None
+            yield {"text": text, "id": doc_id, "metadata": {"source": source_name or str(path), "line": number}}, None

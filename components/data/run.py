@@ -37,8 +37,8 @@ def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int]:
     reasons: Counter = Counter()
     n = 0
     with open(out_dir / "quarantine.jsonl", "w") as quarantine:
-        for path in expand_sources(cfg.sources, out_dir / "sources" / "embedded.jsonl"):
-            for doc, bad in read_jsonl(path, cfg.text_key, cfg.max_line_bytes):
+        for path, name in expand_sources(cfg.sources, out_dir / "sources" / "embedded.jsonl"):
+            for doc, bad in read_jsonl(path, cfg.text_key, cfg.max_line_bytes, name):
                 if bad is not None:
                     quarantine.write(json.dumps(bad) + "\n")
                     reasons[bad["reason"].split(" ")[0]] += 1

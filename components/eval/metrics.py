@@ -23,6 +23,7 @@ def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int
 
 @torch.no_grad()
 def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
+    """exp(mean next-token NLL) over the windows (each scores its seq_len - 1 targets)."""
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         ids = windows[i : i + batch_size]
@@ -40,7 +41,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     for i in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                  for p in prompts[i : i + batch_size]]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        # the template's text, tokenised as sft/align tokenise it (encode_chat): same prompt ids
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt",
+                        return_token_type_ids=False)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                              pad_token_id=tokenizer.pad_token_id, do_sample=bool(sampling), **sampling)
         for row in out[:, enc["input_ids"].shape[1] :]:
@@ -50,6 +53,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
 
 
 def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[float, dict, list]:
+    """Exact match (whitespace stripped) of greedy answers: overall, per task, and the answers."""
     answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], max_new_tokens, batch_size)
     per_task: dict[str, list[bool]] = defaultdict(list)
     for ex, answer in zip(examples, answers):
@@ -73,13 +77,15 @@ def preference_accuracy(model, tokenizer, pairs: list[dict], batch_size: int) ->
 
 
 def samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, seed: int) -> list[dict]:
+    """Each prompt answered greedily and by three sampling strategies, each reseeded (reproducible).
+
+    One batch per strategy (all prompts together): the draws depend on eval.num_samples, not batch_size.
+    """
     strategies = {"greedy": {}, "temperature=0.8": {"temperature": 0.8},
                   "top_k=20": {"top_k": 20, "temperature": 1.0}, "top_p=0.9": {"top_p": 0.9, "temperature": 1.0}}
-    shown = []
-    for prompt in prompts:
-        row = {"prompt": prompt[-1]["content"]}
-        for name, kw in strategies.items():
-            torch.manual_seed(seed)
-            row[name] = generate(model, tokenizer, [prompt], max_new_tokens, 1, **kw)[0]
-        shown.append(row)
+    shown = [{"prompt": prompt[-1]["content"]} for prompt in prompts]
+    for name, kw in strategies.items():
+        torch.manual_seed(seed)
+        for row, answer in zip(shown, generate(model, tokenizer, prompts, max_new_tokens, max(1, len(prompts)), **kw)):
+            row[name] = answer
     return shown

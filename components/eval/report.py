@@ -1,4 +1,9 @@
-"""The run's report: one renderer reading metrics and the stages' manifests and logs."""
+"""The run's report: one renderer reading metrics and the stages' manifests and logs.
+
+Stages record metrics, never prose; this module is the only place that turns them into
+a report (STYLE rule 9). Missing manifests, keys or log files render as "n/a" or an
+empty plot, never as an error.
+"""
 from __future__ import annotations
 
 import json
@@ -10,29 +15,55 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
+DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
+                 "exact_dedup_dropped", "minhash_dropped")
+TOKENIZER_HEADLINE = ("vocab_size", "bytes_per_token", "train_tokens", "validation_tokens")
+PREFERENCE_DEFINITION = (
+    "Preference accuracy: share of held-out pairs where sum log p(chosen | prompt) > "
+    "sum log p(rejected | prompt), the sums running over the response tokens (answer content followed by "
+    "`<|end|>`) and the prompt being the chat template with its generation prompt; ties count as wrong."
+)
 
 
-def _manifest(path: Path) -> dict:
-    file = Path(path) / "manifest.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
+def read_manifest(path: Path | str | None) -> dict:
+    file = Path(path or "") / "manifest.json"
+    return json.loads(file.read_text()) if path and file.is_file() else {}
 
 
-def _log_rows(path: Path) -> list[dict]:
-    file = Path(path) / "log.jsonl"
-    return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+def _log_rows(path: Path | str | None) -> list[dict]:
+    file = Path(path or "") / "log.jsonl"
+    if not path or not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _code(text: str) -> str:
+    """An answer shown verbatim in one markdown list item (code span on one line)."""
+    return "`" + str(text).replace("`", "'").replace("\n", "\\n") + "`"
 
 
 def _plot_losses(out_dir: Path, inputs: dict) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for ax, stage in zip(axes, ("pretrain", "sft", "align")):
-        rows = _log_rows(inputs[stage])
-        ax.plot([r["step"] for r in rows if "loss" in r], [r["loss"] for r in rows if "loss" in r], label="train")
-        val = [r for r in rows if "val_loss" in r]
-        if val:
-            ax.scatter([r["step"] for r in val], [r["val_loss"] for r in val], color="C1", label="validation", zorder=3)
+        rows = _log_rows(inputs.get(stage))
+        train = [r for r in rows if "loss" in r and "step" in r]
+        val = [r for r in rows if "val_loss" in r and "step" in r]
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C1", label="validation")
         ax.set_title(stage)
         ax.set_xlabel("step")
-        ax.legend()
+        if train or val:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no log.jsonl", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel("loss")
     fig.tight_layout()
     fig.savefig(out_dir / "loss_curves.png", dpi=90)
@@ -45,8 +76,10 @@ def _plot_accuracy(out_dir: Path, results: dict) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, metric in enumerate(("task_accuracy", "preference_accuracy")):
         ax.bar([j + 0.38 * i for j in range(len(names))], [results[n][metric] for n in names], 0.38, label=metric)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")  # chance level of preference accuracy
     ax.set_xticks([j + 0.19 for j in range(len(names))], names)
     ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "accuracy.png", dpi=90)
@@ -54,34 +87,68 @@ def _plot_accuracy(out_dir: Path, results: dict) -> str:
     return "accuracy.png"
 
 
-def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> None:
-    lines = ["# Pipeline report", "", "## Models", "",
-             "| model | val_ppl | bits/byte | task_accuracy | preference_accuracy |", "|---|---|---|---|---|"]
+def _headline(results: dict) -> list[str]:
+    lines = ["| model | val_ppl | bits/byte | task_accuracy | preference_accuracy |", "|---|---|---|---|---|"]
     for name in STAGE_OF:
         r = results[name]
-        lines.append(f"| {name} | {r['val_ppl']:.2f} | {r['val_bits_per_byte']:.3f} | {r['task_accuracy']:.3f} | "
-                     f"{r['preference_accuracy']:.3f} |")
-    lines += [f"| unigram baseline | {results['unigram_ppl']:.2f} | {results['unigram_bits_per_byte']:.3f} | | |", "",
-              f"Perplexity on {results['val_tokens']} validation tokens. Task accuracy: exact match of greedy answers "
-              "to held-out generated instructions. Preference accuracy: share of held-out pairs where the model gives "
-              "the correct answer a higher log-probability than the plausible wrong one (summed over response tokens).",
-              "", f"![loss curves]({_plot_losses(out_dir, inputs)})", "", f"![accuracy]({_plot_accuracy(out_dir, results)})",
-              "", "## Accuracy per task", "", "| task | " + " | ".join(STAGE_OF) + " |", "|---|" + "---|" * len(STAGE_OF)]
-    for task in results["per_task"]["base"]:
-        lines.append(f"| {task} | " + " | ".join(f"{results['per_task'][n][task]:.2f}" for n in STAGE_OF) + " |")
-    data = _manifest(inputs["data"]).get("metrics", {})
-    tok = _manifest(inputs["tokenizer"]).get("metrics", {})
-    lines += ["", "## Data and tokenizer", "", "| measure | value |", "|---|---|"]
-    lines += [f"| data/{k} | {v} |" for k, v in data.items()]
-    lines += [f"| tokenizer/{k} | {v} |" for k, v in tok.items()]
-    lines += ["", "## Training", "", "| stage | steps | final loss | seconds | tokens/s |", "|---|---|---|---|---|"]
+        lines.append(f"| {name} | {_fmt(r['val_ppl'], 2)} | {_fmt(r.get('val_bits_per_byte'))} | "
+                     f"{_fmt(r['task_accuracy'])} | {_fmt(r['preference_accuracy'])} |")
+    lines.append(f"| unigram baseline | {_fmt(results['unigram_ppl'], 2)} | "
+                 f"{_fmt(results.get('unigram_bits_per_byte'))} | | |")
+    return lines
+
+
+def _per_task(results: dict) -> list[str]:
+    tasks = sorted({t for per in results["per_task"].values() for t in per})
+    lines = ["| task | " + " | ".join(STAGE_OF) + " |", "|---|" + "---|" * len(STAGE_OF)]
+    for task in tasks:
+        lines.append(f"| {task} | " + " | ".join(_fmt(results["per_task"][n].get(task), 2) for n in STAGE_OF) + " |")
+    return lines
+
+
+def _summary(title: str, metrics: dict, headline: tuple) -> list[str]:
+    """Headline keys first ("n/a" when missing), then whatever else the stage recorded."""
+    lines = [f"### {title}", "", "| measure | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(metrics.get(k), 4)} |" for k in headline]
+    lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in sorted(metrics.items()) if k not in headline]
+    return lines + [""]
+
+
+def _training(inputs: dict) -> list[str]:
+    lines = ["| stage | steps | final loss | val_loss | seconds | tokens/s |", "|---|---|---|---|---|---|"]
     for stage in ("pretrain", "sft", "align"):
-        mt = _manifest(inputs[stage]).get("metrics", {})
-        lines.append(f"| {stage} | {mt.get('steps', '')} | {mt.get('final_loss', float('nan')):.4f} | "
-                     f"{mt.get('train_seconds', '')} | {mt.get('tokens_per_second', '')} |")
-    lines += ["", "## Sample generations", ""]
+        mt = read_manifest(inputs.get(stage)).get("metrics", {})
+        lines.append(f"| {stage} | {_fmt(mt.get('steps'))} | {_fmt(mt.get('final_loss'), 4)} | "
+                     f"{_fmt(mt.get('val_loss'), 4)} | {_fmt(mt.get('train_seconds'), 1)} | "
+                     f"{_fmt(mt.get('tokens_per_second'), 0)} |")
+    return lines
+
+
+def _samples(samples: dict) -> list[str]:
+    lines = []
     for name, rows in samples.items():
         for row in rows:
-            lines.append(f"- **{name}** — {row['prompt']}")
-            lines += [f"  - {k}: `{v}`" for k, v in row.items() if k != "prompt"]
+            lines.append(f"- **{name}**: {row['prompt']}")
+            lines += [f"  - {k}: {_code(v)}" for k, v in row.items() if k != "prompt"]
+    return lines or ["(none requested: eval.num_samples = 0)"]
+
+
+def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> None:
+    out_dir = Path(out_dir)
+    lines = ["# Pipeline report", "", "## Models", "", *_headline(results), "",
+             f"Perplexity: exp(mean next-token NLL) over {results['val_tokens']} validation tokens (fixed "
+             "non-overlapping windows of the model's context). The unigram baseline uses add-one smoothed token "
+             "frequencies of the training shard, scored on the same tokens. Bits per byte divide by the "
+             "tokenizer's validation bytes per token. Task accuracy: exact match (whitespace stripped) of greedy "
+             "answers to held-out generated instructions.", "", PREFERENCE_DEFINITION, "",
+             f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
+             f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
+             "## Accuracy per task", "", *_per_task(results), "",
+             "## Data and tokenizer", "",
+             *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),
+             *_summary("Tokenizer", read_manifest(inputs.get("tokenizer")).get("metrics", {}), TOKENIZER_HEADLINE),
+             "## Training", "", *_training(inputs), "",
+             "## Sample generations", "",
+             "Greedy, then sampling (temperature 0.8; top-k 20; top-p 0.9), each reseeded with eval.seed.", "",
+             *_samples(samples)]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

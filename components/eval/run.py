@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -11,28 +12,36 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
-from components.eval.report import write_report
+from components.eval.report import read_manifest, write_report
 from components.tasks import preference_pairs, sft_examples
 from components.train.data import fixed_windows, load_shard
 
 log = logging.getLogger(__name__)
-MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
+MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}  # model name -> stage whose model/ it is
+
+
+def _bits_per_byte(ppl: float, bytes_per_token: float | None) -> float | None:
+    return math.log2(ppl) / bytes_per_token if bytes_per_token else None
 
 
 def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     tasks = sft_examples("heldout", cfg.num_tasks, cfg.seed)
     pairs = preference_pairs("heldout", cfg.num_pairs, cfg.seed)
+    validation = load_shard(inputs["tokenizer"], "validation")
     results: dict = {}
     samples = {}
+    windows = None
     for name, stage in MODELS.items():
+        start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"),
-                                model.config.max_position_embeddings, cfg.max_val_tokens)
-        if "unigram_ppl" not in results:
+        windows = fixed_windows(validation, model.config.max_position_embeddings, cfg.max_val_tokens)
+        if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
+            results["val_tokens"] = int(windows[:, 1:].numel())
         acc, per_task, _ = m.task_accuracy(model, tokenizer, tasks, cfg.max_new_tokens, cfg.batch_size)
         results[name] = {
             "val_ppl": m.val_ppl(model, windows, cfg.batch_size),
@@ -42,17 +51,19 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
-        log.info("eval %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
+        log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
+                 {k: round(v, 4) for k, v in results[name].items()})
         del model
-    results["val_tokens"] = int(windows[:, 1:].numel())
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
-    bytes_per_token = json.loads((Path(inputs["tokenizer"]) / "manifest.json").read_text())["metrics"]["bytes_per_token"]
-    results["unigram_bits_per_byte"] = math.log2(results["unigram_ppl"]) / bytes_per_token
+    bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
+    if not bytes_per_token:
+        log.warning("tokenizer manifest has no bytes_per_token: bits per byte left out")
+    results["unigram_bits_per_byte"] = _bits_per_byte(results["unigram_ppl"], bytes_per_token)
     for name in MODELS:
-        results[name]["val_bits_per_byte"] = math.log2(results[name]["val_ppl"]) / bytes_per_token
+        results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_report(out_dir, results, samples, inputs)
-    flat = {"unigram_ppl": results["unigram_ppl"], "unigram_bits_per_byte": results["unigram_bits_per_byte"]}
+    flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items()})
-    return flat
+    return {k: v for k, v in flat.items() if v is not None}

@@ -13,7 +13,7 @@ class PretrainConfig(TrainConfig):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lr: float = 3e-3
-    max_steps: int = 300
+    max_steps: int = 400
     warmup_steps: int = 30
     batch_size: int = 16
     max_val_tokens: int = 65536  # validation tokens scored (fixed windows)
