@@ -5,6 +5,7 @@ The flow walks this table in order; `components.artifacts.stage_key` hashes the
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,11 +18,17 @@ class Stage:
     config_class: str
     needs: tuple[str, ...]
     code: tuple[str, ...]  # repo-relative source paths fingerprinted into the key
+    trains: bool = False  # runs the training loop: `accelerate launch` when the launcher says so
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
 
-    def runner(self) -> Callable[[Any, dict, Any], dict]:
+    def runner(self, launcher: Any = None) -> Callable[[Any, dict, Any], dict]:
+        """`run(cfg, inputs, out_dir)`: in this process, or in the launcher's processes."""
+        if self.trains and launcher is not None and launcher.strategy != "single":
+            from components.train.launch import launch
+
+            return functools.partial(launch, self.name, launcher=launcher)
         return importlib.import_module(f"{self.module}.run").run
 
 
@@ -32,9 +39,9 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("data", "components.data", "DataConfig", (), ("components/data",)),
         Stage("tokenizer", "tokenizer", "TokenizerConfig", ("data",), ("tokenizer",)),
-        Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), ("components/pretrain", *_TRAIN)),
-        Stage("sft", "components.sft", "SFTConfig", ("pretrain",), ("components/sft", "components/tasks", *_TRAIN)),
-        Stage("align", "components.align", "AlignConfig", ("sft",), ("components/align", "components/tasks", *_TRAIN)),
+        Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), ("components/pretrain", *_TRAIN), True),
+        Stage("sft", "components.sft", "SFTConfig", ("pretrain",), ("components/sft", "components/tasks", *_TRAIN), True),
+        Stage("align", "components.align", "AlignConfig", ("sft",), ("components/align", "components/tasks", *_TRAIN), True),
         Stage(
             "eval",
             "components.eval",

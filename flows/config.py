@@ -18,6 +18,7 @@ from components.eval.config import EvalConfig
 from components.pretrain.config import PretrainConfig
 from components.sft.config import SFTConfig
 from components.stages import STAGES
+from components.train.config import LauncherConfig
 from tokenizer.config import TokenizerConfig
 
 
@@ -41,6 +42,7 @@ class PipelineConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

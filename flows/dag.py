@@ -33,8 +33,9 @@ def _cache_key(context: Any, parameters: dict) -> str:
 
 
 @task(cache_key_fn=_cache_key, persist_result=True)
-def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str) -> dict:
-    path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, STAGES[stage].runner())
+def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str, launcher: Any = None) -> dict:
+    runner = STAGES[stage].runner(launcher)
+    path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, runner)
     return {"path": str(path), "built": built}
 
 
@@ -48,7 +49,7 @@ def key_metric(stage: str, manifest: dict) -> str:
 
 
 @flow(name="llm-pipeline", validate_parameters=False)
-def pipeline_flow(plan: list[Step], root: str) -> list[dict]:
+def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
     logger = get_run_logger()
     paths: dict[str, str] = {}
     rows = []
@@ -61,6 +62,7 @@ def pipeline_flow(plan: list[Step], root: str) -> list[dict]:
             cfg=step.cfg,
             inputs={dep: paths[dep] for dep in STAGES[step.stage].needs},
             root=root,
+            launcher=launcher,
             return_state=True,
         )
         result = state.result()  # re-raises the stage's error, failing the flow

@@ -55,7 +55,7 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.dag import pipeline_flow  # imports prefect, after its settings are in place
 
-    rows = pipeline_flow(plan, str(root))
+    rows = pipeline_flow(plan, str(root), cfg.launcher)
     table = [f"{'stage':<10} {'status':<7} {'seconds':>8}  key metric"]
     table += [f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>8}  {r['metric']}" for r in rows]
     if rows and rows[-1]["stage"] == "eval":

@@ -6,7 +6,6 @@ The reference log-probs of every pair are computed once, before the first update
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,11 +28,18 @@ def encode_pair(tokenizer, pair: dict) -> tuple[tuple[list[int], list[int]], tup
 
 
 def pairs_batch(encoded: list, idx: list[int], pad_id: int) -> dict:
-    """Chosen sequences first, then rejected, in one padded batch."""
-    batch = pad_batch([encoded[i][0] for i in idx] + [encoded[i][1] for i in idx], pad_id)
+    """Tensors [pairs, 2 (chosen, rejected), length]: rows are pairs, so ranks split them whole."""
+    flat = pad_batch([seq for i in idx for seq in encoded[i]], pad_id)
+    batch = {k: v.view(len(idx), 2, -1) for k, v in flat.items()}
     batch["n_targets"] = len(idx)
-    batch["n_tokens"] = int(batch["attention_mask"].sum())
+    batch["n_tokens"] = int(flat["attention_mask"].sum())
     return batch
+
+
+def pair_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """[pairs, 2] summed log-probs of the chosen and rejected responses, in one forward pass."""
+    ids, labels, mask = (batch[k].flatten(0, 1) for k in ("input_ids", "labels", "attention_mask"))
+    return sequence_logps(model, ids, labels, mask).float().view(-1, 2)
 
 
 @torch.no_grad()
@@ -43,10 +49,8 @@ def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: in
     out = []
     for i in range(0, len(encoded), batch_size):
         idx = list(range(i, min(i + batch_size, len(encoded))))
-        b = pairs_batch(encoded, idx, pad_id)
         with accelerator.autocast():
-            logps = sequence_logps(model, b["input_ids"], b["labels"], b["attention_mask"]).float()
-        out.append(torch.stack([logps[: len(idx)], logps[len(idx) :]], dim=1))
+            out.append(pair_logps(model, pairs_batch(encoded, idx, pad_id)))
     return torch.cat(out)
 
 
@@ -61,7 +65,8 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     accelerator = make_accelerator(cfg)
     ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
-    torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
+    if accelerator.is_main_process:
+        torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
     log.info("align: reference log-probs of %d + %d pairs cached", len(train_pairs), len(val_pairs))
 
     def batch_fn(step: int, micro: int) -> dict:
@@ -71,13 +76,12 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         return batch
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"]).float()
-        n = batch["n_targets"]
-        losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], batch["ref"][:, 0], batch["ref"][:, 1],
+        logps = pair_logps(model, batch)
+        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
                                                 cfg.beta, cfg.loss)
         if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
-            chosen_len = (batch["labels"][:n] != IGNORE).sum(-1).clamp(min=1)
-            losses = losses - cfg.rpo_alpha * logps[:n] / chosen_len
+            chosen_len = (batch["labels"][:, 0] != IGNORE).sum(-1).clamp(min=1)
+            losses = losses - cfg.rpo_alpha * logps[:, 0] / chosen_len
         return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
                               "reward_margin": float((chosen_r - rejected_r).mean())}
 
@@ -90,9 +94,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
             "val_preference_accuracy": float((logps[:, 0] > logps[:, 1]).float().mean()),
         }
 
-    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator)
-    model.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator,
+                    export=(tokenizer, out_dir / "model"))
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
     return {**metrics, "train_pairs": len(train_pairs), "val_preference_accuracy_before": before}

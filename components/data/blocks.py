@@ -11,18 +11,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.writers import JsonlWriter
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-PII_PATTERNS = {
-    "EMAIL": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
-    # four dotted octets, not part of a longer dotted number (version strings have 2-3 parts)
-    "IP": re.compile(rf"(?<![\d.]){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![\d.]*\d)"),
-    # +CC then 2-4 groups, or a North American (NNN) NNN-NNNN / NNN-NNN-NNNN; never a date's 4-2-2
-    "PHONE": re.compile(
-        r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,3}"
-        r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-])"
-    ),
-}
-
+from components.data.pii import scrub
 
 def normalise(text: str) -> str:
     """Case, accents, punctuation and whitespace folded: what exact dedup compares."""
@@ -48,15 +37,20 @@ class ExactDedupFilter(BaseFilter):
 
 
 class PIIScrubber(BaseFormatter):
-    """Replaces emails, IPv4 addresses and phone numbers with typed placeholders, counted per type."""
+    """Typed placeholders (<EMAIL>, <IP>, <PHONE>, <CREDIT_CARD>, <SSN>, <IBAN>, <SECRET>), counted per type."""
 
     name = "pii"
 
+    def __init__(self, keep_private_ips: bool = False):
+        super().__init__()
+        self.keep_private_ips = keep_private_ips
+
     def format(self, text: str) -> str:
-        for kind, pattern in PII_PATTERNS.items():
-            text, n = pattern.subn(f"<{kind}>", text)
-            if n:
-                self.stat_update(f"pii_{kind.lower()}", value=n)
+        text, counts = scrub(text, self.keep_private_ips)
+        for kind, n in counts.items():
+            self.stat_update(f"pii_{kind.lower()}", value=n)
+        if counts:
+            self.stat_update("pii_docs_changed")
         return text
 
 

@@ -21,7 +21,8 @@ class DataConfig:
     minhash_ngrams: int = 5
     minhash_buckets: int = 14
     minhash_hashes_per_bucket: int = 8
-    pii: bool = True  # replace emails, IP addresses and phone numbers with <EMAIL>, <IP>, <PHONE>
+    pii: bool = True  # replace emails, IPs, phones, cards, SSNs, IBANs, secrets with <EMAIL>, <IP>, ...
+    pii_keep_private_ips: bool = False  # leave 10/8, 192.168/16, 127/8, fc00::/7 ... untouched
     max_line_bytes: int = 1_000_000  # longer input lines are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)

@@ -18,6 +18,7 @@ WORDS_PER_DOC = (120, 400)
 _PROSE_WORD = re.compile(r"^[A-Za-z][a-z]*[.,;:]?$")
 FIRST_NAMES = "alice bob carol dmitri elena farid grace hiro ines jamal kofi lena".split()
 DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "uni.example.edu"]
+PII_KINDS = ("EMAIL", "IP", "PHONE", "CREDIT_CARD", "SSN", "IBAN", "SECRET")
 JUNK = [
     "Home | About | Contact | Blog | Login | Sign up\n" * 8,
     "BUY NOW!!! CLICK HERE!!! BEST PRICES!!!\n" * 30,
@@ -98,23 +99,81 @@ def _near_copy(text: str, rng: random.Random, edit_rate: float) -> str:
     return " ".join(words)
 
 
-def _pii(rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.choice(["EMAIL", "IP", "PHONE"])
-    if kind == "EMAIL":
-        value = f"{rng.choice(FIRST_NAMES)}.{rng.choice(FIRST_NAMES)}{rng.randint(1, 99)}@{rng.choice(DOMAINS)}"
-        sentence = f"For questions, write to {value} and mention the topic."
-    elif kind == "IP":
-        value = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-        sentence = f"The service was reached from {value} during the test."
+def _luhn_complete(body: str) -> str:
+    """body + the check digit that makes it pass the Luhn test."""
+    total = 0
+    for i, d in enumerate(reversed(body)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return body + str((10 - total % 10) % 10)
+
+
+def _iban(rng: random.Random) -> str:
+    country, length = rng.choice([("DE", 22), ("GB", 22), ("FR", 27), ("NL", 18), ("ES", 24)])
+    if country == "GB":
+        bban = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(4))
+        bban += "".join(str(rng.randint(0, 9)) for _ in range(length - 8))
     else:
-        value = rng.choice([
-            f"+1 {rng.randint(200, 989)} {rng.randint(200, 999)} {rng.randint(1000, 9999)}",
-            f"({rng.randint(200, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
-            f"+44 20 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
-            f"{rng.randint(200, 989)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
-        ])
-        sentence = f"Call the maintainer on {value} if the build fails."
-    return kind, value, sentence
+        bban = "".join(str(rng.randint(0, 9)) for _ in range(length - 4))
+    digits = "".join(str(int(c, 36)) for c in bban + country + "00")
+    check = 98 - int(digits) % 97
+    raw = f"{country}{check:02d}{bban}"
+    return " ".join(raw[i : i + 4] for i in range(0, len(raw), 4)) if rng.random() < 0.5 else raw
+
+
+def _pii(rng: random.Random, kind: str) -> tuple[str, str]:
+    """(value, sentence holding it): each PII type in the kind of sentence it appears in."""
+    r = rng.randint
+    if kind == "EMAIL":
+        value = f"{rng.choice(FIRST_NAMES)}.{rng.choice(FIRST_NAMES)}{r(1, 99)}@{rng.choice(DOMAINS)}"
+        return value, f"For questions, write to {value} and mention the topic."
+    if kind == "IP":
+        value = rng.choice([f"{r(11, 99)}.{r(0, 255)}.{r(0, 255)}.{r(1, 254)}",
+                            f"2a01:4f8:{r(4096, 65535):x}:{r(4096, 65535):x}::{r(1, 255):x}"])
+        return value, f"The service was reached from {value} during the test."
+    if kind == "PHONE":
+        value = rng.choice([f"+1 {r(201, 989)} {r(201, 999)} {r(1000, 9999)}", f"({r(201, 989)}) {r(201, 999)}-{r(1000, 9999)}",
+                            f"+44 20 {r(1000, 9999)} {r(1000, 9999)}", f"{r(201, 989)}-{r(201, 999)}-{r(1000, 9999)}",
+                            f"+49 30 {r(100000, 999999)}", f"01 {r(10, 99)} {r(10, 99)} {r(10, 99)} {r(10, 99)}"])
+        return value, f"Call the maintainer on {value} if the build fails."
+    if kind == "CREDIT_CARD":
+        prefix = rng.choice(["4", "52", "6011"])  # Visa, Mastercard, Discover
+        digits = _luhn_complete(prefix + "".join(str(r(0, 9)) for _ in range(15 - len(prefix))))
+        value = rng.choice([digits, " ".join(digits[i : i + 4] for i in range(0, 16, 4)),
+                            "-".join(digits[i : i + 4] for i in range(0, 16, 4))])
+        return value, f"The order was paid with card {value} last week."
+    if kind == "SSN":
+        value = f"{r(1, 665):03d}-{r(1, 99):02d}-{r(1, 9999):04d}"
+        return value, f"The form listed the social security number {value} in error."
+    if kind == "IBAN":
+        value = _iban(rng)
+        return value, f"Transfers go to the account {value} before the end of the month."
+    alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    value = rng.choice(["AKIA" + "".join(rng.choice(alnum) for _ in range(16)),
+                        "ghp_" + "".join(rng.choice(alnum + "abcdefghijklmnopqrstuvwxyz") for _ in range(36)),
+                        "s3cr3t-" + "".join(rng.choice(alnum.lower()) for _ in range(12))])
+    return value, f"The deployment script still contained api_key={value} in plain text."
+
+
+def _look_alike(rng: random.Random) -> tuple[str, str]:
+    """Numbers shaped like PII that a scrubber must leave alone: (value, sentence)."""
+    r = rng.randint
+    value, template = rng.choice([
+        (f"{r(1, 3)}.{r(0, 12)}.{r(0, 30)}", "This behaviour changed in version {} of the library."),
+        (f"20{r(10, 29)}-{r(1, 12):02d}-{r(1, 28):02d}", "The release was tagged on {} after review."),
+        (f"20{r(10, 29)}-{r(1, 12):02d}-{r(1, 28):02d}T{r(0, 23):02d}:{r(0, 59):02d}:{r(0, 59):02d}", "The log entry at {} shows the restart."),
+        (f"{r(100000000, 999999999)}", "Refer to order number {} when you write."),
+        (f"978-{r(0, 1)}-{r(100, 999)}-{r(10000, 99999)}-{r(0, 9)}", "The book has ISBN {} on its cover."),
+        (f"{r(1990, 2010)}-{r(2011, 2024)}", "The project ran from {} with two teams."),
+        (f"{r(10, 99)}:{r(10, 59)}:{r(10, 59)}", "The job finished at {} on the first day."),
+    ])
+    return value, template.format(value)
+
+
+def _insert_sentence(doc: dict, sentence: str, rng: random.Random) -> None:
+    paragraphs = doc["text"].split("\n\n")
+    paragraphs.insert(rng.randrange(len(paragraphs) + 1), sentence)
+    doc["text"] = "\n\n".join(paragraphs)
 
 
 def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
@@ -124,8 +183,8 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     if max_documents is not None:
         prose = prose[:max_documents]
     docs = [{"id": f"prose-{i:05d}", "text": t} for i, t in enumerate(prose)]
-    truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "pii": [], "junk": [],
-                   "malformed_lines": 3}
+    truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "pii": [], "look_alikes": [],
+                   "junk": [], "malformed_lines": 3}
     n = len(docs)
     for i, src in enumerate(rng.sample(docs[:n], max(1, n // 20))):
         truth["exact_dup"][f"exactdup-{i:05d}"] = src["id"]
@@ -133,12 +192,15 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     for i, src in enumerate(rng.sample(docs[:n], max(1, n // 20))):
         truth["near_dup"][f"neardup-{i:05d}"] = src["id"]
         docs.append({"id": f"neardup-{i:05d}", "text": _near_copy(src["text"], rng, rng.uniform(0.01, 0.04))})
-    for src in rng.sample(docs[:n], max(3, n // 10)):
-        kind, value, sentence = _pii(rng)
-        paragraphs = src["text"].split("\n\n")
-        paragraphs.insert(rng.randrange(len(paragraphs) + 1), sentence)
-        src["text"] = "\n\n".join(paragraphs)
+    for i, src in enumerate(rng.sample(docs[:n], max(len(PII_KINDS), n // 5))):  # every type, in turn
+        kind = PII_KINDS[i % len(PII_KINDS)]
+        value, sentence = _pii(rng, kind)
+        _insert_sentence(src, sentence, rng)
         truth["pii"].append({"id": src["id"], "kind": kind, "value": value})
+    for src in rng.sample(docs[:n], max(7, n // 5)):
+        value, sentence = _look_alike(rng)
+        _insert_sentence(src, sentence, rng)
+        truth["look_alikes"].append({"id": src["id"], "value": value})
     for i in range(max(len(JUNK), n // 20)):
         docs.append({"id": f"junk-{i:05d}", "text": JUNK[i % len(JUNK)]})
         truth["junk"].append(f"junk-{i:05d}")

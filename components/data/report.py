@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from components.data.pii import PII_TYPES
+
 BLOCK_DIRS = ["01_gopher_repetition", "02_gopher_quality", "03_c4", "04_exact_dedup", "05_minhash"]
 
 
@@ -28,7 +30,7 @@ def _pii_counts(work: Path) -> dict[str, int]:
             for key, value in step.get("stats", {}).items():
                 if key.startswith("pii_"):
                     counts[key] += _stat_total(value)
-    return {k: counts.get(k, 0) for k in ("pii_email", "pii_ip", "pii_phone")}
+    return {f"pii_{k.lower()}": counts.get(f"pii_{k.lower()}", 0) for k in PII_TYPES}
 
 
 def _pair_recall(pairs: dict[str, str], kept: set[str]) -> float:
@@ -65,6 +67,13 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
             metrics["near_dup_precision"] = round(sum(i in planted for i in minhash_ids) / len(minhash_ids), 4)
         surviving = [p for p in truth["pii"] if p["id"] in kept]
         metrics["pii_recall"] = round(sum(p["value"] not in kept[p["id"]] for p in surviving) / max(1, len(surviving)), 4)
+        for kind in PII_TYPES:  # per type: the value is gone from the kept document
+            of_kind = [p for p in surviving if p["kind"] == kind]
+            if of_kind:
+                metrics[f"pii_recall_{kind.lower()}"] = round(sum(p["value"] not in kept[p["id"]] for p in of_kind) / len(of_kind), 4)
+        alikes = [a for a in truth.get("look_alikes", []) if a["id"] in kept]
+        if alikes:  # versions, dates, order ids, ISBNs...: must survive the scrubber
+            metrics["pii_look_alikes_altered_frac"] = round(sum(a["value"] not in kept[a["id"]] for a in alikes) / len(alikes), 4)
         metrics["quarantine_recall"] = round(metrics["quarantined"] / max(1, truth["malformed_lines"]), 4) if cfg.sources == ["embedded"] else None
         if metrics["quarantine_recall"] is None:
             del metrics["quarantine_recall"]
@@ -77,9 +86,10 @@ def write_report(out_dir: Path, m: dict) -> None:
              "(see quarantine.jsonl).", "", "| block | dropped |", "|---|---|"]
     lines += [f"| {name[3:]} | {m.get(name[3:] + '_dropped', 0)} |" for name in BLOCK_DIRS]
     lines += ["", "| PII type | replaced |", "|---|---|"]
-    lines += [f"| {k[4:]} | {m[k]} |" for k in ("pii_email", "pii_ip", "pii_phone")]
+    lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
     measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "exact_dup_recall", "near_dup_recall",
-                            "near_dup_precision", "pii_recall", "quarantine_recall") if k in m]
+                            "near_dup_precision", "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
+                            "pii_look_alikes_altered_frac", "quarantine_recall") if k in m]
     if measured:
         lines += ["", "Against the planted ground truth (ground_truth.json):", "", "| measure | value |", "|---|---|"]
         lines += [f"| {k} | {m[k]} |" for k in measured]

@@ -123,7 +123,7 @@ def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         execute("5_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)])
         tail.append(MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink(5, "minhash")))
     if cfg.pii:
-        tail.append(PIIScrubber())
+        tail.append(PIIScrubber(cfg.pii_keep_private_ips))
     tail.append(TrainValidationSplit(str(out_dir), cfg.validation_fraction))
     execute("6_pii_split", [final_reader, *tail])
 

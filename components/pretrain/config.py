@@ -16,6 +16,7 @@ class PretrainConfig(TrainConfig):
     max_steps: int = 400
     warmup_steps: int = 30
     batch_size: int = 16
+    spike_factor: float = 3.0  # pretraining loss never legitimately triples its running average
     max_val_tokens: int = 65536  # validation tokens scored (fixed windows)
 
     def __post_init__(self) -> None:

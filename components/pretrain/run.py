@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -50,8 +49,5 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         loss = validation_loss(model, val_windows, cfg.batch_size)
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
-    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate)
-    model.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
     return {**metrics, "params": n_params, "flops_per_token": flops_per_token(cfg, n_params)}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -71,8 +70,5 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         loss, _ = masked_loss(model, val_batch)
         return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
 
-    metrics = train(model, cfg, batch_fn, masked_loss, out_dir, evaluate)
-    model.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    metrics = train(model, cfg, batch_fn, masked_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
     return {**metrics, "train_examples": len(train_rows)}

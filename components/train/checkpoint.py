@@ -1,43 +1,48 @@
-"""Training checkpoints: model, optimizer, step, RNG states; written atomically, last K kept."""
+"""Training checkpoints: model, optimizer, RNG states of every rank, step and data position.
+
+Accelerate's save_state writes what each strategy needs (one file on a single process,
+per-rank shards under FSDP). We add state.json (step, tokens, world size) and make the
+whole directory atomic: written as .step_N.tmp, renamed to step_N by the main process
+once every rank has finished, so a kill mid-write leaves nothing `latest` would pick.
+"""
 from __future__ import annotations
 
+import json
 import os
-import random
+import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
+from accelerate import Accelerator
 
 
 def latest(ckpt_dir: Path) -> Path | None:
-    found = sorted(Path(ckpt_dir).glob("step_*.pt"))
+    found = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / "state.json").is_file())
     return found[-1] if found else None
 
 
-def save(ckpt_dir: Path, model: torch.nn.Module, optimizer, state: dict, keep: int) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step_{state['step']:08d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": dict(state),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
-        old.unlink()
-    return path
+def save(ckpt_dir: Path, accelerator: Accelerator, state: dict, keep: int) -> Path:
+    final = Path(ckpt_dir) / f"step_{state['step']:08d}"
+    tmp = Path(ckpt_dir) / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "state.json").write_text(json.dumps({**state, "world_size": accelerator.num_processes}))
+        os.replace(tmp, final)
+        for old in sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
 
 
-def load(path: Path, model: torch.nn.Module, optimizer) -> dict:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    torch.set_rng_state(blob["rng"]["torch"])
-    np.random.set_state(blob["rng"]["numpy"])
-    random.setstate(blob["rng"]["python"])
-    return blob["state"]
+def load(path: Path, accelerator: Accelerator) -> dict:
+    state = json.loads((Path(path) / "state.json").read_text())
+    world = state.pop("world_size", accelerator.num_processes)
+    if world != accelerator.num_processes:
+        raise ValueError(f"checkpoint {path} was written by {world} processes; resume with the same number "
+                         f"(this run has {accelerator.num_processes})")
+    accelerator.load_state(str(path))
+    return state

@@ -1,7 +1,7 @@
 """Optimisation settings shared by pretrain, sft and align (each stage's config extends this)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from components.config import check, check_choice, log_only
 
@@ -20,6 +20,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     mixed_precision: str = "bf16"  # bf16 | no (bf16 autocast runs ~2x faster on CPUs that have it)
     seed: int = 0
+    spike_factor: float = 0.0  # skip an update whose loss exceeds this x its running average (0: only NaN/inf)
+    max_spikes_in_a_row: int = 5  # then roll back to the last checkpoint
     log_every: int = log_only(25)  # steps between progress lines
     eval_every: int = log_only(0)  # steps between validation passes (0: only at the end)
     save_every: int = log_only(200)  # steps between checkpoints (resume after a crash)
@@ -35,4 +37,40 @@ class TrainConfig:
         check(self.batch_size > 0, f"{section}.batch_size", self.batch_size, "must be > 0")
         check(self.grad_accum > 0, f"{section}.grad_accum", self.grad_accum, "must be > 0")
         check(self.grad_clip > 0, f"{section}.grad_clip", self.grad_clip, "must be > 0")
+        check(self.spike_factor == 0 or self.spike_factor > 1, f"{section}.spike_factor", self.spike_factor,
+              "must be 0 (off) or > 1")
+        check(self.max_spikes_in_a_row > 0, f"{section}.max_spikes_in_a_row", self.max_spikes_in_a_row, "must be > 0")
         check_choice(f"{section}.mixed_precision", self.mixed_precision, ("bf16", "no"))
+
+
+@dataclass(kw_only=True)
+class LauncherConfig:
+    """How pretrain, sft and align are run: in this process, or by `accelerate launch`.
+
+    The global batch is set by each stage's config and split across processes, so the
+    result does not depend on these settings (to float tolerance, tested): they are not
+    part of any cache key, and a run can move between machines.
+    """
+
+    strategy: str = "single"  # single (in process) | ddp | fsdp (FSDP2), both through `accelerate launch`
+    num_processes: int = 1  # processes per machine (GPUs per node; on CPU, gloo processes)
+    num_machines: int = 1
+    machine_rank: int = 0  # this machine's rank (multi-node: run the pipeline on every node)
+    main_process_ip: str = ""  # multi-node: address of machine 0
+    main_process_port: int = 29500
+    extra_args: list[str] = field(default_factory=list)  # passed to `accelerate launch` as they are
+
+    def __post_init__(self) -> None:
+        check_choice("launcher.strategy", self.strategy, ("single", "ddp", "fsdp"))
+        check(self.num_processes >= 1, "launcher.num_processes", self.num_processes, "must be >= 1")
+        check(self.num_machines >= 1, "launcher.num_machines", self.num_machines, "must be >= 1")
+        check(0 <= self.machine_rank < self.num_machines, "launcher.machine_rank", self.machine_rank,
+              f"must be in [0, launcher.num_machines={self.num_machines})")
+        check(self.strategy != "single" or self.num_processes * self.num_machines == 1, "launcher.strategy",
+              self.strategy, f"runs one process: choose ddp or fsdp for {self.num_processes * self.num_machines}")
+        check(self.num_machines == 1 or bool(self.main_process_ip), "launcher.main_process_ip",
+              self.main_process_ip, "is needed with several machines")
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.num_machines

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from components.train import checkpoint
 from components.train.config import TrainConfig
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BatchFn = Callable[[int, int], dict]
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+STRATEGY_ENV = "PIPELINE_TRAIN_STRATEGY"  # set by launch.py for the processes it starts
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -56,26 +60,72 @@ def bf16_supported() -> bool:
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py)."""
     precision = cfg.mixed_precision
     if precision == "bf16" and not bf16_supported():
         log.warning("NOTE: mixed_precision=bf16 requested but this device has no native bf16; training in fp32")
         precision = "no"
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    strategy = os.environ.get(STRATEGY_ENV, "single")
+    kwargs = {}
+    if strategy == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["LlamaDecoderLayer"], reshard_after_forward=True,
+            state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, **kwargs)
+    if strategy == "fsdp" and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
+        # Accelerate silently falls back to DDP on CPU (STACK-NOTES); FSDP2 itself works there on gloo
+        accelerator.state.distributed_type = DistributedType.FSDP
+    return accelerator
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's rows of a global micro-batch; counts ("n_targets", "n_tokens") stay global."""
+    if world == 1:
+        return batch
+    return {k: v.tensor_split(world)[rank] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+            for k, v in batch.items()}
 
 
 def accumulate_gradients(model: torch.nn.Module, batches: list[dict], loss_fn: LossFn,
                          accelerator: Accelerator) -> tuple[float, int, dict]:
-    """Backward over micro-batches, normalised by the targets of all of them together."""
+    """Backward over micro-batches, normalised by the targets of all of them on all ranks.
+
+    Each batch is this rank's shard; its n_targets counts the whole global micro-batch.
+    DDP and FSDP average gradients over ranks, hence the factor world / n_targets.
+    """
+    world = accelerator.num_processes
     n_targets = sum(int(b["n_targets"]) for b in batches)
     loss_total, extras = 0.0, {}
     for batch in batches:
         with accelerator.autocast():
             loss_sum, metrics = loss_fn(model, batch)
-        accelerator.backward(loss_sum / max(1, n_targets))
+        accelerator.backward(loss_sum * (world / max(1, n_targets)))
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             extras[k] = extras.get(k, 0.0) + float(v) / len(batches)
+    if world > 1:  # every rank sees the same totals (and so takes the same spike decision)
+        totals = accelerator.reduce(torch.tensor([loss_total, *extras.values()], dtype=torch.float64), "sum")
+        loss_total = float(totals[0])
+        extras = {k: float(v) / world for k, v in zip(extras, totals[1:])}
     return loss_total, n_targets, extras
+
+
+def local_parameter_share(model: torch.nn.Module) -> float:
+    """Share of the parameters held by this rank: 1.0 unless the model is sharded (FSDP)."""
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    return local / max(1, sum(p.numel() for p in model.parameters()))
+
+
+def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
+    """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it)."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
+        tokenizer.save_pretrained(path)
+    accelerator.wait_for_everyone()
 
 
 def train(
@@ -86,67 +136,109 @@ def train(
     out_dir: Path,
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     accelerator: Accelerator | None = None,
+    export: tuple[Any, Path] | None = None,
 ) -> dict:
-    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics."""
+    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
+
+    batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank
+    trains on its shard. export=(tokenizer, path) saves the trained model there.
+    """
     accelerator = accelerator or make_accelerator(cfg)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     ckpt_dir = Path(out_dir) / "checkpoints"
     log_path = Path(out_dir) / "log.jsonl"
-    state = {"step": 0, "tokens": 0}
+    state = {"step": 0, "tokens": 0, "skipped_steps": 0, "rollbacks": 0}
     if checkpoint.latest(ckpt_dir) is not None:
-        state = checkpoint.load(checkpoint.latest(ckpt_dir), accelerator.unwrap_model(model), optimizer)
+        state = {**state, **checkpoint.load(checkpoint.latest(ckpt_dir), accelerator)}
         log.info("resumed from step %d", state["step"])
-        if log_path.exists():  # drop rows logged after the checkpoint: they will be redone
+        if main and log_path.exists():  # drop rows logged after the checkpoint: they will be redone
             rows = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= state["step"]]
             log_path.write_text("".join(r + "\n" for r in rows))
     final: dict = {}
+    loss_avg, spikes_in_a_row, accepted = None, 0, 0
     started, window_tokens, window_start = time.time(), 0, time.time()
+    log_file = open(log_path, "a") if main else None
     try:
-        with open(log_path, "a") as log_file:
-            while state["step"] < cfg.max_steps:
-                step = state["step"]
-                # --- one optimizer step over cfg.grad_accum micro-batches ---
-                lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batches = [batch_fn(step, micro) for micro in range(cfg.grad_accum)]
-                model.train()
-                loss_total, n_targets, extras = accumulate_gradients(model, batches, loss_fn, accelerator)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+        while state["step"] < cfg.max_steps:
+            step = state["step"]
+            # --- one optimizer step over cfg.grad_accum micro-batches ---
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = [shard(batch_fn(step, micro), rank, world) for micro in range(cfg.grad_accum)]
+            model.train()
+            loss_total, n_targets, extras = accumulate_gradients(model, batches, loss_fn, accelerator)
+            loss = loss_total / max(1, n_targets)
+            # --- loss-spike guard: a non-finite or far-above-average loss skips the update ---
+            warm = accepted >= 10  # a running average worth comparing against
+            if not math.isfinite(loss) or (cfg.spike_factor and warm and loss > cfg.spike_factor * loss_avg):
                 optimizer.zero_grad(set_to_none=True)
-                step_tokens = sum(int(b.get("n_tokens", b["n_targets"])) for b in batches)
-                state = {"step": step + 1, "tokens": state["tokens"] + step_tokens}
-                window_tokens += step_tokens
-                # --- logging, validation, checkpoints ---
-                row = {"step": step + 1, "loss": loss_total / max(1, n_targets), "lr": lr,
-                       "grad_norm": float(grad_norm), "tokens": state["tokens"], **extras}
-                done = state["step"] == cfg.max_steps
-                if step % cfg.log_every == 0 or done:
-                    now = time.time()
-                    row["tokens_per_s"] = window_tokens / max(1e-9, now - window_start)
-                    window_tokens, window_start = 0, now
-                    log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", row["step"], cfg.max_steps,
-                             row["loss"], lr, row["tokens_per_s"])
-                if evaluate is not None and (done or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
-                    model.eval()
-                    with torch.no_grad(), accelerator.autocast():
-                        row.update(evaluate(model))
-                    log.info("step %d validation %s", state["step"], {k: round(v, 4) for k, v in row.items() if k.startswith("val")})
+                state["skipped_steps"] += 1
+                spikes_in_a_row += 1
+                log.warning("step %d: loss %.4g (running average %s): update skipped", step + 1, loss, loss_avg)
+                if spikes_in_a_row >= cfg.max_spikes_in_a_row:
+                    last = checkpoint.latest(ckpt_dir)
+                    if last is None:
+                        raise RuntimeError(f"{spikes_in_a_row} loss spikes in a row at step {step + 1} and no checkpoint to roll back to")
+                    counts = {k: state[k] for k in ("skipped_steps", "rollbacks")}
+                    state = {**state, **checkpoint.load(last, accelerator), **counts}
+                    state["rollbacks"] += 1
+                    spikes_in_a_row = 0
+                    log.warning("rolled back to %s", last.name)
+                else:
+                    state["step"] += 1  # the data of a skipped step is not retried
+                continue
+            spikes_in_a_row, accepted = 0, accepted + 1
+            loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_tokens = sum(int(b.get("n_tokens", b["n_targets"])) for b in batches)
+            state = {**state, "step": step + 1, "tokens": state["tokens"] + step_tokens}
+            window_tokens += step_tokens
+            # --- logging, validation, checkpoints ---
+            row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                   "tokens": state["tokens"], **extras}
+            done = state["step"] == cfg.max_steps
+            if step % cfg.log_every == 0 or done:
+                now = time.time()
+                row["tokens_per_s"] = window_tokens / max(1e-9, now - window_start)
+                window_tokens, window_start = 0, now
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", row["step"], cfg.max_steps,
+                         row["loss"], lr, row["tokens_per_s"])
+            if evaluate is not None and (done or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
+                model.eval()
+                with torch.no_grad(), accelerator.autocast():
+                    row.update(evaluate(model))
+                log.info("step %d validation %s", state["step"], {k: round(v, 4) for k, v in row.items() if k.startswith("val")})
+            if log_file:
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
-                if state["step"] % cfg.save_every == 0 and not done:
-                    checkpoint.save(ckpt_dir, accelerator.unwrap_model(model), optimizer, state, cfg.keep_checkpoints)
-                final = row
+            if state["step"] % cfg.save_every == 0 and not done:
+                checkpoint.save(ckpt_dir, accelerator, state, cfg.keep_checkpoints)
+            final = row
+        if export is not None:
+            save_model(accelerator, model, export[0], export[1])
+        accelerator.wait_for_everyone()
+        if main:  # finished: resuming is no longer needed (a failed build keeps them, see artifacts.py)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     finally:
-        accelerator.free_memory()
+        if log_file:
+            log_file.close()
     seconds = time.time() - started
     return {
         "final_loss": final.get("loss", float("nan")),
         "steps": state["step"],
+        "skipped_steps": state["skipped_steps"],
+        "rollbacks": state["rollbacks"],
         "tokens_trained": state["tokens"],
         "train_seconds": round(seconds, 2),
         "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
+        "world_size": world,
+        "strategy": os.environ.get(STRATEGY_ENV, "single"),
+        "param_share_per_rank": round(local_parameter_share(model), 4),
         **{k: v for k, v in final.items() if k.startswith("val")},
     }

@@ -1,0 +1,71 @@
+"""Run a training stage through `accelerate launch`: the same code on 1 CPU, 8 GPUs or many nodes.
+
+The request (stage, config, inputs) is written to <out_dir>/launch/request.json; every
+process runs components.train.worker on it; rank 0 writes metrics.json. The processes'
+output streams to our log and to launch/launch.log; a non-zero exit raises with its tail.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from components.train.config import LauncherConfig
+from components.train.loop import STRATEGY_ENV
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def accelerate_args(launcher: LauncherConfig, on_gpu: bool) -> list[str]:
+    world = launcher.world_size
+    args = ["--num_processes", str(world), "--num_machines", str(launcher.num_machines),
+            "--machine_rank", str(launcher.machine_rank), "--main_process_port", str(launcher.main_process_port),
+            "--dynamo_backend", "no", "--mixed_precision", "no"]  # precision is the stage's (Accelerator kwarg)
+    if launcher.main_process_ip:
+        args += ["--main_process_ip", launcher.main_process_ip]
+    if world > 1:
+        # on CPU too: `--cpu` with 2 processes silently runs one (STACK-NOTES); the code passes cpu=True
+        args.append("--multi_gpu")
+    if not on_gpu:
+        args += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // launcher.num_processes))]
+    return [*args, *launcher.extra_args]
+
+
+def write_request(stage: str, cfg, inputs: dict[str, Path], out_dir: Path) -> Path:
+    """<out_dir>/launch/request.json: all a worker needs (`python -m components.train.worker PATH`)."""
+    work = Path(out_dir) / "launch"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "metrics.json").unlink(missing_ok=True)
+    request = {"stage": stage, "config": dataclasses.asdict(cfg), "out_dir": str(out_dir),
+               "inputs": {k: str(v) for k, v in inputs.items()}}
+    (work / "request.json").write_text(json.dumps(request, indent=2))
+    return work / "request.json"
+
+
+def launch(stage: str, cfg, inputs: dict[str, Path], out_dir: Path, launcher: LauncherConfig) -> dict:
+    import torch
+
+    work = write_request(stage, cfg, inputs, out_dir).parent
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(launcher, torch.cuda.is_available()),
+           "-m", "components.train.worker", str(work / "request.json")]
+    env = {**os.environ, STRATEGY_ENV: launcher.strategy,
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    log.info("%s: %s", stage, " ".join(cmd))
+    tail: list[str] = []
+    with open(work / "launch.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        for line in proc.stdout:
+            log_file.write(line)
+            tail = [*tail[-39:], line.rstrip()]
+            if "[rank" in line:  # the workers' own log lines; accelerate's chatter stays in the file
+                log.info("%s", line.rstrip())
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"{stage}: `accelerate launch` exited with code {code} ({work / 'launch.log'}):\n"
+                           + "\n".join(tail))
+    return json.loads((work / "metrics.json").read_text())
