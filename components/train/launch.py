@@ -57,15 +57,18 @@ def launch(stage: str, cfg, inputs: dict[str, Path], out_dir: Path, launcher: La
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     log.info("%s: %s", stage, " ".join(cmd))
     tail: list[str] = []
-    with open(work / "launch.log", "w") as log_file:
+    worker_errors: list[str] = []  # torchrun prefixes a failing worker's traceback with "[rankN]:"
+    with open(work / "launch.log", "w", buffering=1) as log_file:  # line-buffered: readable while it runs
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         for line in proc.stdout:
             log_file.write(line)
             tail = [*tail[-39:], line.rstrip()]
+            if line.startswith("[rank") and "]:" in line.split(" ", 1)[0] and len(worker_errors) < 40:
+                worker_errors.append(line.rstrip())
             if "[rank" in line:  # the workers' own log lines; accelerate's chatter stays in the file
                 log.info("%s", line.rstrip())
         code = proc.wait()
     if code != 0:
         raise RuntimeError(f"{stage}: `accelerate launch` exited with code {code} ({work / 'launch.log'}):\n"
-                           + "\n".join(tail))
+                           + "\n".join(worker_errors or tail))
     return json.loads((work / "metrics.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
 from components.train import checkpoint
@@ -66,18 +66,23 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         log.warning("NOTE: mixed_precision=bf16 requested but this device has no native bf16; training in fp32")
         precision = "no"
     strategy = os.environ.get(STRATEGY_ENV, "single")
-    kwargs = {}
+    fsdp_plugin = None
     if strategy == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
 
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+        fsdp_plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["LlamaDecoderLayer"], reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, **kwargs)
-    if strategy == "fsdp" and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, fsdp_plugin=fsdp_plugin)
+    if fsdp_plugin and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
         # Accelerate silently falls back to DDP on CPU (STACK-NOTES); FSDP2 itself works there on gloo
+        if precision != "no":
+            fsdp_plugin.set_mixed_precision(precision)
         accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = fsdp_plugin
+        # every later AcceleratorState() (e.g. in prepare) re-copies the type from PartialState
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     return accelerator
 
 
@@ -121,9 +126,24 @@ def local_parameter_share(model: torch.nn.Module) -> float:
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it)."""
-    state_dict = accelerator.get_state_dict(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # gathered onto rank 0's CPU (our checkpoints stay sharded; the export is one plain file)
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # save_pretrained inspects the module's own (sharded) parameters, a collective the
+            # other ranks never join: save an unsharded copy instead
+            from transformers import AutoModelForCausalLM
+
+            unwrapped = AutoModelForCausalLM.from_config(unwrapped.config)
+            unwrapped.load_state_dict(state_dict)
+            state_dict = None  # the copy's own, so tied weights are recognised as one
+        unwrapped.save_pretrained(path, state_dict=state_dict)
         tokenizer.save_pretrained(path)
     accelerator.wait_for_everyone()
 
