@@ -50,3 +50,8 @@ def test_yaml_mirrors_dataclass_fields():
         data = yaml.safe_load((REPO / "conf" / name / "default.yaml").read_text()) or {}
         fields = {f.name for f in dataclasses.fields(stage.config_type())}
         assert set(data) == fields, f"conf/{name}/default.yaml vs {stage.config_class}: {set(data) ^ fields}"
+    from components.train.config import LauncherConfig
+
+    data = yaml.safe_load((REPO / "conf" / "launcher" / "single.yaml").read_text())
+    fields = {f.name for f in dataclasses.fields(LauncherConfig)}
+    assert set(data) == fields, f"conf/launcher/single.yaml vs LauncherConfig: {set(data) ^ fields}"
