@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BatchFn = Callable[[int, int], dict]
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+MAX_ROLLBACKS = 3  # then the run fails: repeated divergence needs a person, not more retries
 STRATEGY_ENV = "PIPELINE_TRAIN_STRATEGY"  # set by launch.py for the processes it starts
 
 
@@ -148,6 +149,13 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
     accelerator.wait_for_everyone()
 
 
+def truncate_log(log_path: Path, step: int) -> None:
+    """Drop log rows after `step` (a resume or rollback redoes them)."""
+    if log_path.exists():
+        rows = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= step]
+        log_path.write_text("".join(r + "\n" for r in rows))
+
+
 def train(
     model: torch.nn.Module,
     cfg: TrainConfig,
@@ -167,15 +175,16 @@ def train(
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt_dir = Path(out_dir) / "checkpoints"
     log_path = Path(out_dir) / "log.jsonl"
-    state = {"step": 0, "tokens": 0, "skipped_steps": 0, "rollbacks": 0}
+    # data_offset: batches skipped after a rollback, so training does not replay the window that spiked
+    state = {"step": 0, "tokens": 0, "skipped_steps": 0, "rollbacks": 0, "data_offset": 0}
     if checkpoint.latest(ckpt_dir) is not None:
         state = {**state, **checkpoint.load(checkpoint.latest(ckpt_dir), accelerator)}
         log.info("resumed from step %d", state["step"])
-        if main and log_path.exists():  # drop rows logged after the checkpoint: they will be redone
-            rows = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= state["step"]]
-            log_path.write_text("".join(r + "\n" for r in rows))
+        if main:
+            truncate_log(log_path, state["step"])
     final: dict = {}
     loss_avg, spikes_in_a_row, accepted = None, 0, 0
     started, window_tokens, window_start = time.time(), 0, time.time()
@@ -187,7 +196,7 @@ def train(
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = [shard(batch_fn(step, micro), rank, world) for micro in range(cfg.grad_accum)]
+            batches = [shard(batch_fn(step + state["data_offset"], micro), rank, world) for micro in range(cfg.grad_accum)]
             model.train()
             loss_total, n_targets, extras = accumulate_gradients(model, batches, loss_fn, accelerator)
             loss = loss_total / max(1, n_targets)
@@ -200,13 +209,21 @@ def train(
                 log.warning("step %d: loss %.4g (running average %s): update skipped", step + 1, loss, loss_avg)
                 if spikes_in_a_row >= cfg.max_spikes_in_a_row:
                     last = checkpoint.latest(ckpt_dir)
-                    if last is None:
-                        raise RuntimeError(f"{spikes_in_a_row} loss spikes in a row at step {step + 1} and no checkpoint to roll back to")
-                    counts = {k: state[k] for k in ("skipped_steps", "rollbacks")}
-                    state = {**state, **checkpoint.load(last, accelerator), **counts}
+                    if last is None or state["rollbacks"] >= MAX_ROLLBACKS:
+                        raise RuntimeError(f"{spikes_in_a_row} loss spikes in a row at step {step + 1} after "
+                                           f"{state['rollbacks']} rollbacks ({'no checkpoint' if last is None else last.name}): "
+                                           "lower the learning rate or inspect the data")
+                    kept = {k: state[k] for k in ("skipped_steps", "rollbacks", "data_offset")}
+                    state = {**state, **checkpoint.load(last, accelerator), **kept}
+                    # resume past the batches that spiked (PaLM's remedy): the same data would spike again
+                    state["data_offset"] += step + 1 - state["step"]
                     state["rollbacks"] += 1
                     spikes_in_a_row = 0
-                    log.warning("rolled back to %s", last.name)
+                    if log_file:
+                        log_file.close()
+                        truncate_log(log_path, state["step"])
+                        log_file = open(log_path, "a")
+                    log.warning("rolled back to %s; skipping %d batches of data", last.name, state["data_offset"])
                 else:
                     state["step"] += 1  # the data of a skipped step is not retried
                 continue
