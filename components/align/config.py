@@ -19,10 +19,16 @@ class AlignConfig(TrainConfig):
     batch_size: int = 16  # pairs per micro-batch
     num_pairs: int = 2000  # generated training pairs (components/tasks)
     num_val_pairs: int = 200
+    # generated: each task's plausible wrong answer; on_policy: where the sft model's own greedy
+    # answer is wrong, that answer (its actual mistake, the most informative negative)
+    rejected: str = "on_policy"
+    rejected_max_new_tokens: int = 24  # greedy decoding budget for on_policy answers
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.beta > 0, "align.beta", self.beta, "must be > 0")
         check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
         check(self.rpo_alpha >= 0, "align.rpo_alpha", self.rpo_alpha, "must be >= 0")
+        check_choice("align.rejected", self.rejected, ("generated", "on_policy"))
+        check(self.rejected_max_new_tokens > 0, "align.rejected_max_new_tokens", self.rejected_max_new_tokens, "must be > 0")
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")

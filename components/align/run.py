@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.align.config import AlignConfig
 from components.tasks import preference_pairs
-from components.train.chat import encode_chat, epoch_indices, pad_batch
+from components.train.chat import encode_chat, epoch_indices, generate, pad_batch
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
 from components.train.loop import make_accelerator, train
 
@@ -54,13 +54,34 @@ def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: in
     return torch.cat(out)
 
 
+def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> tuple[list[dict], int]:
+    """Pairs whose rejected answer is the model's own greedy answer wherever that one is wrong.
+
+    Every rank decodes all prompts (greedy, so identically): no exchange needed.
+    """
+    model.eval()
+    answers = generate(model, tokenizer, [p["prompt"] for p in pairs], cfg.rejected_max_new_tokens,
+                       batch_size=4 * cfg.batch_size)
+    out, replaced = [], 0
+    for pair, answer in zip(pairs, answers):
+        if answer and answer.strip() != pair["chosen"].strip():
+            pair, replaced = {**pair, "rejected": answer}, replaced + 1
+        out.append(pair)
+    log.info("align: %d of %d rejected answers are the sft model's own mistakes", replaced, len(pairs))
+    return out, replaced
+
+
 def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     pad = tokenizer.pad_token_id
-    train_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("train", cfg.num_pairs, cfg.seed)]
+    raw_pairs = preference_pairs("train", cfg.num_pairs, cfg.seed)
+    on_policy = 0
+    if cfg.rejected == "on_policy":
+        raw_pairs, on_policy = with_own_mistakes(model, tokenizer, raw_pairs, cfg)
+    train_pairs = [encode_pair(tokenizer, p) for p in raw_pairs]
     val_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("heldout", cfg.num_val_pairs, cfg.seed)]
     accelerator = make_accelerator(cfg)
     ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
@@ -97,4 +118,5 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"))
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
-    return {**metrics, "train_pairs": len(train_pairs), "val_preference_accuracy_before": before}
+    return {**metrics, "train_pairs": len(train_pairs), "on_policy_rejected": on_policy,
+            "val_preference_accuracy_before": before}

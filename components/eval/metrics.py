@@ -7,11 +7,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from components.train.chat import encode_chat, pad_batch
+from components.train.chat import END, encode_chat, generate, pad_batch  # noqa: F401 (generate: eval's API)
 from components.train.losses import sequence_logps, token_nll_sum
-
-END = "<|end|>"
-
 
 def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int) -> float:
     """Add-one smoothed unigram model from the train shard, on the tokens the models predict."""
@@ -30,26 +27,6 @@ def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
         total += float(token_nll_sum(model, ids, ids))
         count += ids.numel() - len(ids)
     return math.exp(total / count)
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, **sampling) -> list[str]:
-    """Answers to chat prompts (left-padded batches), cut at <|end|>."""
-    tokenizer.padding_side = "left"
-    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
-    answers = []
-    for i in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[i : i + batch_size]]
-        # the template's text, tokenised as sft/align tokenise it (encode_chat): same prompt ids
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt",
-                        return_token_type_ids=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-                             pad_token_id=tokenizer.pad_token_id, do_sample=bool(sampling), **sampling)
-        for row in out[:, enc["input_ids"].shape[1] :]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=False).split(END)[0]
-                           .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
-    return answers
 
 
 def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[float, dict, list]:

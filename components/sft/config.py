@@ -11,8 +11,8 @@ class SFTConfig(TrainConfig):
     """Instruction tuning of the pretrained model: chat template, loss on assistant tokens only."""
 
     lr: float = 2e-3
-    max_steps: int = 800
-    warmup_steps: int = 40
+    max_steps: int = 1000
+    warmup_steps: int = 50
     batch_size: int = 32
     num_examples: int = 20000  # generated training examples (components/tasks)
     num_val_examples: int = 200  # generated held-out examples for validation loss
