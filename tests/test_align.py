@@ -98,3 +98,22 @@ def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
     mixed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["loss"]
     assert pure == pytest.approx(math.log(2), abs=1e-4)
     assert mixed > pure + 0.5  # a random model's NLL per token is several nats
+
+
+def test_on_policy_rejected_are_the_models_own_wrong_answers(sft_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from components.align.run import with_own_mistakes
+    from components.train.chat import generate
+
+    model = AutoModelForCausalLM.from_pretrained(sft_dir / "model")
+    cfg = AlignConfig(num_pairs=12, batch_size=4, rejected_max_new_tokens=6)
+    pairs = preference_pairs("train", 12)
+    own = generate(model, tokenizer, [p["prompt"] for p in pairs], 6, batch_size=16)
+    pairs[0] = {**pairs[0], "chosen": own[0]}  # here the model happens to be right: nothing to replace
+    out, replaced = with_own_mistakes(model, tokenizer, pairs, cfg)
+    assert out[0]["rejected"] == pairs[0]["rejected"]
+    wrong = [i for i in range(1, 12) if own[i] and own[i].strip() != pairs[i]["chosen"].strip()]
+    assert replaced == len(wrong) > 0
+    assert all(out[i]["rejected"] == own[i] for i in wrong)
+    assert [p["chosen"] for p in out] == [p["chosen"] for p in pairs]  # chosen answers untouched
