@@ -51,7 +51,7 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
         return []
     root.mkdir(parents=True, exist_ok=True)
     configure_prefect(root)
-    for noisy in ("httpx", "matplotlib"):
+    for noisy in ("httpx", "matplotlib", "accelerate"):  # accelerate: a line per checkpoint file
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.dag import pipeline_flow  # imports prefect, after its settings are in place
 

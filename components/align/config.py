@@ -17,7 +17,7 @@ class AlignConfig(TrainConfig):
     max_steps: int = 150
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
-    num_pairs: int = 2000  # generated training pairs (components/tasks)
+    num_pairs: int = 1500  # generated training pairs (components/tasks)
     num_val_pairs: int = 200
     # generated: each task's plausible wrong answer; on_policy: where the sft model's own greedy
     # answer is wrong, that answer (its actual mistake, the most informative negative)

@@ -13,7 +13,7 @@ class PretrainConfig(TrainConfig):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lr: float = 3e-3
-    max_steps: int = 400
+    max_steps: int = 320
     warmup_steps: int = 30
     batch_size: int = 16
     spike_factor: float = 3.0  # pretraining loss never legitimately triples its running average
