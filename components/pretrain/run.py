@@ -17,11 +17,6 @@ from components.train.loop import train
 log = logging.getLogger(__name__)
 
 
-def flops_per_token(cfg: PretrainConfig, n_params: int) -> int:
-    """6N for the matmuls plus attention's 6 * layers * context * d_model (Kaplan et al.)."""
-    return 6 * n_params + 6 * cfg.model.n_layers * cfg.model.context_length * cfg.model.d_model
-
-
 def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> float:
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
@@ -38,8 +33,8 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     val_windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"), cfg.model.context_length, cfg.max_val_tokens)
     model = build_model(cfg.model, tokenizer, cfg.seed)
     n_params = count_parameters(model)
-    log.info("pretrain: %.2fM parameters, %d FLOPs/token, %d train tokens, %d steps x %d x %d tokens",
-             n_params / 1e6, flops_per_token(cfg, n_params), len(train_tokens), cfg.max_steps,
+    log.info("pretrain: %.2fM parameters, %d train tokens, %d steps x %d x %d tokens",
+             n_params / 1e6, len(train_tokens), cfg.max_steps,
              cfg.batch_size * cfg.grad_accum, cfg.model.context_length)
 
     def batch_fn(step: int, micro: int) -> dict:
@@ -50,4 +45,4 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
-    return {**metrics, "params": n_params, "flops_per_token": flops_per_token(cfg, n_params)}
+    return {**metrics, "params": n_params}

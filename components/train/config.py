@@ -26,6 +26,7 @@ class TrainConfig:
     eval_every: int = log_only(0)  # steps between validation passes (0: only at the end)
     save_every: int = log_only(200)  # steps between checkpoints (resume after a crash)
     keep_checkpoints: int = log_only(2)
+    peak_tflops: float = log_only(0.0)  # the device's peak TFLOP/s for MFU (0: known GPUs from a table; CPUs: no MFU)
 
     def __post_init__(self) -> None:
         section = type(self).__name__.removesuffix("Config").lower()
@@ -40,6 +41,7 @@ class TrainConfig:
         check(self.spike_factor == 0 or self.spike_factor > 1, f"{section}.spike_factor", self.spike_factor,
               "must be 0 (off) or > 1")
         check(self.max_spikes_in_a_row > 0, f"{section}.max_spikes_in_a_row", self.max_spikes_in_a_row, "must be > 0")
+        check(self.peak_tflops >= 0, f"{section}.peak_tflops", self.peak_tflops, "must be >= 0")
         check_choice(f"{section}.mixed_precision", self.mixed_precision, ("bf16", "no"))
 
 

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
-from components.train import checkpoint
+from components.train import budget, checkpoint
 from components.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,31 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
     accelerator.wait_for_everyone()
 
 
+def seq_len(batch: dict) -> int:
+    return int(batch["input_ids"].shape[-1]) if "input_ids" in batch else 0
+
+
+def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict, accelerator: Accelerator) -> dict:
+    """Log and return FLOPs per token, the per-rank memory estimate and the device's peak FLOP/s."""
+    world = accelerator.num_processes
+    n_params, n_layers, d_model = budget.model_shape(model)
+    seq = seq_len(first_batch)
+    flops = budget.flops_per_token(n_params, n_layers, d_model, seq)
+    peak = budget.peak_flops(cfg.peak_tflops, accelerator.device)
+    cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None}
+    if hasattr(model, "config") and seq:
+        rows = first_batch["input_ids"].numel() // seq  # sequences in a global micro-batch (pairs count twice)
+        sharded = os.environ.get(STRATEGY_ENV) == "fsdp" and world > 1
+        act_bytes = 2 if accelerator.mixed_precision in ("bf16", "fp16") else 4
+        mem = budget.memory_estimate(model, -(-rows // world), seq, world, sharded, act_bytes)
+        cost["memory_estimate_mb"] = round(mem["total"] / 2**20, 1)
+        log.info("budget: %.2fM params, %.3g FLOPs/token at %d tokens; memory per rank ~%.0f MB (params %.0f, "
+                 "grads %.0f, optimizer %.0f, activations %.0f); MFU %s", n_params / 1e6, flops, seq,
+                 *(mem[k] / 2**20 for k in ("total", "params", "grads", "optimizer", "activations")),
+                 f"against {peak:.3g} FLOP/s per rank" if peak else "not reported (peak FLOP/s unknown: set peak_tflops)")
+    return cost
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """Drop log rows after `step` (a resume or rollback redoes them)."""
     if log_path.exists():
@@ -173,6 +198,8 @@ def train(
     """
     accelerator = accelerator or make_accelerator(cfg)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    shape = budget.model_shape(model)  # before sharding
+    cost = announce_budget(model, cfg, batch_fn(0, 0), accelerator)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -187,7 +214,7 @@ def train(
             truncate_log(log_path, state["step"])
     final: dict = {}
     loss_avg, spikes_in_a_row, accepted = None, 0, 0
-    started, window_tokens, window_start = time.time(), 0, time.time()
+    started, window_tokens, window_flops, window_start = time.time(), 0, 0.0, time.time()
     log_file = open(log_path, "a") if main else None
     try:
         while state["step"] < cfg.max_steps:
@@ -236,6 +263,8 @@ def train(
             step_tokens = sum(int(b.get("n_tokens", b["n_targets"])) for b in batches)
             state = {**state, "step": step + 1, "tokens": state["tokens"] + step_tokens}
             window_tokens += step_tokens
+            window_flops += sum(int(b.get("n_tokens", b["n_targets"])) * budget.flops_per_token(*shape, seq_len(b))
+                                for b in batches)
             # --- logging, validation, checkpoints ---
             row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                    "tokens": state["tokens"], **extras}
@@ -243,9 +272,11 @@ def train(
             if step % cfg.log_every == 0 or done:
                 now = time.time()
                 row["tokens_per_s"] = window_tokens / max(1e-9, now - window_start)
-                window_tokens, window_start = 0, now
-                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", row["step"], cfg.max_steps,
-                         row["loss"], lr, row["tokens_per_s"])
+                if cost["peak_flops"]:
+                    row["mfu"] = window_flops / max(1e-9, now - window_start) / (cost["peak_flops"] * world)
+                window_tokens, window_flops, window_start = 0, 0.0, now
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", row["step"], cfg.max_steps,
+                         row["loss"], lr, row["tokens_per_s"], f" MFU {row['mfu']:.1%}" if "mfu" in row else "")
             if evaluate is not None and (done or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
                 model.eval()
                 with torch.no_grad(), accelerator.autocast():
@@ -274,6 +305,10 @@ def train(
         "tokens_trained": state["tokens"],
         "train_seconds": round(seconds, 2),
         "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
+        "flops_per_token": cost["flops_per_token"],
+        "memory_estimate_mb": cost["memory_estimate_mb"],
+        **({"mfu": round(budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world,
+                                    cost["peak_flops"]), 4)} if cost["peak_flops"] else {}),
         "world_size": world,
         "strategy": os.environ.get(STRATEGY_ENV, "single"),
         "param_share_per_rank": round(local_parameter_share(model), 4),

@@ -1,0 +1,51 @@
+"""What a training run costs: FLOPs per token, a memory estimate, and model FLOPs utilisation."""
+from __future__ import annotations
+
+import torch
+
+# Dense peak FLOP/s of common accelerators at 16-bit (vendor data sheets, without sparsity).
+PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
+              "V100": 125e12, "T4": 65e12}
+
+
+def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus attention's 6 * layers * seq_len * d_model
+    (forward + backward; Kaplan et al. 2020, as in nanoGPT's MFU)."""
+    return 6 * n_params + 6 * n_layers * seq_len * d_model
+
+
+def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(parameters, layers, width) of a Hugging Face causal LM, counted once even if sharded."""
+    n_params = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)  # plain torch modules: only the 6N term
+    return n_params, getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
+
+
+def memory_estimate(model: torch.nn.Module, micro_batch: int, seq_len: int, world: int, sharded: bool,
+                    activation_bytes: int = 4) -> dict[str, float]:
+    """Bytes per rank: fp32 params, grads and AdamW's two moments (16 B/param, divided by the
+    ranks under FSDP), plus activations without recomputation (Korthikanti et al. 2022:
+    seq * batch * d * (34 + 5 * heads * seq / d) per layer at 2 bytes, scaled to activation_bytes)."""
+    n_params, n_layers, d = model_shape(model)
+    heads = model.config.num_attention_heads
+    share = 1 / world if sharded else 1.0
+    per_layer = seq_len * micro_batch * d * (34 + 5 * heads * seq_len / d) * activation_bytes / 2
+    est = {"params": 4 * n_params * share, "grads": 4 * n_params * share, "optimizer": 8 * n_params * share,
+           "activations": n_layers * per_layer}
+    est["total"] = sum(est.values())
+    return est
+
+
+def peak_flops(configured_tflops: float, device: torch.device) -> float | None:
+    """The device's peak FLOP/s: from config, else from the table by GPU name; None if unknown (CPUs)."""
+    if configured_tflops > 0:
+        return configured_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return None
+
+
+def mfu(tokens_per_second: float, flops_token: float, world: int, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all ranks."""
+    return tokens_per_second * flops_token / (peak * world) if peak else None
