@@ -1,0 +1,179 @@
+"""Readers for the instruction and preference formats people publish, into one shape each.
+
+SFT records become {"messages": [{"role", "content"}, ...]}; preference records become
+{"prompt": [messages...], "chosen": str, "rejected": str}. A record that fits no format, or
+has a field of the wrong type, raises FormatError naming the file, the record and the field,
+or, with strict=False, is quarantined with that message and counted.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+         "system": "system", "bot": "assistant"}
+
+
+class FormatError(ValueError):
+    pass
+
+
+def _text(rec: dict, key: str, where: str, optional: bool = False) -> str:
+    value = rec.get(key, "" if optional else None)
+    if not isinstance(value, str) or (not optional and not value.strip()):
+        raise FormatError(f"{where}: field {key!r} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
+def _turns(items: list, where: str, field: str) -> list[dict]:
+    """ShareGPT {"from", "value"} or chat {"role", "content"} items -> messages."""
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FormatError(f"{where}: {field}[{i}] must be an object, got {item!r:.60}")
+        role, content = item.get("role", item.get("from")), item.get("content", item.get("value"))
+        if role not in ROLES or not isinstance(content, str):
+            raise FormatError(f"{where}: {field}[{i}] needs a known role/from ({sorted(ROLES)}) and a string "
+                              f"content/value, got {item!r:.80}")
+        out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+def _user_turn(instruction: str, extra: str) -> str:
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
+def _history(rec: dict, where: str) -> list[dict]:
+    """LLaMA-Factory / LIMA history: [[user, assistant], ...] before the instruction."""
+    out = []
+    for i, pair in enumerate(rec.get("history") or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise FormatError(f"{where}: history[{i}] must be [user, assistant] strings, got {pair!r:.60}")
+        out += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return out
+
+
+def sft_record(rec: dict, where: str) -> dict:
+    """One instruction record in any supported format -> {"messages": [...]}."""
+    if "messages" in rec:  # OpenAI / Hugging Face chat
+        messages = _turns(rec["messages"], where, "messages")
+    elif "conversations" in rec:  # ShareGPT
+        messages = _turns(rec["conversations"], where, "conversations")
+    elif "instruction" in rec and "output" in rec:  # alpaca, LIMA-style with history
+        messages = _history(rec, where) + [
+            {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "input", where, True))},
+            {"role": "assistant", "content": _text(rec, "output", where)}]
+        if isinstance(rec.get("system"), str) and rec["system"].strip():
+            messages.insert(0, {"role": "system", "content": rec["system"]})
+    elif "instruction" in rec and "response" in rec:  # dolly
+        messages = [{"role": "user", "content": _user_turn(_text(rec, "instruction", where),
+                                                           _text(rec, "context", where, True))},
+                    {"role": "assistant", "content": _text(rec, "response", where)}]
+    elif "prompt" in rec and ("response" in rec or "completion" in rec):
+        answer_key = "response" if "response" in rec else "completion"
+        messages = [{"role": "user", "content": _text(rec, "prompt", where)},
+                    {"role": "assistant", "content": _text(rec, answer_key, where)}]
+    else:
+        raise FormatError(f"{where}: no known instruction format (fields: {sorted(rec)}); expected messages, "
+                          "conversations, instruction/input/output, instruction/context/response or prompt/response")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise FormatError(f"{where}: no non-empty assistant turn: nothing to train on")
+    return {"messages": messages}
+
+
+def _hh_turns(transcript: str, where: str, field: str) -> list[dict]:
+    """Anthropic HH-RLHF "\\n\\nHuman: ...\\n\\nAssistant: ..." -> messages."""
+    out = []
+    for chunk in transcript.split("\n\nHuman: ")[1:]:
+        user, sep, assistant = chunk.partition("\n\nAssistant: ")
+        out.append({"role": "user", "content": user.strip()})
+        if sep:
+            out.append({"role": "assistant", "content": assistant.strip()})
+    if not out or out[-1]["role"] != "assistant":
+        raise FormatError(f"{where}: field {field!r} is not a Human/Assistant transcript ending with the Assistant")
+    return out
+
+
+def _answer(value, where: str, field: str) -> str:
+    """A response given as a string, a {"from"/"role", ...} turn, or messages ending with the answer."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, dict):
+        return _turns([value], where, field)[0]["content"]
+    if isinstance(value, list) and value:
+        return _turns(value, where, field)[-1]["content"]
+    raise FormatError(f"{where}: field {field!r} must be a non-empty string, a turn or a message list, got {value!r:.60}")
+
+
+def preference_record(rec: dict, where: str) -> dict:
+    """One preference record in any supported format -> {"prompt", "chosen", "rejected"}."""
+    if "question" in rec and "response_j" in rec:  # StackExchange paired: j preferred over k
+        prompt = [{"role": "user", "content": _text(rec, "question", where)}]
+        chosen, rejected = _text(rec, "response_j", where), _text(rec, "response_k", where)
+    elif "conversations" in rec:  # LLaMA-Factory: ShareGPT prompt, chosen/rejected turns
+        prompt = _turns(rec["conversations"], where, "conversations")
+        chosen, rejected = _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
+    elif "prompt" in rec:  # prompt/chosen/rejected, strings or messages
+        p = rec["prompt"]
+        prompt = [{"role": "user", "content": _text(rec, "prompt", where)}] if isinstance(p, str) else _turns(p, where, "prompt")
+        chosen, rejected = _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
+    elif isinstance(rec.get("chosen"), str) and "\n\nHuman: " in rec["chosen"]:  # HH-RLHF transcripts
+        c, r = _hh_turns(rec["chosen"], where, "chosen"), _hh_turns(_text(rec, "rejected", where), where, "rejected")
+        if c[:-1] != r[:-1]:
+            raise FormatError(f"{where}: chosen and rejected transcripts differ before their last answer")
+        prompt, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
+    else:
+        raise FormatError(f"{where}: no known preference format (fields: {sorted(rec)}); expected prompt/chosen/"
+                          "rejected, conversations/chosen/rejected, question/response_j/response_k or HH-RLHF")
+    if not prompt or prompt[-1]["role"] != "user":
+        raise FormatError(f"{where}: the prompt must end with a user turn")
+    for field, answer in (("chosen", chosen), ("rejected", rejected)):
+        if not answer.strip():
+            raise FormatError(f"{where}: the {field} answer is empty")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def records(path: Path) -> Iterator[tuple[dict, str]]:
+    """(record, "file:line" or "file[index]") from a .json list or a .jsonl / .jsonl.gz file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.suffix == ".json":
+            data = json.load(f)
+            if not isinstance(data, list):
+                raise FormatError(f"{path}: a .json file must hold a list of records")
+            yield from ((rec, f"{path}[{i}]") for i, rec in enumerate(data))
+            return
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line), f"{path}:{n}"
+                except json.JSONDecodeError as e:
+                    yield FormatError(f"{path}:{n}: invalid JSON ({e.msg})"), f"{path}:{n}"
+
+
+def read(path: Path, convert: Callable[[dict, str], dict], strict: bool = True) -> tuple[list[dict], list[dict]]:
+    """(records, quarantined [{"where", "reason"}]); strict raises on the first bad record instead."""
+    out, quarantined = [], []
+    for rec, where in records(path):
+        try:
+            if isinstance(rec, FormatError):
+                raise rec
+            if not isinstance(rec, dict):
+                raise FormatError(f"{where}: a record must be an object")
+            out.append(convert(rec, where))
+        except FormatError as e:
+            if strict:
+                raise
+            quarantined.append({"where": where, "reason": str(e)})
+    return out, quarantined
+
+
+def read_sft(path: Path, strict: bool = True) -> tuple[list[dict], list[dict]]:
+    return read(path, sft_record, strict)
+
+
+def read_preferences(path: Path, strict: bool = True) -> tuple[list[dict], list[dict]]:
+    return read(path, preference_record, strict)
