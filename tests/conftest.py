@@ -18,6 +18,7 @@ for _name, _value in {
     "WANDB_ERROR_REPORTING": "false",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # components log outside flows in unit tests
 }.items():
     os.environ.setdefault(_name, _value)
 
