@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components.config import as_dict, output_relevant
+from components.config import as_dict, content_paths, output_relevant
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,23 @@ def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
     return digest.hexdigest()
 
 
+SMALL_FILE = 1 << 20  # files up to 1 MiB (configs, tokenizers) are hashed; larger ones (weights) by size + mtime
+
+
+def path_fingerprint(path: str | Path) -> str:
+    """sha256 over a file or directory: relative names, sizes, and the content of small files
+    (the mtime of large ones, so a multi-GB checkpoint is not read on every plan)."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or directory (its content is part of a cache key)")
+    digest = hashlib.sha256()
+    for file in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else file.name}:{stat.st_size}:".encode())
+        digest.update(file.read_bytes() if stat.st_size <= SMALL_FILE else str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
 def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
     payload = {
         "stage": stage,
@@ -50,6 +67,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(code_paths),
     }
+    paths = content_paths(cfg)
+    if paths:  # only then, so keys of configs without such fields stay as they were
+        payload["content"] = {name: path_fingerprint(p) for name, p in sorted(paths.items())}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
 

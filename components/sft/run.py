@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train.chat import encode_chat, epoch_indices, pad_batch
-from components.train.losses import IGNORE, token_nll_sum
+from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def encode_all(tokenizer, examples: list[dict], max_len: int) -> list[tuple[list
 
 
 def masked_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    return token_nll_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"]), {}
+    return lm_loss(model, batch)  # labels mask all but the assistant's tokens; MoE adds its router loss
 
 
 def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
