@@ -164,3 +164,15 @@ def test_large_vocabularies_get_uint32_shards(tmp_path):
     np.array([1, 70000, 2], dtype=np.uint32).tofile(tmp_path / "shards" / "train.bin")
     (tmp_path / "shards" / "meta.json").write_text(json.dumps({"dtype": "uint32"}))
     assert load_shard(tmp_path, "train").tolist() == [1, 70000, 2]
+
+
+def test_rope_scaling_extends_an_imported_model(checkpoint, imported_tokenizer, tmp_path):
+    from components.pretrain.run import run
+
+    model = ModelConfig(init_from=str(checkpoint), context_length=32, rope_scaling="linear", rope_factor=2.0)
+    run(PretrainConfig(model=model, max_steps=0, **SMALL), {"tokenizer": imported_tokenizer[0]}, tmp_path)
+    extended = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert extended.config.rope_parameters["rope_type"] == "linear" and extended.config.rope_parameters["factor"] == 2.0
+    assert extended.config.max_position_embeddings == 128  # the checkpoint's context (64) x factor
+    saved = AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in extended.state_dict().items())  # same weights, new positions

@@ -16,22 +16,22 @@ from components.model.config import SHAPE_KEYS, ModelConfig
 log = logging.getLogger(__name__)
 
 
-def rope_parameters(cfg: ModelConfig, theta: float) -> dict:
+def rope_parameters(cfg: ModelConfig, theta: float, original: int) -> dict:
     """transformers 5's `rope_parameters` for the configured scaling (modeling_rope_utils)."""
     params: dict = {"rope_type": "default" if cfg.rope_scaling == "none" else cfg.rope_scaling, "rope_theta": theta}
     if cfg.rope_scaling != "none":
         params["factor"] = float(cfg.rope_factor)
     if cfg.rope_scaling == "yarn":
-        params["original_max_position_embeddings"] = cfg.original_context
+        params["original_max_position_embeddings"] = original
     return params
 
 
-def max_positions(cfg: ModelConfig) -> int:
+def max_positions(cfg: ModelConfig, original: int) -> int:
     """HF's max_position_embeddings: the context the model is meant for. Linear and YaRN: the
     extended one (YaRN checks factor = it / original); dynamic NTK scales past it, so the original."""
     if cfg.rope_scaling in ("linear", "yarn"):
-        return int(cfg.original_context * cfg.rope_factor)
-    return cfg.original_context if cfg.rope_scaling == "dynamic" else cfg.context_length
+        return int(original * cfg.rope_factor)
+    return original if cfg.rope_scaling == "dynamic" else cfg.context_length
 
 
 def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:
@@ -42,8 +42,8 @@ def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:
         num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_kv_heads,
-        max_position_embeddings=max_positions(cfg),
-        rope_parameters=rope_parameters(cfg, cfg.rope_theta),
+        max_position_embeddings=max_positions(cfg, cfg.original_context),
+        rope_parameters=rope_parameters(cfg, cfg.rope_theta, cfg.original_context),
         tie_word_embeddings=cfg.tie_embeddings,
         initializer_range=cfg.init_std,
         rms_norm_eps=1e-6,
@@ -69,10 +69,11 @@ def load_checkpoint(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     config = AutoConfig.from_pretrained(cfg.init_from)
     log.info("NOTE: pretrain.model.init_from=%s: %s weights loaded; the shape keys (%s) are ignored",
              cfg.init_from, type(config).__name__, ", ".join(f"pretrain.model.{k}" for k in SHAPE_KEYS))
-    if cfg.rope_scaling != "none":  # context extension of an existing model
+    if cfg.rope_scaling != "none":  # context extension of an existing model, from the context it was trained at
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", cfg.rope_theta)
-        config.rope_parameters = rope_parameters(cfg, theta)
-        config.max_position_embeddings = max_positions(cfg)
+        original = cfg.rope_original_context or config.max_position_embeddings
+        config.rope_parameters = rope_parameters(cfg, theta, original)
+        config.max_position_embeddings = max_positions(cfg, original)
         log.info("NOTE: RoPE of %s replaced by %s", cfg.init_from, config.rope_parameters)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=config, dtype=torch.float32)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):

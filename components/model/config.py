@@ -56,7 +56,7 @@ class ModelConfig:
     router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss added to the training loss
     rope_scaling: str = "none"  # none | linear (position interpolation) | dynamic (NTK) | yarn
     rope_factor: float = 1.0  # context extension factor of the scaling
-    rope_original_context: int = 0  # context the positions were trained at (0: context_length); dynamic/yarn scale past it
+    rope_original_context: int = 0  # context the positions were trained at (0: context_length, or init_from's); dynamic/yarn scale past it
     init_from: str | None = content_path(None)  # an HF checkpoint dir to start from (its weights, tokenizer, chat template)
 
     def __post_init__(self) -> None:
@@ -73,8 +73,9 @@ class ModelConfig:
         check(self.router_aux_loss_coef >= 0, "pretrain.model.router_aux_loss_coef", self.router_aux_loss_coef, "must be >= 0")
         check_choice("pretrain.model.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
         check(self.rope_factor >= 1, "pretrain.model.rope_factor", self.rope_factor, "must be >= 1")
-        check(0 <= self.rope_original_context <= self.context_length, "pretrain.model.rope_original_context",
-              self.rope_original_context, f"must be in [0, pretrain.model.context_length={self.context_length}]")
+        check(0 <= self.rope_original_context <= (1 << 30 if self.init_from else self.context_length),
+              "pretrain.model.rope_original_context", self.rope_original_context,
+              f"must be in [0, pretrain.model.context_length={self.context_length}] (any >= 0 with init_from)")
         if self.init_from is not None:
             self.init_from = str(Path(self.init_from).expanduser().resolve())  # the launcher's workers run elsewhere
             missing = missing_checkpoint_files(self.init_from, weights=True)

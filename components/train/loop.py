@@ -180,7 +180,7 @@ def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict,
         act_bytes = 2 if accelerator.mixed_precision in ("bf16", "fp16") else 4
         mem = budget.memory_estimate(model, -(-rows // world), seq, world, sharded, act_bytes)
         cost["memory_estimate_mb"] = round(mem["total"] / 2**20, 1)
-        log.info("budget: %.2fM params, %.3g FLOPs/token at %d tokens; memory per rank ~%.0f MB (params %.0f, "
+        log.info("budget: %.2fM active params, %.3g FLOPs/token at %d tokens; memory per rank ~%.0f MB (params %.0f, "
                  "grads %.0f, optimizer %.0f, activations %.0f); MFU %s", n_params / 1e6, flops, seq,
                  *(mem[k] / 2**20 for k in ("total", "params", "grads", "optimizer", "activations")),
                  f"against {peak:.3g} FLOP/s per rank" if peak else "not reported (peak FLOP/s unknown: set peak_tflops)")
