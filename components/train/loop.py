@@ -333,8 +333,8 @@ def train(
         "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
         "flops_per_token": cost["flops_per_token"],
         "memory_estimate_mb": cost["memory_estimate_mb"],
-        **({"mfu": round(budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world,
-                                    cost["peak_flops"]), 4)} if cost["peak_flops"] else {}),
+        **({"mfu": float(f'{budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
+           if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
         "strategy": os.environ.get(STRATEGY_ENV, "single"),
         "param_share_per_rank": round(local_parameter_share(model), 4),
