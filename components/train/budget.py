@@ -18,7 +18,8 @@ def active_parameters(model: torch.nn.Module) -> int:
     """Parameters a token passes through: all of a dense model; with MoE, top_k of the experts'."""
     n_params = sum(p.numel() for p in model.parameters())
     config = getattr(model, "config", None)
-    experts, top_k = getattr(config, "num_local_experts", 0), getattr(config, "num_experts_per_tok", 0)
+    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0)  # Mixtral | Qwen-MoE, OLMoE
+    top_k = getattr(config, "num_experts_per_tok", 0)
     if not experts:
         return n_params
     expert_params = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)

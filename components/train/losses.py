@@ -12,7 +12,8 @@ IGNORE = -100
 def router_aux_coef(model: torch.nn.Module) -> float:
     """The MoE load-balancing loss weight (0 for dense models); through DDP's wrapper too."""
     config = getattr(getattr(model, "module", model), "config", None)
-    return float(getattr(config, "router_aux_loss_coef", 0.0)) if getattr(config, "num_local_experts", 0) else 0.0
+    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0)  # Mixtral | Qwen-MoE, OLMoE
+    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0) if experts else 0.0
 
 
 def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
