@@ -34,15 +34,12 @@ class HtmlExtractor:
         from datatrove.pipeline.extractors.base import ExtractorSandbox
         from datatrove.utils.logging import logger
 
-        logger.disable("datatrove.pipeline.extractors")  # it logs process bookkeeping at INFO
+        logger.disable("datatrove.pipeline.extractors")  # process bookkeeping at INFO; left off (extractors nest)
         self.sandbox = ExtractorSandbox(timeout=self.timeout)
         return self
 
     def __exit__(self, *exc) -> None:
-        from datatrove.utils.logging import logger
-
         self.sandbox.__exit__(*exc)
-        logger.enable("datatrove.pipeline.extractors")
 
     def __call__(self, html: str) -> tuple[str | None, str | None]:
         try:
