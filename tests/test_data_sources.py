@@ -210,6 +210,17 @@ def test_warc_reader_keeps_url_and_date_and_counts_the_rest(tmp_path):
     assert [(b["url"], b["reason"].split(" ")[0]) for b in bad] == [("https://example.org/empty", "extraction_empty")]
 
 
+def test_damaged_warc_is_reported_not_silently_short(tmp_path, samples):
+    whole = (samples / "web" / "cc_whirlwind.warc.gz").read_bytes()
+    cut, junk = tmp_path / "cut.warc.gz", tmp_path / "junk.warc"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download cut short: warcio itself stops quietly
+    junk.write_bytes(b"this is not a warc file\n" * 4)
+    for path, reason in ((cut, "unreadable_file"), (junk, "not_warc")):
+        (spec,) = DataConfig(sources=[str(path)]).source_specs()
+        out = list(read_source(spec, "text", 10_000_000, tmp_path))
+        assert [b["reason"].split(" ")[0] for _, b in out if b and not b.get("skip")] == [reason]
+
+
 def test_real_common_crawl_warc(samples):
     (spec,) = DataConfig(sources=[str(samples / "web" / "cc_whirlwind.warc.gz")]).source_specs()
     out = list(read_source(spec, "text", 10_000_000, samples))

@@ -25,17 +25,6 @@ Outcome = tuple[dict | None, dict | None]
 UNREADABLE = (OSError, EOFError, zlib.error)  # permission, missing, corrupt gzip (BadGzipFile is an OSError)
 
 
-def expand_sources(sources: list[str], embedded_file: Path) -> list[tuple[Path, str]]:
-    """(file, name kept in document metadata) for plain-string sources (kept for callers of the old API)."""
-    from components.data.sources import parse_sources
-
-    pairs: list[tuple[Path, str]] = []
-    for spec in parse_sources(sources):
-        files = [embedded_file] if spec.type == "embedded" else expand_files(spec)
-        pairs += [(f, "embedded" if spec.type == "embedded" else str(f)) for f in files]
-    return pairs
-
-
 def issue(file: str, reason: str, **where) -> tuple[None, dict]:
     return None, {"file": file, **where, "reason": reason}
 

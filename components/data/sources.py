@@ -23,7 +23,7 @@ SUFFIX_TYPES = {  # longest suffix first wins
     ".parquet": "parquet",
     ".txt": "text", ".txt.gz": "text", ".md": "text", ".text": "text",
     ".html": "html", ".htm": "html",
-    ".warc": "warc", ".warc.gz": "warc", ".arc.gz": "warc",
+    ".warc": "warc", ".warc.gz": "warc",
 }
 SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name")
 HF_ONLY_KEYS = ("split", "subset", "revision")

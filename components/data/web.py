@@ -10,6 +10,8 @@ record number, URL and reason.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -86,15 +88,36 @@ def read_warc_files(paths: list[Path], source: str, max_bytes: int, favour_preci
 
 
 def read_warc(path: Path, source: str, max_bytes: int, file: str, extract: HtmlExtractor) -> Iterator[Outcome]:
+    """warcio stops quietly at a truncated gzip and reads any text as old-style ARC records:
+    both are checked here, so a damaged file is reported, not silently short."""
     from warcio.archiveiterator import ArchiveIterator
 
     number = -1
     try:
         with open(path, "rb") as handle:
             for number, record in enumerate(ArchiveIterator(handle)):
+                if record.format != "warc":
+                    yield issue(file, f"not_warc (record parsed as {record.format}: not a WARC file)", record=number)
+                    return
                 yield _warc_outcome(record, number, extract, source, max_bytes, file)
+        damage = gzip_damage(path)
+        if damage:
+            yield issue(file, f"unreadable_file (truncated or corrupt gzip, {damage}: records from {number + 1} on are lost)", record=number + 1)
     except UNREADABLE + (_archive_error(),) as err:
         yield unreadable(file, err, record=number + 1)
+
+
+def gzip_damage(path: Path) -> str | None:
+    """None if a .gz file decompresses to its end, else the error (a truncated download)."""
+    if path.suffix != ".gz":
+        return None
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _archive_error() -> type:
