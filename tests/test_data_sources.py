@@ -300,3 +300,13 @@ def test_mixed_sources_through_the_whole_stage(tmp_path, samples):
     assert m["skipped"] == 3 and m["skipped_not_a_page"] == 3 and m["quarantined"] == 0
     assert sum(s["docs_out"] for s in sources.values()) == m["docs_out"] == m["docs_in"] - m["exact_dedup_dropped"]
     assert "| " + str(warc) + " | warc |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_missing_source_fails_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", f"data.sources=[{tmp_path}/nope/*.jsonl]",
+                          f"run.artifacts_dir={tmp_path / 'a'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "data.sources[0]" in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr and not (tmp_path / "a").exists()

@@ -57,8 +57,8 @@ def read_hf(spec: SourceSpec, text_key: str, max_bytes: int) -> Iterator[Outcome
     with tempfile.TemporaryDirectory(prefix="hf-source-") as cache_dir:  # no stale copies in ~/.cache
         try:
             dataset = load(spec, cache_dir)
-        except (OSError, DatasetGenerationError) as err:  # corrupt arrow / unparsable local files
-            yield unreadable(spec.path, err)
+        except (OSError, DatasetGenerationError) as err:  # corrupt arrow / unparsable local files: the whole source
+            yield unreadable(spec.path, err.__cause__ or err)
             return
         columns = list(dataset.column_names)
         wanted = [c for c in (text_key, "id") if c in columns]
