@@ -65,21 +65,21 @@ def test_mix_options_are_checked():
     DataConfig(sources=weighted, mix_total=10, mix_repeat=True, exact_dedup=False, minhash=False)
 
 
-def _compose(*overrides):
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return to_pipeline_config(compose("config", overrides=list(overrides)))
-
-
 def test_source_presets_select_into_data_sources():
-    assert _compose().data.sources == ["embedded"]
+    register()
     warc = "/somewhere/crawl.warc.gz"
-    cfg = _compose("data/source=warc", f"data.sources.0.path={warc}")
-    assert [(s.type, s.path) for s in cfg.data.source_specs()] == [("warc", warc)]
-    mix = _compose("data/source=mix").data.source_specs()
-    assert [(s.name, s.type, s.weight) for s in mix] == [("web", "warc", 0.7), ("docs", "text", 0.3)]
-    for preset in sorted(p.stem for p in (REPO / "conf" / "data" / "source").glob("*.yaml")):
-        assert _compose(f"data/source={preset}").data.source_specs()  # every preset composes and validates
+    presets = sorted(p.stem for p in (REPO / "conf" / "data" / "source").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        def data(*overrides):
+            return to_pipeline_config(compose("config", overrides=list(overrides))).data
+
+        assert data().sources == ["embedded"]
+        assert [(s.type, s.path) for s in data("data/source=warc", f"data.sources.0.path={warc}").source_specs()] == [("warc", warc)]
+        mix = data("data/source=mix").source_specs()
+        assert [(s.name, s.type, s.weight) for s in mix] == [("web", "warc", 0.7), ("docs", "text", 0.3)]
+        for preset in presets:
+            assert data(f"data/source={preset}").source_specs()  # every preset composes and validates
+    assert {"embedded", "jsonl", "parquet", "text", "hf", "warc", "mix"} <= set(presets)
 
 
 # --- readers: every malformed record is quarantined with file, line and reason -------------------
