@@ -2,7 +2,8 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code. An artifact is `<root>/<stage>/<key>/` and counts
+fingerprint of the stage's code (plus the content of the local files its config reads,
+when it names any: a config with `input_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
 """
@@ -43,6 +44,22 @@ def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
     return digest.hexdigest()
 
 
+_file_digests: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: each file is read once per process
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each file's path and content: editing, adding or removing an input file changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if memo not in _file_digests:
+            with open(path, "rb") as handle:
+                _file_digests[memo] = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{path}\0{_file_digests[memo]}\0".encode())
+    return digest.hexdigest()
+
+
 def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
     payload = {
         "stage": stage,
@@ -50,6 +67,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(code_paths),
     }
+    files = cfg.input_files() if hasattr(cfg, "input_files") else []  # a config naming local input files
+    if files:
+        payload["files"] = files_fingerprint(files)
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
 
