@@ -308,3 +308,15 @@ def test_unknown_lora_target_names_the_key(tokenizer):
 
     with pytest.raises(ValueError, match=r"sft\.lora_targets=.*\['c_attn'\] are not modules.*q_proj"):
         add_lora(build_model(TINY, tokenizer, seed=0), 2, 4.0, 0.0, ["q_proj", "c_attn"], "sft.lora_targets")
+
+
+def test_sft_key_follows_the_content_of_its_sources(tmp_path):
+    from components.artifacts import stage_key
+    from components.stages import STAGES
+
+    path = _chat_file(tmp_path)
+    key = lambda: stage_key("sft", SFTConfig(sources=[str(path)]), {"pretrain": "p"}, STAGES["sft"].code)
+    before = key()
+    assert key() == before
+    path.write_text(path.read_text().replace('"5"', '"6"'))  # same file, one answer edited
+    assert key() != before
