@@ -1,4 +1,4 @@
-"""SFT: loss on assistant tokens only, every assistant turn, and a stage run that learns."""
+"""SFT: sources and quarantine, loss on assistant tokens only (every turn, every batch), packing isolation, LoRA export."""
 import json
 from pathlib import Path
 
