@@ -54,6 +54,6 @@ class DataConfig:
     def source_specs(self) -> list[SourceSpec]:
         return parse_sources(self.sources)
 
-    def input_files(self) -> list[Path]:
+    def source_files(self) -> list[Path]:
         """Every local file the sources read: their content is part of the cache key."""
         return [path for spec in self.source_specs() for path in expand_files(spec)]
