@@ -2,14 +2,17 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code. An artifact is `<root>/<stage>/<key>/` and counts
+fingerprint of the stage's code, plus the content of the input files its config names
+(fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -21,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components.config import as_dict, content_paths, output_relevant
+from components.config import READS_FILES, as_dict, output_relevant
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +46,64 @@ def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
     return digest.hexdigest()
 
 
-SMALL_FILE = 1 << 20  # files up to 1 MiB (configs, tokenizers) are hashed; larger ones (weights) by size + mtime
+_file_digests: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: each file is read once per process
 
 
-def path_fingerprint(path: str | Path) -> str:
-    """sha256 over a file or directory: relative names, sizes, and the content of small files
-    (the mtime of large ones, so a multi-GB checkpoint is not read on every plan)."""
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or directory (its content is part of a cache key)")
+def file_digest(path: Path) -> str:
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo not in _file_digests:
+        with open(path, "rb") as handle:
+            _file_digests[memo] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _file_digests[memo]
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each file's path and content: editing, adding or removing an input file changes it."""
     digest = hashlib.sha256()
-    for file in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root) if file != root else file.name}:{stat.st_size}:".encode())
-        digest.update(file.read_bytes() if stat.st_size <= SMALL_FILE else str(stat.st_mtime_ns).encode())
+    for path in sorted(Path(p) for p in paths):
+        digest.update(f"{path}\0{file_digest(path)}\0".encode())
     return digest.hexdigest()
+
+
+def expand_paths(patterns: list[str], key: str) -> list[Path]:
+    """The files named by paths or globs, in a stable order; a pattern matching nothing fails naming `key`."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matches:
+            raise FileNotFoundError(f"{key}: no file matches {pattern!r}")
+        files += [Path(m) for m in matches]
+    return files
+
+
+LARGE_FILE = 256 << 20  # in a directory (a model checkpoint), larger files count by size and mtime
+
+
+def fingerprint_paths(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of files (a directory: every file under it; there, weight
+    files over LARGE_FILE by size and mtime, so planning a run never reads a multi-GB checkpoint)."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file).encode())
+            stat = file.stat()
+            large = path.is_dir() and stat.st_size > LARGE_FILE
+            digest.update(f"size={stat.st_size} mtime={stat.st_mtime_ns}".encode() if large else file_digest(file).encode())
+    return digest.hexdigest()
+
+
+def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
+    """{dotted key: fingerprint} for the config's `input_files()` fields (nested dataclasses too)."""
+    found = {}
+    for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
+        value, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
+        if f.metadata.get(READS_FILES) and value:
+            found[key] = fingerprint_paths(expand_paths([value] if isinstance(value, str) else list(value), key))
+        elif dataclasses.is_dataclass(value):
+            found.update(input_file_fingerprints(value, key))
+    return found
 
 
 def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
@@ -67,9 +113,11 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(code_paths),
     }
-    paths = content_paths(cfg)
-    if paths:  # only then, so keys of configs without such fields stay as they were
-        payload["content"] = {name: path_fingerprint(p) for name, p in sorted(paths.items())}
+    files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
+    if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
+        files[f"{stage}.sources"] = files_fingerprint(cfg.source_files())
+    if files:  # only then: stages without input files keep their keys
+        payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
 

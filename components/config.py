@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 AFFECTS_OUTPUT = "affects_output"
+READS_FILES = "reads_files"
 
 
 def log_only(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
@@ -18,24 +19,14 @@ def log_only(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={AFFECTS_OUTPUT: False}, **kwargs)
 
 
-CONTENT_PATH = "content_path"
+def input_files(**kwargs: Any) -> Any:
+    """A list of input file paths or globs: their content, not only their names, is in the cache key."""
+    return dataclasses.field(default_factory=list, metadata={READS_FILES: True}, **kwargs)
 
 
-def content_path(default: Any = None, **kwargs: Any) -> Any:
-    """A path field whose files' content is part of the cache key, not only the path (artifacts.py)."""
-    return dataclasses.field(default=default, metadata={CONTENT_PATH: True}, **kwargs)
-
-
-def content_paths(cfg: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted field name -> path, for every content_path field that is set (nested dataclasses too)."""
-    found: dict[str, str] = {}
-    if dataclasses.is_dataclass(cfg):
-        for f in dataclasses.fields(cfg):
-            value = getattr(cfg, f.name)
-            if f.metadata.get(CONTENT_PATH) and value:
-                found[prefix + f.name] = str(value)
-            found.update(content_paths(value, f"{prefix}{f.name}."))
-    return found
+def input_path(default: Any = None, **kwargs: Any) -> Any:
+    """One input file or directory (or None), e.g. a checkpoint: its content is in the cache key."""
+    return dataclasses.field(default=default, metadata={READS_FILES: True}, **kwargs)
 
 
 def check(condition: bool, key: str, value: Any, fix: str) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pathlib import Path
 
-from components.config import check, check_choice, content_path, log_only
+from components.config import check, check_choice, input_path, log_only
 
 
 @dataclass(kw_only=True)
@@ -21,7 +21,7 @@ class TokenizerConfig:
     num_workers: int = log_only(2)  # processes encoding the shards (output does not depend on it)
     # an HF checkpoint (or tokenizer) dir whose tokenizer and chat template are used instead of training one
     # (the training keys above are then ignored); follows pretrain.model.init_from
-    init_from: str | None = content_path(None)
+    init_from: str | None = input_path(None)
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.type", self.type, ("bpe", "unigram"))

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import check, check_choice, content_path
+from components.config import check, check_choice, input_path
 
 ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn")
 # ignored when the weights come from init_from (the checkpoint's own config.json decides them)
@@ -57,7 +57,7 @@ class ModelConfig:
     rope_scaling: str = "none"  # none | linear (position interpolation) | dynamic (NTK) | yarn
     rope_factor: float = 1.0  # context extension factor of the scaling
     rope_original_context: int = 0  # context the positions were trained at (0: context_length, or init_from's); dynamic/yarn scale past it
-    init_from: str | None = content_path(None)  # an HF checkpoint dir to start from (its weights, tokenizer, chat template)
+    init_from: str | None = input_path(None)  # an HF checkpoint dir to start from (its weights, tokenizer, chat template)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "context_length"):

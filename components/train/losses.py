@@ -17,12 +17,14 @@ def router_aux_coef(model: torch.nn.Module) -> float:
 
 
 def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                       attention_mask: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                        with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids), and the MoE
-    router's load-balancing loss (a mean over tokens; None for dense models or unless asked)."""
+    router's load-balancing loss (a mean over tokens; None for dense models or unless asked).
+    position_ids restarting mid-row mark packed examples (see packing.py); transformers honours
+    them only without a KV cache, hence use_cache=False (training needs none anyway)."""
     kwargs = {"output_router_logits": True} if with_aux and router_aux_coef(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
     nll = F.cross_entropy(
         out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
     )
@@ -30,9 +32,9 @@ def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: 
 
 
 def token_nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids)."""
-    return nll_and_router_aux(model, input_ids, labels, attention_mask)[0]
+    return nll_and_router_aux(model, input_ids, labels, attention_mask, position_ids)[0]
 
 
 def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -41,7 +43,8 @@ def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     aux loss (a per-token mean) enters weighted by this shard's targets: coef * aux per target, as in HF."""
     ids = batch["input_ids"]
     labels = batch.get("labels", ids)
-    nll, aux = nll_and_router_aux(model, ids, labels, batch.get("attention_mask"), with_aux=model.training)
+    nll, aux = nll_and_router_aux(model, ids, labels, batch.get("attention_mask"), batch.get("position_ids"),
+                                  with_aux=model.training)
     if aux is None:
         return nll, {}
     n_targets = (labels[:, 1:] != IGNORE).sum()
