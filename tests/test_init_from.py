@@ -176,3 +176,26 @@ def test_rope_scaling_extends_an_imported_model(checkpoint, imported_tokenizer, 
     assert extended.config.max_position_embeddings == 128  # the checkpoint's context (64) x factor
     saved = AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
     assert all(torch.equal(saved[k], v) for k, v in extended.state_dict().items())  # same weights, new positions
+
+
+def test_large_checkpoint_files_count_by_size_and_mtime(checkpoint, tmp_path, monkeypatch):
+    """Planning never reads multi-GB weights: past LARGE_FILE, a directory's files count by size and mtime."""
+    import os
+    import shutil
+
+    import components.artifacts as artifacts
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    weights = copy / "model.safetensors"
+    monkeypatch.setattr(artifacts, "LARGE_FILE", weights.stat().st_size - 1)
+    cfg = PretrainConfig(model=ModelConfig(init_from=str(copy)), max_steps=0)
+    key = stage_key("pretrain", cfg, {}, ())
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size; mtime restored: not seen (the documented trade-off)
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert stage_key("pretrain", cfg, {}, ()) == key
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten: a new key
+    assert stage_key("pretrain", cfg, {}, ()) != key
