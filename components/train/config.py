@@ -34,7 +34,7 @@ class TrainConfig:
         check(self.lr > 0, f"{section}.lr", self.lr, "must be > 0")
         check(0 <= self.min_lr_ratio <= 1, f"{section}.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         check(self.max_steps > 0 or (self.max_steps == 0 and self.may_skip_training()), f"{section}.max_steps",
-              self.max_steps, "must be > 0" + (" (0 only with an imported model)" if self.max_steps == 0 else ""))
+              self.max_steps, "must be > 0" + (" (0 only to import a model unchanged: pretrain.model.init_from)" if self.max_steps == 0 else ""))
         check(self.max_steps == 0 or 0 <= self.warmup_steps < self.max_steps, f"{section}.warmup_steps",
               self.warmup_steps, f"must be >= 0 and < {section}.max_steps={self.max_steps}")
         check(self.batch_size > 0, f"{section}.batch_size", self.batch_size, "must be > 0")
