@@ -77,14 +77,20 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
     return files
 
 
+LARGE_FILE = 256 << 20  # in a directory (a model checkpoint), larger files count by size and mtime
+
+
 def fingerprint_paths(paths: list[Path]) -> str:
-    """sha256 over the names and bytes of files (a directory: every file under it)."""
+    """sha256 over the names and bytes of files (a directory: every file under it; there, weight
+    files over LARGE_FILE by size and mtime, so planning a run never reads a multi-GB checkpoint)."""
     digest = hashlib.sha256()
     for path in map(Path, paths):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             digest.update(str(file.relative_to(path) if path.is_dir() else file).encode())
-            digest.update(file_digest(file).encode())
+            stat = file.stat()
+            large = path.is_dir() and stat.st_size > LARGE_FILE
+            digest.update(f"size={stat.st_size} mtime={stat.st_mtime_ns}".encode() if large else file_digest(file).encode())
     return digest.hexdigest()
 
 

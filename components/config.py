@@ -24,6 +24,11 @@ def input_files(**kwargs: Any) -> Any:
     return dataclasses.field(default_factory=list, metadata={READS_FILES: True}, **kwargs)
 
 
+def input_path(default: Any = None, **kwargs: Any) -> Any:
+    """One input file or directory (or None), e.g. a checkpoint: its content is in the cache key."""
+    return dataclasses.field(default=default, metadata={READS_FILES: True}, **kwargs)
+
+
 def check(condition: bool, key: str, value: Any, fix: str) -> None:
     """Raise a ValueError naming the dotted key, the bad value and how to fix it."""
     if not condition:

@@ -45,6 +45,11 @@ class PipelineConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        init = self.pretrain.model.init_from  # its weights need its own tokenizer (the yaml links the two)
+        check(init is None or self.tokenizer.init_from == init, "tokenizer.init_from", self.tokenizer.init_from,
+              f"must be the checkpoint's own tokenizer: leave it to follow pretrain.model.init_from={init!r}")
+
 
 def register() -> None:
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

@@ -75,3 +75,18 @@ def test_launcher_arguments_and_checks():
                      ({"machine_rank": 3}, "launcher.machine_rank")]:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             LauncherConfig(**bad)
+
+
+def test_fsdp_shards_an_moe_model_by_its_own_decoder_layer(tok_dir, tmp_path):
+    """FSDP wraps the class the model names (MixtralDecoderLayer), not a hard-coded LLaMA layer."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = _cfg()
+    cfg.model = replace(TINY, moe_experts=4)
+    metrics = launch("pretrain", cfg, {"tokenizer": tok_dir}, tmp_path, LauncherConfig(strategy="fsdp", num_processes=2))
+    assert metrics["world_size"] == 2 and 0.3 < metrics["param_share_per_rank"] < 0.7
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] and all(r["moe_aux_loss"] > 0 for r in rows)
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "model")).__name__ == "MixtralForCausalLM"

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.config import check, check_choice, log_only
+from pathlib import Path
+
+from components.config import check, check_choice, input_path, log_only
 
 
 @dataclass(kw_only=True)
@@ -17,6 +19,9 @@ class TokenizerConfig:
     max_training_bytes: int = 20_000_000  # cap on text fed to sentencepiece training (whole documents, in order)
     seed: int = 0  # sentencepiece's random generator (training is deterministic given the seed)
     num_workers: int = log_only(2)  # processes encoding the shards (output does not depend on it)
+    # an HF checkpoint (or tokenizer) dir whose tokenizer and chat template are used instead of training one
+    # (the training keys above are then ignored); follows pretrain.model.init_from
+    init_from: str | None = input_path(None)
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.type", self.type, ("bpe", "unigram"))
@@ -29,3 +34,9 @@ class TokenizerConfig:
               "must be in [0.9, 1]")
         check(self.max_training_bytes > 0, "tokenizer.max_training_bytes", self.max_training_bytes, "must be > 0")
         check(self.num_workers >= 1, "tokenizer.num_workers", self.num_workers, "must be >= 1")
+        if self.init_from is not None:
+            from components.model.config import missing_checkpoint_files
+
+            self.init_from = str(Path(self.init_from).expanduser().resolve())
+            missing = missing_checkpoint_files(self.init_from, weights=False)
+            check(not missing, "tokenizer.init_from", self.init_from, f"no tokenizer to import: {missing}")

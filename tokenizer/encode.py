@@ -35,8 +35,15 @@ def _encode(texts: list[str]) -> list[list[int]]:
     return encode_documents(_TOKENIZER, texts)
 
 
-def encode_split(texts: list[str], tokenizer_dir: Path, out_prefix: Path, workers: int, bos: int, eos: int) -> int:
-    """Write <prefix>.bin and <prefix>.idx.npy (document start offsets); return the token count."""
+def shard_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (our own vocabularies); uint32 for imported large ones (Llama 3: 128k)."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def encode_split(texts: list[str], tokenizer_dir: Path, out_prefix: Path, workers: int, bos: int | None, eos: int,
+                 dtype: np.dtype = np.dtype(np.uint16)) -> int:
+    """Write <prefix>.bin and <prefix>.idx.npy (document start offsets); return the token count.
+    Each document is `bos ids eos` (no bos when the tokenizer has none, as Qwen's)."""
     chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(tokenizer_dir),)) as pool:
@@ -44,13 +51,12 @@ def encode_split(texts: list[str], tokenizer_dir: Path, out_prefix: Path, worker
     else:
         _init(str(tokenizer_dir))
         encoded = [ids for chunk in chunks for ids in _encode(chunk)]
-    lengths = np.array([len(ids) + 2 for ids in encoded], dtype=np.int64)
+    head = [] if bos is None else [bos]
+    lengths = np.array([len(head) + len(ids) + 1 for ids in encoded], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    flat = np.empty(int(lengths.sum()), dtype=np.uint16)
+    flat = np.empty(int(lengths.sum()), dtype=dtype)
     for start, ids in zip(starts, encoded):
-        flat[start] = bos
-        flat[start + 1 : start + 1 + len(ids)] = ids
-        flat[start + 1 + len(ids)] = eos
+        flat[start : start + len(head) + len(ids) + 1] = [*head, *ids, eos]
     flat.tofile(f"{out_prefix}.bin")
     np.save(f"{out_prefix}.idx.npy", starts)
     return int(flat.size)

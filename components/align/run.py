@@ -83,7 +83,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         raw_pairs, on_policy = with_own_mistakes(model, tokenizer, raw_pairs, cfg)
     train_pairs = [encode_pair(tokenizer, p) for p in raw_pairs]
     val_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("heldout", cfg.num_val_pairs, cfg.seed)]
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, model)
     ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
     if accelerator.is_main_process:

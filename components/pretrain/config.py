@@ -9,15 +9,18 @@ from components.train.config import TrainConfig
 
 @dataclass(kw_only=True)
 class PretrainConfig(TrainConfig):
-    """Pretraining from scratch on the tokenizer's shards: next-token prediction."""
+    """Pretraining on the tokenizer's shards (next-token prediction), from scratch or from model.init_from."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lr: float = 3e-3
-    max_steps: int = 320
+    max_steps: int = 320  # 0 with model.init_from: import the checkpoint unchanged
     warmup_steps: int = 30
     batch_size: int = 16
     spike_factor: float = 3.0  # pretraining loss never legitimately triples its running average
     max_val_tokens: int = 65536  # validation tokens scored (fixed windows)
+
+    def may_skip_training(self) -> bool:  # `pretrain.max_steps=0`: sft/align start from the checkpoint as it is
+        return self.model.init_from is not None
 
     def __post_init__(self) -> None:
         super().__post_init__()

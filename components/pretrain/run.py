@@ -1,4 +1,4 @@
-"""Pretrain a LLaMA-style decoder from scratch on the tokenizer's shards."""
+"""Pretrain a LLaMA-style decoder on the tokenizer's shards: from scratch, or from an HF checkpoint."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from components.model.build import build_model, count_parameters
+from components.model.build import build_model, count_parameters, load_checkpoint
 from components.pretrain.config import PretrainConfig
 from components.train.data import fixed_windows, load_shard, random_windows
 from components.train.losses import lm_loss, token_nll_sum
@@ -31,7 +31,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     train_tokens = load_shard(inputs["tokenizer"], "train")
     val_windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"), cfg.model.context_length, cfg.max_val_tokens)
-    model = build_model(cfg.model, tokenizer, cfg.seed)
+    model = load_checkpoint(cfg.model, tokenizer) if cfg.model.init_from else build_model(cfg.model, tokenizer, cfg.seed)
     n_params = count_parameters(model)
     log.info("pretrain: %.2fM parameters, %d train tokens, %d steps x %d x %d tokens",
              n_params / 1e6, len(train_tokens), cfg.max_steps,
@@ -45,4 +45,9 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
+    if cfg.max_steps == 0:  # imported unchanged: still report how well it predicts this corpus
+        model.eval()
+        with torch.no_grad():
+            metrics.update(evaluate(model))
+        log.info("pretrain: %s imported unchanged, validation loss %.4f", cfg.model.init_from, metrics["val_loss"])
     return {**metrics, "params": n_params}

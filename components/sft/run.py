@@ -21,7 +21,7 @@ from components.tasks import sft_examples
 from components.train import lora
 from components.train.chat import encode_chat, epoch_indices, pad_batch
 from components.train.formats import read_located, sft_record
-from components.train.losses import IGNORE, token_nll_sum
+from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
 from components.train.packing import pack, packed_batch
 
@@ -70,8 +70,7 @@ def write_quarantine(out_dir: Path, quarantined: list[dict]) -> None:
 
 
 def masked_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    return token_nll_sum(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
-                         batch.get("position_ids")), {}
+    return lm_loss(model, batch)  # labels mask all but the assistant's tokens; MoE adds its router loss
 
 
 def make_batch_fn(rows: list[Row], cfg: SFTConfig, max_len: int, pad_id: int):

@@ -14,11 +14,22 @@ def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) ->
     return 6 * n_params + 6 * n_layers * seq_len * d_model
 
 
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(parameters, layers, width) of a Hugging Face causal LM, counted once even if sharded."""
+def active_parameters(model: torch.nn.Module) -> int:
+    """Parameters a token passes through: all of a dense model; with MoE, top_k of the experts'."""
     n_params = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)
+    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0)  # Mixtral | Qwen-MoE, OLMoE
+    top_k = getattr(config, "num_experts_per_tok", 0)
+    if not experts:
+        return n_params
+    expert_params = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    return n_params - expert_params + expert_params * top_k // experts
+
+
+def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(active parameters, layers, width) of a Hugging Face causal LM, counted once even if sharded."""
     config = getattr(model, "config", None)  # plain torch modules: only the 6N term
-    return n_params, getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
+    return active_parameters(model), getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
 
 
 def memory_estimate(model: torch.nn.Module, micro_batch: int, seq_len: int, world: int, sharded: bool,
@@ -26,7 +37,8 @@ def memory_estimate(model: torch.nn.Module, micro_batch: int, seq_len: int, worl
     """Bytes per rank: fp32 params, grads and AdamW's two moments (16 B/param, divided by the
     ranks under FSDP), plus activations without recomputation (Korthikanti et al. 2022:
     seq * batch * d * (34 + 5 * heads * seq / d) per layer at 2 bytes, scaled to activation_bytes)."""
-    n_params, n_layers, d = model_shape(model)
+    _, n_layers, d = model_shape(model)
+    n_params = sum(p.numel() for p in model.parameters())  # every expert is held in memory
     heads = model.config.num_attention_heads
     share = 1 / world if sharded else 1.0
     per_layer = seq_len * micro_batch * d * (34 + 5 * heads * seq_len / d) * activation_bytes / 2

@@ -18,7 +18,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    mixed_precision: str = "bf16"  # bf16 | no (bf16 autocast runs ~2x faster on CPUs that have it)
+    mixed_precision: str = "bf16"  # bf16 | fp16 (CUDA, with a GradScaler) | no; falls back to fp32 where unsupported
+    gradient_checkpointing: bool = log_only(False)  # recompute activations in backward: less memory, same result
     seed: int = 0
     spike_factor: float = 0.0  # skip an update whose loss exceeds this x its running average (0: only NaN/inf)
     max_spikes_in_a_row: int = 5  # then roll back to the last checkpoint
@@ -32,9 +33,10 @@ class TrainConfig:
         section = type(self).__name__.removesuffix("Config").lower()
         check(self.lr > 0, f"{section}.lr", self.lr, "must be > 0")
         check(0 <= self.min_lr_ratio <= 1, f"{section}.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-        check(self.max_steps > 0, f"{section}.max_steps", self.max_steps, "must be > 0")
-        check(0 <= self.warmup_steps < self.max_steps, f"{section}.warmup_steps", self.warmup_steps,
-              f"must be >= 0 and < {section}.max_steps={self.max_steps}")
+        check(self.max_steps > 0 or (self.max_steps == 0 and self.may_skip_training()), f"{section}.max_steps",
+              self.max_steps, "must be > 0" + (" (0 only to import a model unchanged: pretrain.model.init_from)" if self.max_steps == 0 else ""))
+        check(self.max_steps == 0 or 0 <= self.warmup_steps < self.max_steps, f"{section}.warmup_steps",
+              self.warmup_steps, f"must be >= 0 and < {section}.max_steps={self.max_steps}")
         check(self.batch_size > 0, f"{section}.batch_size", self.batch_size, "must be > 0")
         check(self.grad_accum > 0, f"{section}.grad_accum", self.grad_accum, "must be > 0")
         check(self.grad_clip > 0, f"{section}.grad_clip", self.grad_clip, "must be > 0")
@@ -42,7 +44,11 @@ class TrainConfig:
               "must be 0 (off) or > 1")
         check(self.max_spikes_in_a_row > 0, f"{section}.max_spikes_in_a_row", self.max_spikes_in_a_row, "must be > 0")
         check(self.peak_tflops >= 0, f"{section}.peak_tflops", self.peak_tflops, "must be >= 0")
-        check_choice(f"{section}.mixed_precision", self.mixed_precision, ("bf16", "no"))
+        check_choice(f"{section}.mixed_precision", self.mixed_precision, ("bf16", "fp16", "no"))
+
+    def may_skip_training(self) -> bool:
+        """max_steps=0 passes the input model through unchanged (pretrain of an imported checkpoint)."""
+        return False
 
 
 @dataclass(kw_only=True)

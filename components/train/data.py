@@ -1,6 +1,7 @@
-"""Token windows from the tokenizer's shards (np.uint16 memmaps)."""
+"""Token windows from the tokenizer's shards (np.uint16 memmaps; uint32 for large imported vocabularies)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,10 @@ import torch
 
 
 def load_shard(tokenizer_dir: Path, split: str) -> np.ndarray:
-    return np.memmap(Path(tokenizer_dir) / "shards" / f"{split}.bin", dtype=np.uint16, mode="r")
+    shards = Path(tokenizer_dir) / "shards"
+    meta = shards / "meta.json"  # written by the tokenizer stage: uint32 for imported vocabularies > 65536
+    dtype = json.loads(meta.read_text())["dtype"] if meta.is_file() else "uint16"
+    return np.memmap(shards / f"{split}.bin", dtype=np.dtype(dtype), mode="r")
 
 
 def random_windows(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, step: int, micro: int) -> dict:

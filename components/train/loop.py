@@ -60,11 +60,24 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def fp16_supported() -> bool:
+    """fp16 autocast with a GradScaler needs a GPU: Accelerate ignores fp16 on a CPU (no autocast, no scaler)."""
+    return torch.cuda.is_available()
+
+
+def decoder_layer_classes(model: torch.nn.Module | None) -> list[str]:
+    """The block FSDP shards by: the model's own no-split modules (LlamaDecoderLayer, MixtralDecoderLayer, ...)."""
+    return sorted(getattr(model, "_no_split_modules", None) or ["LlamaDecoderLayer"])
+
+
+def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> Accelerator:
     """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py)."""
     precision = cfg.mixed_precision
     if precision == "bf16" and not bf16_supported():
         log.warning("NOTE: mixed_precision=bf16 requested but this device has no native bf16; training in fp32")
+        precision = "no"
+    if precision == "fp16" and not fp16_supported():
+        log.warning("NOTE: mixed_precision=fp16 requested but fp16 autocast needs a GPU; training in fp32")
         precision = "no"
     strategy = os.environ.get(STRATEGY_ENV, "single")
     fsdp_plugin = None
@@ -73,7 +86,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
         fsdp_plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["LlamaDecoderLayer"], reshard_after_forward=True,
+            transformer_cls_names_to_wrap=decoder_layer_classes(model), reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, fsdp_plugin=fsdp_plugin)
     if fsdp_plugin and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
@@ -168,11 +181,22 @@ def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict,
         act_bytes = 2 if accelerator.mixed_precision in ("bf16", "fp16") else 4
         mem = budget.memory_estimate(model, -(-rows // world), seq, world, sharded, act_bytes)
         cost["memory_estimate_mb"] = round(mem["total"] / 2**20, 1)
-        log.info("budget: %.2fM params, %.3g FLOPs/token at %d tokens; memory per rank ~%.0f MB (params %.0f, "
+        log.info("budget: %.2fM active params, %.3g FLOPs/token at %d tokens; memory per rank ~%.0f MB (params %.0f, "
                  "grads %.0f, optimizer %.0f, activations %.0f); MFU %s", n_params / 1e6, flops, seq,
                  *(mem[k] / 2**20 for k in ("total", "params", "grads", "optimizer", "activations")),
                  f"against {peak:.3g} FLOP/s per rank" if peak else "not reported (peak FLOP/s unknown: set peak_tflops)")
     return cost
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer in backward; non-reentrant, so it composes with FSDP and frozen inputs."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise ValueError(f"gradient_checkpointing=true needs a Hugging Face model; got {type(model).__name__}")
+    model.config.use_cache = False  # a KV cache is useless in training and incompatible with recomputation
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -197,7 +221,9 @@ def train(
     batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank
     trains on its shard. export=(tokenizer, path) saves the trained model there.
     """
-    accelerator = accelerator or make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(cfg, model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     shape = budget.model_shape(model)  # before sharding
     cost = announce_budget(model, cfg, batch_fn(0, 0), accelerator)
@@ -308,8 +334,8 @@ def train(
         "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
         "flops_per_token": cost["flops_per_token"],
         "memory_estimate_mb": cost["memory_estimate_mb"],
-        **({"mfu": round(budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world,
-                                    cost["peak_flops"]), 4)} if cost["peak_flops"] else {}),
+        **({"mfu": float(f'{budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
+           if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
         "strategy": os.environ.get(STRATEGY_ENV, "single"),
         "param_share_per_rank": round(local_parameter_share(model), 4),

@@ -9,22 +9,46 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def token_nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids).
+def router_aux_coef(model: torch.nn.Module) -> float:
+    """The MoE load-balancing loss weight (0 for dense models); through DDP's wrapper too."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0)  # Mixtral | Qwen-MoE, OLMoE
+    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0) if experts else 0.0
+
+
+def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                       with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids), and the MoE
+    router's load-balancing loss (a mean over tokens; None for dense models or unless asked).
     position_ids restarting mid-row mark packed examples (see packing.py); transformers honours
     them only without a KV cache, hence use_cache=False (training needs none anyway)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    kwargs = {"output_router_logits": True} if with_aux and router_aux_coef(model) else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+    nll = F.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
     )
+    return nll, (out.aux_loss if kwargs else None)
+
+
+def token_nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids)."""
+    return nll_and_router_aux(model, input_ids, labels, attention_mask, position_ids)[0]
 
 
 def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Pretraining: every next token is a target."""
+    """Next-token loss on labels (pretraining: every next token; sft: the assistant's), plus the MoE
+    router's load-balancing loss. The loop divides the sum by the targets of the whole step, so the
+    aux loss (a per-token mean) enters weighted by this shard's targets: coef * aux per target, as in HF."""
     ids = batch["input_ids"]
-    return token_nll_sum(model, ids, batch.get("labels", ids), batch.get("attention_mask")), {}
+    labels = batch.get("labels", ids)
+    nll, aux = nll_and_router_aux(model, ids, labels, batch.get("attention_mask"), batch.get("position_ids"),
+                                  with_aux=model.training)
+    if aux is None:
+        return nll, {}
+    n_targets = (labels[:, 1:] != IGNORE).sum()
+    return nll + router_aux_coef(model) * aux * n_targets, {"moe_aux_loss": float(aux.detach())}
 
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
