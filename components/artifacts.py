@@ -2,14 +2,17 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code. An artifact is `<root>/<stage>/<key>/` and counts
+fingerprint of the stage's code, plus the content of the input files its config names
+(fields declared with `input_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -21,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components.config import as_dict, output_relevant
+from components.config import READS_FILES, as_dict, output_relevant
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,42 @@ def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
     return digest.hexdigest()
 
 
+def expand_paths(patterns: list[str], key: str) -> list[Path]:
+    """The files named by paths or globs, in a stable order; a pattern matching nothing fails naming `key`."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matches:
+            raise FileNotFoundError(f"{key}: no file matches {pattern!r}")
+        files += [Path(m) for m in matches]
+    return files
+
+
+def fingerprint_paths(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of files (a directory: every file under it)."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file).encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
+    """{dotted key: fingerprint} for the config's `input_files()` fields (nested dataclasses too)."""
+    found = {}
+    for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
+        value, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
+        if f.metadata.get(READS_FILES) and value:
+            found[key] = fingerprint_paths(expand_paths([value] if isinstance(value, str) else list(value), key))
+        elif dataclasses.is_dataclass(value):
+            found.update(input_file_fingerprints(value, key))
+    return found
+
+
 def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
     payload = {
         "stage": stage,
@@ -50,6 +89,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(code_paths),
     }
+    files = input_file_fingerprints(cfg, stage)
+    if files:  # only then: stages without input files keep their keys
+        payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
 

@@ -11,11 +11,17 @@ import dataclasses
 from typing import Any
 
 AFFECTS_OUTPUT = "affects_output"
+READS_FILES = "reads_files"
 
 
 def log_only(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A field kept out of the cache key: changing it never rebuilds the artifact."""
     return dataclasses.field(default=default, metadata={AFFECTS_OUTPUT: False}, **kwargs)
+
+
+def input_files(**kwargs: Any) -> Any:
+    """A list of input file paths or globs: their content, not only their names, is in the cache key."""
+    return dataclasses.field(default_factory=list, metadata={READS_FILES: True}, **kwargs)
 
 
 def check(condition: bool, key: str, value: Any, fix: str) -> None:
