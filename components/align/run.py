@@ -52,14 +52,19 @@ def pair_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: int, accelerator) -> torch.Tensor:
-    """[n_pairs, 2] log-probs (chosen, rejected) of the responses."""
+    """[n_pairs, 2] log-probs (chosen, rejected) of the responses.
+
+    Batches are formed in length order (less padding: real data varies by 10x in length);
+    padding does not change a pair's log-probs (tested), so neither does the order.
+    """
     model.eval()
-    out = []
-    for i in range(0, len(encoded), batch_size):
-        idx = list(range(i, min(i + batch_size, len(encoded))))
+    order = sorted(range(len(encoded)), key=lambda i: max(len(seq[0]) for seq in encoded[i]))
+    out = torch.empty(len(encoded), 2)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
         with accelerator.autocast():
-            out.append(pair_logps(model, pairs_batch(encoded, idx, pad_id)))
-    return torch.cat(out)
+            out[idx] = pair_logps(model, pairs_batch(encoded, idx, pad_id))
+    return out
 
 
 def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> tuple[list[dict], int]:
