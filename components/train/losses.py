@@ -26,8 +26,9 @@ def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence sum of log p(label tokens)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    """Per-sequence sum of log p(label tokens), in float32 at least (float64 models stay float64)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = labels[:, 1:]
     mask = targets != IGNORE
     logp = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
