@@ -170,6 +170,21 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
     return train_enc, val_enc, quarantined + too_long, counts
 
 
+def dpo_objective(cfg: AlignConfig):
+    """The training loop's loss_fn: one policy forward per pair batch, against its cached reference log-probs."""
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps = pair_logps(model, batch)
+        n_tokens = (batch["labels"] != IGNORE).sum(-1)  # [pairs, 2] response tokens
+        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
+                                                cfg.beta, cfg.loss, n_tokens[:, 0], n_tokens[:, 1])
+        if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
+            losses = losses - cfg.rpo_alpha * logps[:, 0] / n_tokens[:, 0].clamp(min=1)
+        return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
+                              "reward_margin": float((chosen_r - rejected_r).mean())}
+
+    return loss_fn
+
+
 def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -193,16 +208,6 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         batch["ref"] = ref_train[idx]
         return batch
 
-    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logps = pair_logps(model, batch)
-        n_tokens = (batch["labels"] != IGNORE).sum(-1)  # [pairs, 2] response tokens
-        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
-                                                cfg.beta, cfg.loss, n_tokens[:, 0], n_tokens[:, 1])
-        if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
-            losses = losses - cfg.rpo_alpha * logps[:, 0] / n_tokens[:, 0].clamp(min=1)
-        return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
-                              "reward_margin": float((chosen_r - rejected_r).mean())}
-
     def evaluate(model: torch.nn.Module) -> dict:
         logps = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
         rewards = cfg.beta * (logps - ref_val)
@@ -212,7 +217,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
             "val_preference_accuracy": float((logps[:, 0] > logps[:, 1]).float().mean()),
         }
 
-    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator,
+    metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"))
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
     return {**metrics, **counts, "val_preference_accuracy_before": before}
