@@ -66,3 +66,9 @@ def table(rows: list[tuple[str, list[float], float]], unit: str) -> str:
 
 def median_rate(seconds: list[float], work: float) -> float:
     return statistics.median(work / s for s in seconds)
+
+
+def paired_ratio(runs_a: list[list[float]], runs_b: list[list[float]]) -> float:
+    """Median over repeats of (a's median rate / b's) in that repeat: runs next to each other in time
+    share the machine's load, so the paired ratio is steadier than a ratio of overall medians."""
+    return statistics.median(statistics.median(b) / statistics.median(a) for a, b in zip(runs_a, runs_b))
