@@ -1,8 +1,9 @@
 """DPO step time: our align path (reference log-probs computed once and cached: one policy
 forward per pair batch) against TRL's DPOTrainer on the same model, pairs and batch size.
 TRL by default runs a second, reference forward every step; with precompute_ref_log_probs
-it computes them once too (measured when it runs). Target: ours >= 1.5x faster than TRL's
-default.
+it computes them once too. TRL 1.x also enables gradient checkpointing by default (one more
+forward per step), which our loop does not: measured both ways, so the like-for-like figure
+(no checkpointing on either side) is there too. Target: ours >= 1.5x faster than TRL's default.
 
     python -m benchmarks.dpo_step [--steps 8] [--repeats 3] [--threads 1]
 
@@ -54,7 +55,8 @@ def ours(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> tuple[list[fl
     return clock.step_seconds(WARMUP_STEPS), ref_seconds
 
 
-def trl_run(model, tokenizer, pairs: list[dict], cfg: AlignConfig, precompute: bool, bf16: bool) -> tuple[list[float], float]:
+def trl_run(model, tokenizer, pairs: list[dict], cfg: AlignConfig, precompute: bool, checkpointing: bool,
+            bf16: bool) -> tuple[list[float], float]:
     """(per-step seconds, seconds of construction: tokenisation, and the reference pass when precomputed)."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -77,7 +79,7 @@ def trl_run(model, tokenizer, pairs: list[dict], cfg: AlignConfig, precompute: b
                          lr_scheduler_type="constant", adam_beta1=cfg.beta1, adam_beta2=cfg.beta2,
                          weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, save_strategy="no",
                          logging_steps=10**6, disable_tqdm=True, max_length=None, dataloader_num_workers=0,
-                         precompute_ref_log_probs=precompute, seed=cfg.seed)
+                         precompute_ref_log_probs=precompute, gradient_checkpointing=checkpointing, seed=cfg.seed)
         started = time.perf_counter()
         trainer = DPOTrainer(model=model, ref_model=None if precompute else copy.deepcopy(model).eval(), args=args,
                              train_dataset=dataset, processing_class=tokenizer, callbacks=[Tick()])
@@ -107,18 +109,22 @@ def main() -> None:
     bf16 = make_accelerator(cfg).mixed_precision == "bf16"
     pairs = preference_pairs("train", cfg.batch_size * args.steps)
     initial = default_model(tokenizer)
-    runs = {"ours (cached reference log-probs)": ([], []), "TRL DPOTrainer (default: reference forward)": ([], []),
-            "TRL DPOTrainer (precompute_ref_log_probs)": ([], [])}
+    # name -> TRL's (precompute_ref_log_probs, gradient_checkpointing); TRL 1.x checkpoints by default
+    modes = {"ours (cached reference log-probs)": None,
+             "TRL default (ref forward, grad ckpt)": (False, True),
+             "TRL ref forward, no grad ckpt": (False, False),
+             "TRL precompute_ref_log_probs, no ckpt": (True, False)}
+    runs = {name: ([], []) for name in modes}
     notes = []
     for r in range(args.repeats):
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]  # other load on the machine hits all alike
         for name in order:
             model = copy.deepcopy(initial)
             try:
-                if name.startswith("ours"):
+                if modes[name] is None:
                     steps, once = ours(model, tokenizer, pairs, cfg)
                 else:
-                    steps, once = trl_run(model, tokenizer, pairs, cfg, "precompute" in name, bf16)
+                    steps, once = trl_run(model, tokenizer, pairs, cfg, *modes[name], bf16)
             except Exception as e:  # report precisely why a TRL mode cannot run here, measure the rest
                 notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")
                 continue
