@@ -3,7 +3,7 @@
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
 fingerprint of the stage's code, plus the content of the input files its config names
-(fields declared with `input_files()`). An artifact is `<root>/<stage>/<key>/` and counts
+(fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
 """
@@ -46,6 +46,26 @@ def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
     return digest.hexdigest()
 
 
+_file_digests: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: each file is read once per process
+
+
+def file_digest(path: Path) -> str:
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo not in _file_digests:
+        with open(path, "rb") as handle:
+            _file_digests[memo] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _file_digests[memo]
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each file's path and content: editing, adding or removing an input file changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(f"{path}\0{file_digest(path)}\0".encode())
+    return digest.hexdigest()
+
+
 def expand_paths(patterns: list[str], key: str) -> list[Path]:
     """The files named by paths or globs, in a stable order; a pattern matching nothing fails naming `key`."""
     files: list[Path] = []
@@ -64,9 +84,7 @@ def fingerprint_paths(paths: list[Path]) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             digest.update(str(file.relative_to(path) if path.is_dir() else file).encode())
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest.update(file_digest(file).encode())
     return digest.hexdigest()
 
 
@@ -89,7 +107,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(code_paths),
     }
-    files = input_file_fingerprints(cfg, stage)
+    files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
+    if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
+        files[f"{stage}.sources"] = files_fingerprint(cfg.source_files())
     if files:  # only then: stages without input files keep their keys
         payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

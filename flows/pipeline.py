@@ -68,7 +68,8 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         pipeline_cfg = to_pipeline_config(cfg)
-    except (ValueError, OmegaConfBaseException) as err:
+        make_plan(pipeline_cfg)  # keys read the data sources' files: a missing one fails here, in one line
+    except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)
     run_pipeline(pipeline_cfg)

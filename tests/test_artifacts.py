@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.artifacts import build, is_complete, stage_key
-from components.config import check, log_only
+from components.config import check, input_files, log_only
 
 
 @dataclass(kw_only=True)
@@ -128,3 +128,35 @@ def test_checkpoints_of_an_interrupted_build_survive_for_resume(tmp_path):
 
     path, built = build(tmp_path, "toy", "k5", Toy(), {}, resumed)
     assert built and seen["files"] == ["checkpoints/step_00000003.pt"]
+
+
+@dataclass(kw_only=True)
+class Reader:
+    sources: list[str] = input_files()
+    seed: int = 0
+
+
+def test_key_follows_the_content_of_input_files(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "b.jsonl").write_text('{"x": 2}\n')
+    glob = str(tmp_path / "*.jsonl")
+    base = stage_key("toy", Reader(sources=[glob]), {}, CODE)
+    assert stage_key("toy", Reader(sources=[glob]), {}, CODE) == base
+    (tmp_path / "b.jsonl").write_text('{"x": 3}\n')  # same paths, new content
+    changed = stage_key("toy", Reader(sources=[glob]), {}, CODE)
+    assert changed != base
+    (tmp_path / "c.jsonl").write_text("")  # a new file the glob now matches
+    assert stage_key("toy", Reader(sources=[glob]), {}, CODE) != changed
+    assert stage_key("toy", Reader(), {}, CODE) == stage_key("toy", Reader(), {}, CODE)  # no files: no fingerprint
+    with pytest.raises(FileNotFoundError, match=r"toy\.sources: no file matches"):
+        stage_key("toy", Reader(sources=[str(tmp_path / "missing*.json")]), {}, CODE)
+
+
+def test_fingerprint_of_a_directory_covers_every_file(tmp_path):
+    from components.artifacts import fingerprint_paths
+
+    (tmp_path / "model" / "sub").mkdir(parents=True)
+    (tmp_path / "model" / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    before = fingerprint_paths([tmp_path / "model"])
+    (tmp_path / "model" / "sub" / "w.bin").write_bytes(b"\x00\x02")
+    assert fingerprint_paths([tmp_path / "model"]) != before

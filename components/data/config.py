@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from components.config import check, log_only
+from components.config import check, check_choice, log_only
+from components.data.sources import SourceSpec, expand_files, parse_sources
 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    sources: list[str] = field(default_factory=lambda: ["embedded"])  # "embedded" and/or jsonl paths or globs
-    text_key: str = "text"  # field holding the text in jsonl sources
+    sources: list[Any] = field(default_factory=lambda: ["embedded"])  # paths, globs, "embedded" or {type, path, weight, ...}: see components/data/sources.py
+    text_key: str = "text"  # field holding the text in jsonl / parquet / hf sources (a source's own text_key wins)
+    strict: bool = False  # a malformed input line is an error naming file, line and field, instead of quarantined
+    mix_by: str = "documents"  # what source weights apportion: documents or bytes (of text)
+    mix_total: int | None = None  # size of a weighted mix in mix_by units (null: the largest mix needing no repetition)
+    mix_repeat: bool = False  # let a source repeat documents to fill its share of mix_total
     max_documents: int | None = None  # cap on embedded prose documents (null: all)
-    seed: int = 0  # planting of the embedded corpus's contamination
+    seed: int = 0  # planting of the embedded corpus's contamination, and the weighted mix's sampling
     validation_fraction: float = 0.08  # share of documents held out, chosen by a hash of the id
     gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     gopher_quality: bool = True  # Gopher quality filter (length, word shapes, stop words, symbols)
@@ -23,15 +30,30 @@ class DataConfig:
     minhash_hashes_per_bucket: int = 8
     pii: bool = True  # replace emails, IPs, phones, cards, SSNs, IBANs, secrets with <EMAIL>, <IP>, ...
     pii_keep_private_ips: bool = False  # leave 10/8, 192.168/16, 127/8, fc00::/7 ... untouched
-    max_line_bytes: int = 1_000_000  # longer input lines are quarantined
+    max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, HTML pages) are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
 
     def __post_init__(self) -> None:
-        check(len(self.sources) > 0, "data.sources", self.sources, "name at least one source")
+        specs = self.source_specs()
+        weighted = specs[0].weight is not None
+        check_choice("data.mix_by", self.mix_by, ("documents", "bytes"))
+        check(self.mix_total is None or (weighted and self.mix_total > 0), "data.mix_total", self.mix_total,
+              "must be null, or > 0 with weighted sources")
+        check(not self.mix_repeat or self.mix_total is not None, "data.mix_repeat", self.mix_repeat,
+              "repetition only fills a data.mix_total; set one, or data.mix_repeat=false")
+        check(not (self.mix_repeat and (self.exact_dedup or self.minhash)), "data.mix_repeat", self.mix_repeat,
+              "repeated documents would be removed again by data.exact_dedup / data.minhash; turn those off or repetition off")
         check(0 < self.validation_fraction < 0.5, "data.validation_fraction", self.validation_fraction,
               "must be in (0, 0.5)")
         check(self.max_documents is None or self.max_documents >= 10, "data.max_documents", self.max_documents,
               "must be null or >= 10")
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
+
+    def source_specs(self) -> list[SourceSpec]:
+        return parse_sources(self.sources)
+
+    def source_files(self) -> list[Path]:
+        """Every local file the sources read: their content is part of the cache key."""
+        return [path for spec in self.source_specs() for path in expand_files(spec)]

@@ -38,20 +38,36 @@ def _pair_recall(pairs: dict[str, str], kept: set[str]) -> float:
     return sum(not (dup in kept and src in kept) for dup, src in pairs.items()) / max(1, len(pairs))
 
 
-def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> dict:
+def _per_source_out(per_source: dict, docs: list[dict]) -> dict:
+    """Per source: read, quarantined, skipped, taken by the mix, and kept after the filters."""
+    out = {name: {**counts, "docs_out": 0, "bytes_out": 0} for name, counts in per_source.items()}
+    for d in docs:
+        counts = out.get(d.get("metadata", {}).get("source"))
+        if counts is not None:
+            counts["docs_out"] += 1
+            counts["bytes_out"] += len(d["text"].encode())
+    return out
+
+
+def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_source: dict | None = None) -> dict:
     train, val = read_docs(out_dir / "train"), read_docs(out_dir / "validation")
     kept = {d["id"]: d["text"] for d in train + val}
     dropped = {name[3:]: read_docs(out_dir / "rejected" / name) for name in BLOCK_DIRS}
+    quarantined = {k: n for k, n in issues.items() if k.startswith("quarantined_")}
+    skipped = {k: n for k, n in issues.items() if k.startswith("skipped_")}
     metrics: dict = {
         "docs_in": n_in,
-        "docs_out": len(kept),
+        "docs_out": len(train) + len(val),  # not len(kept): two sources may share an id
         "train_docs": len(train),
         "validation_docs": len(val),
         "train_bytes": sum(len(d["text"].encode()) for d in train),
         "quarantined": sum(quarantined.values()),
-        **{f"quarantined_{reason}": n for reason, n in sorted(quarantined.items())},
+        **dict(sorted(quarantined.items())),
+        "skipped": sum(skipped.values()),  # records that are no document (WARC requests, images)
+        **dict(sorted(skipped.items())),
         **{f"{block}_dropped": len(docs) for block, docs in dropped.items()},
         **_pii_counts(work),
+        "sources": _per_source_out(per_source or {}, train + val),
     }
     truth_file = out_dir / "ground_truth.json"
     if truth_file.is_file():
@@ -82,9 +98,14 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
 
 def write_report(out_dir: Path, m: dict) -> None:
     lines = ["# Data report", "", f"{m['docs_in']} documents in, {m['docs_out']} out "
-             f"({m['train_docs']} train, {m['validation_docs']} validation); {m['quarantined']} input lines quarantined "
-             "(see quarantine.jsonl).", "", "| block | dropped |", "|---|---|"]
+             f"({m['train_docs']} train, {m['validation_docs']} validation); {m['quarantined']} input records quarantined "
+             f"(see quarantine.jsonl), {m.get('skipped', 0)} skipped as no document.", "", "| block | dropped |", "|---|---|"]
     lines += [f"| {name[3:]} | {m.get(name[3:] + '_dropped', 0)} |" for name in BLOCK_DIRS]
+    lines += ["", "| source | type | weight | docs read | quarantined | skipped | docs taken | bytes taken | docs out | bytes out |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {c['type']} | {c['weight'] if c['weight'] is not None else '-'} | {c['docs_in']} | {c['quarantined']} "
+              f"| {c['skipped']} | {c['docs_taken']} | {c['bytes_taken']} | {c['docs_out']} | {c['bytes_out']} |"
+              for name, c in m.get("sources", {}).items()]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
     measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "exact_dup_recall", "near_dup_recall",

@@ -18,39 +18,88 @@ from pathlib import Path
 
 from components.data import embedded
 from components.data.config import DataConfig
-from components.data.readers import expand_sources, read_jsonl
+from components.data.mix import plan_mix
+from components.data.readers import read_source
 from components.data.report import measure, write_report
 
 log = logging.getLogger(__name__)
 BLOCKS = ["gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash"]
 
 
-def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int]:
-    """Validated documents -> staged/<task>.jsonl.gz (round-robin over tasks); bad lines quarantined."""
-    truth_needed = "embedded" in cfg.sources
-    if truth_needed:
-        truth = embedded.build(out_dir / "sources" / "embedded.jsonl", cfg.max_documents, cfg.seed)
-        (out_dir / "ground_truth.json").write_text(json.dumps(truth))
+def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int, dict]:
+    """Validated documents of every source -> work/by_source/, then the (weighted) mix ->
+    staged/<task>.jsonl.gz, round-robin over tasks. Bad records go to quarantine.jsonl
+    (or raise, with data.strict); records that are no document (WARC requests) are counted."""
+    specs = cfg.source_specs()
+    embedded_file = out_dir / "sources" / "embedded.jsonl"
+    truth = embedded.build(embedded_file, cfg.max_documents, cfg.seed) if any(s.type == "embedded" for s in specs) else None
+    by_source = out_dir / "work" / "by_source"
+    by_source.mkdir(parents=True)
+    issues: Counter = Counter()
+    sizes: dict[str, list[int]] = {}
+    per_source: dict[str, dict] = {}
+    with open(out_dir / "quarantine.jsonl", "w") as quarantine:
+        for i, spec in enumerate(specs):
+            sizes[spec.name], per_source[spec.name] = _collect(cfg, spec, embedded_file, by_source / f"{i}.jsonl",
+                                                               quarantine, issues)
+    weights = {s.name: s.weight for s in specs} if specs[0].weight is not None else None
+    plan = plan_mix(sizes, weights, cfg.mix_by, cfg.mix_total, cfg.mix_repeat, cfg.seed)
     staged = out_dir / "work" / "staged"
     staged.mkdir(parents=True)
     writers = [gzip.open(staged / f"{t:05d}.jsonl.gz", "wt", encoding="utf-8") for t in range(cfg.tasks)]
-    reasons: Counter = Counter()
     n = 0
-    with open(out_dir / "quarantine.jsonl", "w") as quarantine:
-        for path, name in expand_sources(cfg.sources, out_dir / "sources" / "embedded.jsonl"):
-            for doc, bad in read_jsonl(path, cfg.text_key, cfg.max_line_bytes, name):
-                if bad is not None:
-                    quarantine.write(json.dumps(bad) + "\n")
-                    reasons[bad["reason"].split(" ")[0]] += 1
-                    continue
-                writers[n % cfg.tasks].write(json.dumps(doc) + "\n")
-                n += 1
+    for i, spec in enumerate(specs):
+        take, counts = plan[spec.name], per_source[spec.name]
+        with open(by_source / f"{i}.jsonl", encoding="utf-8") as docs:
+            for index, line in enumerate(docs):
+                for copy in range(take.get(index, 0)):
+                    doc = json.loads(line)
+                    if copy:  # a repeat gets its own id: ids stay unique
+                        doc["id"] = f"{doc['id']}#{copy}"
+                    writers[n % cfg.tasks].write(json.dumps(doc) + "\n")
+                    n += 1
+                    counts["docs_taken"] += 1
+                    counts["bytes_taken"] += sizes[spec.name][index]
     for w in writers:
         w.close()
     if n == 0:
         raise ValueError(f"data: no valid document in {cfg.sources} (see {out_dir / 'quarantine.jsonl'})")
-    log.info("data: %d documents staged, %d lines quarantined", n, sum(reasons.values()))
-    return staged, reasons, n
+    embedded_whole = truth is not None and per_source["embedded"]["docs_taken"] == per_source["embedded"]["docs_in"]
+    if embedded_whole:  # the planted ground truth measures the filters only on the whole embedded corpus
+        (out_dir / "ground_truth.json").write_text(json.dumps(truth))
+    log.info("data: %d documents staged from %d sources, %d records quarantined, %d skipped", n, len(specs),
+             sum(v for k, v in issues.items() if k.startswith("quarantined_")),
+             sum(v for k, v in issues.items() if k.startswith("skipped_")))
+    return staged, issues, n, per_source
+
+
+def _collect(cfg: DataConfig, spec, embedded_file: Path, dest: Path, quarantine, issues: Counter) -> tuple[list[int], dict]:
+    """Read one source into dest (one valid document per line); returns each document's text bytes and counts."""
+    counts = {"type": spec.type, "weight": spec.weight, "docs_in": 0, "bytes_in": 0, "quarantined": 0, "skipped": 0,
+              "docs_taken": 0, "bytes_taken": 0}
+    sizes: list[int] = []
+    with open(dest, "w", encoding="utf-8") as out:
+        for doc, bad in read_source(spec, cfg.text_key, cfg.max_line_bytes, embedded_file):
+            if bad is not None:
+                code = bad["reason"].split(" ")[0]
+                if bad.get("skip"):
+                    issues[f"skipped_{code}"] += 1
+                    counts["skipped"] += 1
+                    continue
+                if cfg.strict:
+                    where = "".join(f", {k} {bad[k]}" for k in ("line", "row", "record") if bad.get(k) is not None)
+                    raise ValueError(f"data.strict: {bad['file']}{where}: {bad['reason']} (source {spec.name!r}; "
+                                     "set data.strict=false to quarantine such records instead)")
+                quarantine.write(json.dumps({**bad, "source": spec.name}) + "\n")
+                issues[f"quarantined_{code}"] += 1
+                counts["quarantined"] += 1
+                continue
+            size = len(doc["text"].encode("utf-8", errors="surrogatepass"))
+            out.write(json.dumps(doc) + "\n")
+            sizes.append(size)
+            counts["docs_in"] += 1
+            counts["bytes_in"] += size
+    return sizes, counts
 
 
 @contextlib.contextmanager
@@ -85,7 +134,7 @@ def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
 
-    staged, quarantined, n_in = stage_inputs(cfg, out_dir)
+    staged, issues, n_in, per_source = stage_inputs(cfg, out_dir)
     work, rejected = out_dir / "work", out_dir / "rejected"
 
     def sink(i: int, block: str) -> JsonlWriter:
@@ -127,7 +176,7 @@ def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     tail.append(TrainValidationSplit(str(out_dir), cfg.validation_fraction))
     execute("6_pii_split", [final_reader, *tail])
 
-    metrics = measure(cfg, out_dir, work, n_in, quarantined)
+    metrics = measure(cfg, out_dir, work, n_in, issues, per_source)
     write_report(out_dir, metrics)
     shutil.rmtree(work)
     return metrics

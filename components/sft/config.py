@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from components.config import check
+from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
+from components.train.formats import SFT_FORMATS
+ADAPTERS = ("none", "lora")
+LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass(kw_only=True)
@@ -14,11 +17,26 @@ class SFTConfig(TrainConfig):
     max_steps: int = 1000
     warmup_steps: int = 50
     batch_size: int = 32
-    num_examples: int = 20000  # generated training examples (components/tasks)
+    num_examples: int = 20000  # generated training examples (components/tasks), when sources is empty
     num_val_examples: int = 200  # generated held-out examples for validation loss
-    data_path: str | None = None  # optional jsonl of {"messages": [...]} used instead of generated tasks
+    sources: list[str] = input_files()  # .jsonl/.jsonl.gz/.json paths or globs; [] = the generated tasks
+    format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
+    strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
+    packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
+    adapter: str = "none"  # none (full fine-tuning) | lora (peft; merged into the weights on export)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # module names given adapters
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.num_examples > 0, "sft.num_examples", self.num_examples, "must be > 0")
         check(self.num_val_examples > 0, "sft.num_val_examples", self.num_val_examples, "must be > 0")
+        check_choice("sft.format", self.format, ("auto", *SFT_FORMATS))
+        check_choice("sft.adapter", self.adapter, ADAPTERS)
+        check(self.lora_rank > 0, "sft.lora_rank", self.lora_rank, "must be > 0")
+        check(self.lora_alpha > 0, "sft.lora_alpha", self.lora_alpha, "must be > 0")
+        check(0 <= self.lora_dropout < 1, "sft.lora_dropout", self.lora_dropout, "must be in [0, 1)")
+        check(self.adapter != "lora" or len(self.lora_targets) > 0, "sft.lora_targets", self.lora_targets,
+              "name at least one module (e.g. q_proj, v_proj) for sft.adapter=lora")

@@ -1,50 +1,109 @@
-"""Supervised fine-tuning on chat examples, loss on assistant tokens only."""
+"""Supervised fine-tuning on chat examples, loss on assistant tokens only.
+
+Examples come from the generated tasks, or from `sft.sources` in any instruction format
+formats.py reads. A bad record raises (sft.strict) or goes to quarantine.jsonl with its
+reason; an example longer than the model's context is quarantined too; all are counted
+in the metrics. Optionally packed (packing.py) and/or trained through LoRA (lora.py).
+"""
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.artifacts import expand_paths
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
+from components.train import lora
 from components.train.chat import encode_chat, epoch_indices, pad_batch
+from components.train.formats import read_located, sft_record
 from components.train.losses import IGNORE, token_nll_sum
 from components.train.loop import train
+from components.train.packing import pack, packed_batch
 
 log = logging.getLogger(__name__)
+Row = tuple[list[int], list[int]]
 
 
-def read_messages(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+def load_examples(cfg: SFTConfig) -> tuple[list[tuple[dict, str]], list[dict], dict]:
+    """([(example, where)], quarantined, records read per file): the sources, or the generated tasks."""
+    if not cfg.sources:
+        generated = sft_examples("train", cfg.num_examples, cfg.seed)
+        return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}
+    examples, quarantined, per_file = [], [], {}
+    for path in expand_paths(cfg.sources, "sft.sources"):
+        kept, bad = read_located(path, lambda rec, where: sft_record(rec, where, cfg.format), cfg.strict)
+        examples += kept
+        quarantined += [{**q, "stage": "read"} for q in bad]
+        per_file[str(path)] = len(kept) + len(bad)
+    return examples, quarantined, per_file
+
+
+def encode_examples(tokenizer, examples: list[tuple[dict, str]], max_len: int) -> tuple[list[Row], list[dict]]:
+    """(rows, quarantined): examples longer than the context are quarantined with their length;
+    one with no trainable token is an error (the loss would silently skip it)."""
+    rows, too_long = [], []
+    for ex, where in examples:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: invalid JSON ({err})") from err
-        if not isinstance(row.get("messages"), list):
-            raise ValueError(f"{path}:{n}: field 'messages' missing or not a list")
-        rows.append(row)
-    return rows
+            ids, labels = encode_chat(tokenizer, ex["messages"])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        if all(label == IGNORE for label in labels):
+            raise ValueError(f"{where}: no assistant token to train on after the chat template "
+                             f"(roles: {[m['role'] for m in ex['messages']]})")
+        if len(ids) > max_len:
+            too_long.append({"where": where, "stage": "encode",
+                             "reason": f"{len(ids)} tokens, longer than the model's context of {max_len}"})
+            continue
+        rows.append((ids, labels))
+    return rows, too_long
 
 
-def encode_all(tokenizer, examples: list[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
-    encoded = [encode_chat(tokenizer, ex["messages"]) for ex in examples]
-    kept = [(ids, labs) for ids, labs in encoded if len(ids) <= max_len and any(l != IGNORE for l in labs)]
-    if len(kept) < len(encoded):
-        log.warning("sft: skipped %d of %d examples (longer than %d tokens or nothing to train)",
-                    len(encoded) - len(kept), len(encoded), max_len)
-    if not kept:
-        raise ValueError("sft: no usable training example")
-    return kept
+def write_quarantine(out_dir: Path, quarantined: list[dict]) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # every rank reads the same data; one writes
+        with open(Path(out_dir) / "quarantine.jsonl", "w") as f:
+            f.writelines(json.dumps(q) + "\n" for q in quarantined)
 
 
 def masked_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    return token_nll_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"]), {}
+    return token_nll_sum(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
+                         batch.get("position_ids")), {}
+
+
+def make_batch_fn(rows: list[Row], cfg: SFTConfig, max_len: int, pad_id: int):
+    """batch_fn(step, micro) for the loop, and the number of sequences it samples from.
+
+    Unpacked: batch_size examples, right-padded. Packed: batch_size sequences of up to
+    max_len tokens, each holding several whole examples (packed once; shuffled per epoch).
+    """
+    bins = pack([len(ids) for ids, _ in rows], max_len) if cfg.packing else [[i] for i in range(len(rows))]
+
+    def batch_fn(step: int, micro: int) -> dict:
+        idx = epoch_indices(len(bins), cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
+        if cfg.packing:
+            batch = packed_batch([[rows[i] for i in bins[b]] for b in idx], pad_id)
+        else:
+            batch = pad_batch([rows[b] for b in idx], pad_id)
+            batch["n_tokens"] = int(batch["attention_mask"].sum())
+        batch["n_targets"] = int((batch["labels"] != IGNORE).sum())
+        if batch["n_targets"] == 0:  # cannot happen after encode_examples; never train on nothing silently
+            raise RuntimeError(f"sft: micro-batch {micro} of step {step} has no trainable token")
+        return batch
+
+    return batch_fn, bins
+
+
+def nonpad_fraction(rows: list[Row], bins: list[list[int]], cfg: SFTConfig) -> float:
+    """Share of the token positions the run computes on that hold real tokens (rows padded per batch)."""
+    real = total = 0
+    for position in range(cfg.max_steps * cfg.grad_accum):
+        lengths = [sum(len(rows[i][0]) for i in bins[b]) for b in epoch_indices(len(bins), cfg.batch_size, cfg.seed, position)]
+        real, total = real + sum(lengths), total + max(lengths) * len(lengths)
+    return real / total
 
 
 def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -53,22 +112,35 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     max_len = model.config.max_position_embeddings
-    examples = read_messages(Path(cfg.data_path)) if cfg.data_path else sft_examples("train", cfg.num_examples, cfg.seed)
-    train_rows = encode_all(tokenizer, examples, max_len)
-    val_batch = pad_batch(encode_all(tokenizer, sft_examples("heldout", cfg.num_val_examples, cfg.seed), max_len),
-                          tokenizer.pad_token_id)
-    log.info("sft: %d training examples, %d steps of %d", len(train_rows), cfg.max_steps, cfg.batch_size * cfg.grad_accum)
 
-    def batch_fn(step: int, micro: int) -> dict:
-        idx = epoch_indices(len(train_rows), cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
-        batch = pad_batch([train_rows[i] for i in idx], tokenizer.pad_token_id)
-        batch["n_targets"] = int((batch["labels"] != IGNORE).sum())
-        batch["n_tokens"] = int(batch["attention_mask"].sum())
-        return batch
+    examples, quarantined, per_file = load_examples(cfg)
+    train_rows, too_long = encode_examples(tokenizer, examples, max_len)
+    quarantined += too_long
+    write_quarantine(out_dir, quarantined)
+    if quarantined:
+        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
+                    len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
+                    Path(out_dir) / "quarantine.jsonl")
+    if not train_rows:
+        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}")
+    val_rows, _ = encode_examples(tokenizer, [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)], max_len)
+    val_batch = pad_batch(val_rows, tokenizer.pad_token_id)
+
+    if cfg.adapter == "lora":
+        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
+    n_params, n_trainable = sum(p.numel() for p in model.parameters()), lora.trainable_parameters(model)
+    batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
+    fill = nonpad_fraction(train_rows, bins, cfg)
+    log.info("sft: %d training examples in %d sequences (%.1f%% real tokens), %d steps of %d; "
+             "%d of %d parameters trainable (adapter %s)", len(train_rows), len(bins), 100 * fill, cfg.max_steps,
+             cfg.batch_size * cfg.grad_accum, n_trainable, n_params, cfg.adapter)
 
     def evaluate(model: torch.nn.Module) -> dict:
         loss, _ = masked_loss(model, val_batch)
         return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
 
     metrics = train(model, cfg, batch_fn, masked_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
-    return {**metrics, "train_examples": len(train_rows)}
+    return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
+            "nonpad_fraction": round(fill, 4), "records_read": per_file, "quarantined": len(quarantined),
+            "quarantined_unreadable": len(quarantined) - len(too_long), "quarantined_too_long": len(too_long),
+            "params": n_params, "trainable_params": n_trainable}

@@ -1,6 +1,8 @@
 """Chat examples -> token ids with labels on assistant tokens only (shared by sft and align)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -50,12 +52,17 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_items)
+
+
 def epoch_indices(n_items: int, batch_size: int, seed: int, position: int) -> list[int]:
     """Items of the batch at `position` (global micro-batch index), shuffled per epoch."""
     out = []
     for j in range(position * batch_size, (position + 1) * batch_size):
         epoch, offset = divmod(j, n_items)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_items)[offset]))
+        out.append(int(_epoch_order(n_items, seed, epoch)[offset]))
     return out
 
 

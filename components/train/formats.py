@@ -29,6 +29,8 @@ def _text(rec: dict, key: str, where: str, optional: bool = False) -> str:
 
 def _turns(items: list, where: str, field: str) -> list[dict]:
     """ShareGPT {"from", "value"} or chat {"role", "content"} items -> messages."""
+    if not isinstance(items, list):
+        raise FormatError(f"{where}: field {field!r} must be a list of turns, got {items!r:.60}")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -55,29 +57,50 @@ def _history(rec: dict, where: str) -> list[dict]:
     return out
 
 
-def sft_record(rec: dict, where: str) -> dict:
-    """One instruction record in any supported format -> {"messages": [...]}."""
-    if "messages" in rec:  # OpenAI / Hugging Face chat
-        messages = _turns(rec["messages"], where, "messages")
-    elif "conversations" in rec:  # ShareGPT
-        messages = _turns(rec["conversations"], where, "conversations")
-    elif "instruction" in rec and "output" in rec:  # alpaca, LIMA-style with history
-        messages = _history(rec, where) + [
-            {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "input", where, True))},
-            {"role": "assistant", "content": _text(rec, "output", where)}]
-        if isinstance(rec.get("system"), str) and rec["system"].strip():
-            messages.insert(0, {"role": "system", "content": rec["system"]})
-    elif "instruction" in rec and "response" in rec:  # dolly
-        messages = [{"role": "user", "content": _user_turn(_text(rec, "instruction", where),
-                                                           _text(rec, "context", where, True))},
-                    {"role": "assistant", "content": _text(rec, "response", where)}]
-    elif "prompt" in rec and ("response" in rec or "completion" in rec):
-        answer_key = "response" if "response" in rec else "completion"
-        messages = [{"role": "user", "content": _text(rec, "prompt", where)},
-                    {"role": "assistant", "content": _text(rec, answer_key, where)}]
-    else:
-        raise FormatError(f"{where}: no known instruction format (fields: {sorted(rec)}); expected messages, "
-                          "conversations, instruction/input/output, instruction/context/response or prompt/response")
+def _from_alpaca(rec: dict, where: str) -> list[dict]:
+    messages = _history(rec, where) + [
+        {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "input", where, True))},
+        {"role": "assistant", "content": _text(rec, "output", where)}]
+    if isinstance(rec.get("system"), str) and rec["system"].strip():
+        messages.insert(0, {"role": "system", "content": rec["system"]})
+    return messages
+
+
+def _from_prompt_response(rec: dict, where: str) -> list[dict]:
+    answer_key = "response" if "response" in rec else "completion"
+    return [{"role": "user", "content": _text(rec, "prompt", where)},
+            {"role": "assistant", "content": _text(rec, answer_key, where)}]
+
+
+# name -> (fields that identify it, builder); "auto" tries them in this order
+SFT_FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], list[dict]]]] = {
+    "messages": (("messages",), lambda rec, where: _turns(rec["messages"], where, "messages")),  # OpenAI / HF chat
+    "sharegpt": (("conversations",), lambda rec, where: _turns(rec["conversations"], where, "conversations")),
+    "alpaca": (("instruction", "output"), _from_alpaca),  # alpaca, LIMA-style with history
+    "dolly": (("instruction", "response"), lambda rec, where: [
+        {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "context", where, True))},
+        {"role": "assistant", "content": _text(rec, "response", where)}]),
+    "prompt_response": (("prompt", "response|completion"), _from_prompt_response),
+}
+
+
+def _has(rec: dict, fields: tuple[str, ...]) -> bool:
+    return all(any(alt in rec for alt in f.split("|")) for f in fields)
+
+
+def sft_record(rec: dict, where: str, fmt: str = "auto") -> dict:
+    """One instruction record -> {"messages": [...]}: in the format `fmt`, or the first that fits ("auto")."""
+    if fmt == "auto":
+        fmt = next((name for name, (fields, _) in SFT_FORMATS.items() if _has(rec, fields)), None)
+        if fmt is None:
+            raise FormatError(f"{where}: no known instruction format (fields: {sorted(rec)}); expected messages, "
+                              "conversations, instruction/input/output, instruction/context/response or prompt/response")
+    elif fmt not in SFT_FORMATS:
+        raise ValueError(f"unknown instruction format {fmt!r}: choose auto or one of {sorted(SFT_FORMATS)}")
+    fields, build = SFT_FORMATS[fmt]
+    if not _has(rec, fields):
+        raise FormatError(f"{where}: format {fmt} needs field(s) {', '.join(fields)}; the record has {sorted(rec)}")
+    messages = build(rec, where)
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         raise FormatError(f"{where}: no non-empty assistant turn: nothing to train on")
     return {"messages": messages}
@@ -203,8 +226,9 @@ def records(path: Path) -> Iterator[tuple[dict, str]]:
                     yield FormatError(f"{path}:{n}: invalid JSON ({e.msg})"), f"{path}:{n}"
 
 
-def read(path: Path, convert: Callable[[dict, str], dict], strict: bool = True) -> tuple[list[dict], list[dict]]:
-    """(records, quarantined [{"where", "reason"}]); strict raises on the first bad record instead."""
+def read_located(path: Path, convert: Callable[[dict, str], dict],
+                 strict: bool = True) -> tuple[list[tuple[dict, str]], list[dict]]:
+    """([(record, "file:line")], quarantined [{"where", "reason"}]); strict raises on the first bad record instead."""
     out, quarantined = [], []
     for rec, where in records(path):
         try:
@@ -212,7 +236,7 @@ def read(path: Path, convert: Callable[[dict, str], dict], strict: bool = True) 
                 raise rec
             if not isinstance(rec, dict):
                 raise FormatError(f"{where}: a record must be an object")
-            out.append(convert(rec, where))
+            out.append((convert(rec, where), where))
         except FormatError as e:
             if strict:
                 raise
@@ -220,8 +244,14 @@ def read(path: Path, convert: Callable[[dict, str], dict], strict: bool = True) 
     return out, quarantined
 
 
-def read_sft(path: Path, strict: bool = True) -> tuple[list[dict], list[dict]]:
-    return read(path, sft_record, strict)
+def read(path: Path, convert: Callable[[dict, str], dict], strict: bool = True) -> tuple[list[dict], list[dict]]:
+    """(records, quarantined [{"where", "reason"}]); strict raises on the first bad record instead."""
+    located, quarantined = read_located(path, convert, strict)
+    return [rec for rec, _ in located], quarantined
+
+
+def read_sft(path: Path, strict: bool = True, fmt: str = "auto") -> tuple[list[dict], list[dict]]:
+    return read(path, lambda rec, where: sft_record(rec, where, fmt), strict)
 
 
 def read_preferences(path: Path, strict: bool = True) -> tuple[list[dict], list[dict]]:

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
-from components.train import budget, checkpoint
+from components.train import budget, checkpoint, lora
 from components.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def local_parameter_share(model: torch.nn.Module) -> float:
 
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
-    """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it)."""
+    """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it).
+    A LoRA model is merged in place first: call it once training is over."""
     if accelerator.distributed_type == DistributedType.FSDP:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -139,11 +140,11 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
         if accelerator.distributed_type == DistributedType.FSDP:
             # save_pretrained inspects the module's own (sharded) parameters, a collective the
             # other ranks never join: save an unsharded copy instead
-            from transformers import AutoModelForCausalLM
-
-            unwrapped = AutoModelForCausalLM.from_config(unwrapped.config)
+            unwrapped = lora.blank_like(unwrapped)
             unwrapped.load_state_dict(state_dict)
             state_dict = None  # the copy's own, so tied weights are recognised as one
+        if lora.is_adapted(unwrapped):  # LoRA: adapters merged into the weights, a plain HF model
+            unwrapped, state_dict = lora.merged(unwrapped), None
         unwrapped.save_pretrained(path, state_dict=state_dict)
         tokenizer.save_pretrained(path)
     accelerator.wait_for_everyone()

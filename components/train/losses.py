@@ -10,9 +10,12 @@ IGNORE = -100
 
 
 def token_nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids).
+    position_ids restarting mid-row mark packed examples (see packing.py); transformers honours
+    them only without a KV cache, hence use_cache=False (training needs none anyway)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
     )
