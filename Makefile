@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core \
            accelerate datasets "datatrove[processing,io]" spacy sentencepiece wandb \
-           transformers peft tokenizers safetensors matplotlib pytest pytest-timeout
+           transformers peft tokenizers safetensors matplotlib pytest pytest-timeout \
+           trl  # test/benchmark peer: DPO parity (tests/test_dpo_parity.py) and benchmarks/dpo_step.py
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -25,7 +26,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: setup server server-stop pipeline test check sweep clean distclean
+.PHONY: setup server server-stop pipeline test check sweep bench clean distclean
 
 setup: $(STAMP)
 
@@ -62,6 +63,11 @@ sweep: server
 
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)
+
+# Speed against a baseline measured in the same run (benchmarks/README.md); a few minutes, not part of `make test`.
+bench: setup
+	$(BIN)/python -m benchmarks.pretrain_throughput
+	$(BIN)/python -m benchmarks.dpo_step
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.align.config import AlignConfig
-from components.align.run import encode_pair
+from components.align.run import encode_pair, pair_logps, pairs_batch
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
@@ -33,27 +33,60 @@ def sft_dir(tmp_path_factory, tokenizer):
     return root
 
 
+# prompts ending in a space or newline, answers starting with one: where tokenisers merge across the boundary
+EDGE_PAIRS = [
+    {"prompt": [{"role": "user", "content": "What is 2 + 2? "}], "chosen": " 4", "rejected": " 5"},
+    {"prompt": [{"role": "user", "content": "Name a colour.\n"}], "chosen": "\nred", "rejected": " blue"},
+    {"prompt": [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi\n\n"},
+                {"role": "assistant", "content": " Hello."}, {"role": "user", "content": "Sort b a "}],
+     "chosen": " a b", "rejected": "b a"},
+]
+
+
 def test_prompt_boundary_is_tokenised_the_same_in_chosen_and_rejected(tokenizer):
-    for pair in preference_pairs("train", 50):
+    for pair in preference_pairs("train", 30) + EDGE_PAIRS:
         (c_ids, c_lab), (r_ids, r_lab) = encode_pair(tokenizer, pair)
         c_first = next(i for i, l in enumerate(c_lab) if l != IGNORE)
         r_first = next(i for i, l in enumerate(r_lab) if l != IGNORE)
-        assert c_first == r_first and c_ids[:c_first] == r_ids[:r_first]
-        assert c_ids[0] == tokenizer.bos_token_id and c_ids[1] != tokenizer.bos_token_id
+        # the prompt is the same token prefix in both, and the one generation sees (chat.generate)
+        prompt_text = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        assert c_first == r_first == len(prompt_ids)
+        assert c_ids[:c_first] == r_ids[:r_first] == prompt_ids
+        # the labels are exactly the final answer and its <|end|>, nothing of the prompt
+        for ids, labels, answer in ((c_ids, c_lab, pair["chosen"]), (r_ids, r_lab, pair["rejected"])):
+            assert all(l == IGNORE for l in labels[:c_first]) and labels[c_first:] == ids[c_first:]
+            assert tokenizer.decode(ids[c_first:]).replace(" ", "") == (answer + "<|end|>").replace(" ", "")
+
+
+def test_exactly_one_bos(tokenizer):
+    for pair in preference_pairs("train", 10) + EDGE_PAIRS:
+        for ids, _ in encode_pair(tokenizer, pair):
+            assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_multi_turn_prompt_trains_only_the_final_answer(tokenizer):
+    pair = EDGE_PAIRS[2]
+    (ids, labels), _ = encode_pair(tokenizer, pair)
+    trained = [t for t, l in zip(ids, labels) if l != IGNORE]
+    assert tokenizer.decode(trained).replace(" ", "") == "ab<|end|>"  # not the earlier " Hello." turn
 
 
 def test_logps_identical_with_and_without_padding(tokenizer):
+    """A short pair batched with a much longer one (right padding) scores as it does alone."""
     model = build_model(TINY, tokenizer, seed=0).eval()
-    pairs = preference_pairs("train", 4)
-    rows = [encode_pair(tokenizer, p)[0] for p in pairs]
-    rows.append((list(range(8, 8 + 40)), [IGNORE] * 20 + list(range(28, 48))))  # forces padding
+    long_pair = {"prompt": [{"role": "user", "content": "Repeat: alpha beta gamma"},
+                            {"role": "assistant", "content": "alpha beta gamma"},
+                            {"role": "user", "content": "Again, twice."}],
+                 "chosen": "alpha beta gamma alpha", "rejected": "no"}
+    encoded = [encode_pair(tokenizer, p) for p in preference_pairs("train", 2) + [long_pair]]
+    lengths = [len(seq[0]) for pair in encoded for seq in pair]
+    assert max(lengths) <= TINY.context_length and max(lengths) > 2 * min(lengths)  # real padding
     with torch.no_grad():
-        batch = pad_batch(rows, tokenizer.pad_token_id)
-        together = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
-        for i, row in enumerate(rows):
-            alone = pad_batch([row], tokenizer.pad_token_id)
-            single = sequence_logps(model, alone["input_ids"], alone["labels"], alone["attention_mask"])
-            assert torch.allclose(together[i], single[0], atol=1e-4)
+        together = pair_logps(model, pairs_batch(encoded, [0, 1, 2], tokenizer.pad_token_id))
+        for i in range(3):
+            alone = pair_logps(model, pairs_batch(encoded, [i], tokenizer.pad_token_id))
+            torch.testing.assert_close(together[i], alone[0], rtol=0, atol=1e-5)
 
 
 def test_dpo_loss_matches_the_paper_formula():
@@ -69,7 +102,7 @@ def test_loss_starts_at_ln2_and_moves(sft_dir, tmp_path):
     from components.align.run import run
 
     cfg = AlignConfig(max_steps=8, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=64, num_val_pairs=16, rpo_alpha=0.0,
-                      mixed_precision="no", log_every=1)
+                      mixed_precision="no", log_every=1, rejected="generated")
     metrics = run(cfg, {"sft": sft_dir}, tmp_path)
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -90,7 +123,8 @@ def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
     """With rpo_alpha, step 0's loss is ln 2 plus alpha times the chosen answers' per-token NLL."""
     from components.align.run import run
 
-    base = dict(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no", log_every=1)
+    base = dict(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no", log_every=1,
+                rejected="generated")
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     run(AlignConfig(rpo_alpha=0.0, **base), {"sft": sft_dir}, tmp_path / "a")
     run(AlignConfig(rpo_alpha=0.5, **base), {"sft": sft_dir}, tmp_path / "b")
@@ -117,3 +151,137 @@ def test_on_policy_rejected_are_the_models_own_wrong_answers(sft_dir, tokenizer)
     assert replaced == len(wrong) > 0
     assert all(out[i]["rejected"] == own[i] for i in wrong)
     assert [p["chosen"] for p in out] == [p["chosen"] for p in pairs]  # chosen answers untouched
+
+
+# --- preference files as sources -------------------------------------------------------------
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+MIXED = [
+    {"prompt": "What is 3 + 4?", "chosen": "7", "rejected": "8"},  # line 1: strings
+    {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},  # 2: multi-turn
+                {"role": "user", "content": "Sort: c a b"}],
+     "chosen": [{"role": "assistant", "content": "a b c"}], "rejected": "c b a"},
+    {"chosen": "\n\nHuman: Reverse abc\n\nAssistant: cba", "rejected": "\n\nHuman: Reverse abc\n\nAssistant: abc"},  # 3: HH
+    {"prompt": "What is 5 + 5?", "chosen": "10"},  # line 4: no rejected answer
+    "{not json",  # line 5
+    {"conversations": [{"from": "human", "value": "Capital of France?"}],  # 6: LLaMA-Factory
+     "chosen": {"from": "gpt", "value": "Paris"}, "rejected": {"from": "gpt", "value": "Rome"}},
+]
+
+
+def test_sources_strict_fails_naming_file_line_and_field(sft_dir, tmp_path):
+    from components.align.run import run
+    from components.train.formats import FormatError
+
+    src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
+    cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FormatError, match=r"prefs\.jsonl:4: field 'rejected'"):
+        run(cfg, {"sft": sft_dir}, tmp_path / "out")
+
+
+def test_sources_quarantine_and_train(sft_dir, tmp_path):
+    from components.align.run import run
+
+    src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
+    cfg = AlignConfig(sources=[str(tmp_path / "*.jsonl")], max_steps=2, warmup_steps=0, batch_size=2, num_val_pairs=1,
+                      mixed_precision="no", rpo_alpha=0.0, log_every=1)
+    assert cfg.rejected_from == "dataset"  # auto: the sources' own rejected answers, never replaced
+    (tmp_path / "out").mkdir()
+    metrics = run(cfg, {"sft": sft_dir}, tmp_path / "out")
+    assert (metrics["source_pairs"], metrics["quarantined_pairs"], metrics["too_long_pairs"]) == (4, 2, 0)
+    assert (metrics["train_pairs"], metrics["val_pairs"]) == (3, 1)
+    rows = [json.loads(l) for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert [r["where"] for r in rows] == [f"{src}:4", f"{src}:5"]
+    assert "rejected" in rows[0]["reason"] and "invalid JSON" in rows[1]["reason"]
+    log = [json.loads(l) for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and len(log) == 2
+
+
+def test_sources_too_long_pairs_are_left_out_with_a_reason(sft_dir, tmp_path):
+    from components.align.run import run
+
+    long = {"prompt": "Repeat " + "words and more words " * 20, "chosen": "ok", "rejected": "no"}
+    src = _write_jsonl(tmp_path / "p.jsonl", [MIXED[0], MIXED[1], long, MIXED[5]])
+    cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, batch_size=2, num_val_pairs=1, mixed_precision="no")
+    (tmp_path / "out").mkdir()
+    metrics = run(cfg, {"sft": sft_dir}, tmp_path / "out")
+    assert (metrics["too_long_pairs"], metrics["quarantined_pairs"], metrics["train_pairs"]) == (1, 0, 2)
+    [row] = [json.loads(l) for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert row["where"] == f"{src}:3" and "context of 64" in row["reason"]
+
+
+def test_heldout_split_is_by_prompt_not_file_order():
+    from components.align.run import split_heldout
+
+    pairs = [{"prompt": [{"role": "user", "content": f"q{i % 7}"}], "chosen": "a", "rejected": f"b{i}"} for i in range(30)]
+    train, held = split_heldout(pairs, 5)
+    held_prompts = {pairs[i]["prompt"][0]["content"] for i in held}
+    assert len(held) >= 5 and not held_prompts & {pairs[i]["prompt"][0]["content"] for i in train}
+    rev = pairs[::-1]
+    assert {rev[i]["prompt"][0]["content"] for i in split_heldout(rev, 5)[1]} == held_prompts
+    with pytest.raises(ValueError, match=r"align\.num_val_pairs"):
+        split_heldout(pairs, 30)
+
+
+def test_source_content_is_in_the_cache_key(tmp_path):
+    from components.artifacts import stage_key
+    from components.stages import STAGES
+
+    src = _write_jsonl(tmp_path / "p.jsonl", MIXED[:1])
+    key = lambda: stage_key("align", AlignConfig(sources=[str(src)]), {"sft": "k"}, STAGES["align"].code)  # noqa: E731
+    before = key()
+    assert key() == before
+    _write_jsonl(src, [{**MIXED[0], "chosen": "seven"}])  # same name and size class, new content
+    assert key() != before
+
+
+def test_source_config_combinations_are_checked(tmp_path):
+    src = str(_write_jsonl(tmp_path / "p.jsonl", MIXED[:1]))
+    with pytest.raises(ValueError, match=r"align\.rejected='on_policy'.*sources"):
+        AlignConfig(sources=[src], rejected="on_policy")
+    with pytest.raises(ValueError, match=r"align\.rejected='dataset'.*needs align\.sources"):
+        AlignConfig(rejected="dataset")
+    with pytest.raises(ValueError, match=r"align\.format='hh_rlhf'.*only applies"):
+        AlignConfig(format="hh_rlhf")
+    with pytest.raises(ValueError, match=r"align\.format='csv'"):
+        AlignConfig(sources=[src], format="csv")
+    with pytest.raises(FileNotFoundError, match=r"align\.sources: no file matches"):
+        AlignConfig(sources=[str(tmp_path / "missing*.jsonl")])
+    (tmp_path / "p.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"align\.sources='.*p\.csv'"):
+        AlignConfig(sources=[str(tmp_path / "p.*")])
+    assert AlignConfig(sources=[src], format="prompt_chosen_rejected").rejected_from == "dataset"
+    assert AlignConfig().rejected_from == "on_policy"
+
+
+@pytest.fixture(scope="module")
+def sft_dir_256(tmp_path_factory, tokenizer):
+    """A tiny model with room for real preference data (HH transcripts run to hundreds of tokens)."""
+    root = tmp_path_factory.mktemp("sft256")
+    build_model(ModelConfig(**{**TINY.__dict__, "context_length": 256}), tokenizer, seed=1).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+def test_real_preference_samples_train(samples, sft_dir_256, tmp_path):
+    """HH-RLHF, LLaMA-Factory and StackExchange files together, multi-turn prompts included."""
+    from components.align.run import run
+
+    cfg = AlignConfig(sources=[str(samples / "preference" / "*.json*")], max_steps=2, warmup_steps=0, batch_size=4,
+                      num_val_pairs=16, lr=5e-3, rpo_alpha=0.0, mixed_precision="no", log_every=1)
+    metrics = run(cfg, {"sft": sft_dir_256}, tmp_path)
+    # 274 well-formed pairs; the one malformed record (an HH pair with an empty chosen answer) quarantined
+    assert (metrics["source_pairs"], metrics["quarantined_pairs"]) == (274, 1)
+    assert metrics["train_pairs"] + metrics["val_pairs"] + metrics["too_long_pairs"] == 274
+    assert metrics["train_pairs"] > 50 and metrics["val_pairs"] >= 16
+    rows = [json.loads(l) for l in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 + metrics["too_long_pairs"]
+    assert rows[0]["where"].endswith("hh_rlhf_harmless_base_test_200.jsonl:87") and "chosen answer is empty" in rows[0]["reason"]
+    assert all("context of 256" in r["reason"] for r in rows[1:])
+    log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and abs(log[-1]["loss"] - math.log(2)) > 1e-4

@@ -86,3 +86,19 @@ def test_real_preference_samples(samples):
     for kept, _ in read.values():
         for rec in kept:
             assert rec["prompt"][-1]["role"] == "user" and rec["chosen"].strip() and rec["rejected"].strip()
+
+
+def test_preference_format_can_be_forced_and_implicit_prompts_read():
+    implicit = {"chosen": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                           {"role": "user", "content": "q2"}, {"role": "assistant", "content": "good"}],
+                "rejected": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                             {"role": "user", "content": "q2"}, {"role": "assistant", "content": "bad"}]}
+    out = preference_record(implicit, "x")  # TRL's "implicit prompt": the shared turns are the prompt
+    assert [m["content"] for m in out["prompt"]] == ["q1", "a1", "q2"] and (out["chosen"], out["rejected"]) == ("good", "bad")
+    assert preference_record(implicit, "x", "implicit_prompt") == out
+    with pytest.raises(FormatError, match=r"f.jsonl:3: not a hh_rlhf record"):
+        preference_record(implicit, "f.jsonl:3", "hh_rlhf")
+    with pytest.raises(FormatError, match="differ before their last answer"):
+        preference_record({**implicit, "rejected": implicit["rejected"][2:]}, "x")
+    with pytest.raises(ValueError, match="unknown preference format"):
+        preference_record(implicit, "x", "csv")

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.config import check, check_choice
+from components.artifacts import expand_paths
+from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
+from components.train.formats import PREFERENCE_FORMATS
+
+SOURCE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
 
 @dataclass(kw_only=True)
@@ -11,17 +15,23 @@ class AlignConfig(TrainConfig):
     """DPO against the frozen sft model; its log-probs are computed once, before training."""
 
     beta: float = 0.1  # strength of the KL anchor to the reference
-    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo (per-token log-ratios, as TRL) | hinge
     rpo_alpha: float = 1.0  # weight of the chosen answers' NLL added to the loss (RPO); 0: pure preference loss
     lr: float = 5e-5
     max_steps: int = 150
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
-    num_pairs: int = 1500  # generated training pairs (components/tasks)
-    num_val_pairs: int = 200
-    # generated: each task's plausible wrong answer; on_policy: where the sft model's own greedy
-    # answer is wrong, that answer (its actual mistake, the most informative negative)
-    rejected: str = "on_policy"
+    # preference files (.json list, .jsonl, .jsonl.gz; paths or globs; their content is in the cache key);
+    # empty: pairs generated from the tasks (components/tasks)
+    sources: list[str] = input_files()
+    format: str = "auto"  # the sources' format, or auto: detected per record (components/train/formats.py)
+    strict: bool = False  # true: the first malformed record fails the run; false: quarantined and counted
+    num_pairs: int = 1500  # training pairs: generated, or at most this many from the sources
+    num_val_pairs: int = 200  # held-out pairs: generated, or taken from the sources by a hash of the prompt
+    # auto: on_policy for generated pairs, dataset with sources | generated: each task's plausible wrong
+    # answer | on_policy: where the sft model's own greedy answer is wrong, that answer (its actual
+    # mistake, the most informative negative) | dataset: the sources' own rejected answers
+    rejected: str = "auto"
     rejected_max_new_tokens: int = 24  # greedy decoding budget for on_policy answers
 
     def __post_init__(self) -> None:
@@ -29,6 +39,26 @@ class AlignConfig(TrainConfig):
         check(self.beta > 0, "align.beta", self.beta, "must be > 0")
         check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
         check(self.rpo_alpha >= 0, "align.rpo_alpha", self.rpo_alpha, "must be >= 0")
-        check_choice("align.rejected", self.rejected, ("generated", "on_policy"))
+        check_choice("align.format", self.format, ("auto", *PREFERENCE_FORMATS))
+        for path in expand_paths(self.sources, "align.sources"):  # a pattern matching nothing fails here
+            check(str(path).endswith(SOURCE_SUFFIXES), "align.sources", str(path),
+                  f"preference files are {' / '.join(SOURCE_SUFFIXES)}")
+        check_choice("align.rejected", self.rejected, ("auto", "generated", "on_policy", "dataset"))
+        # on_policy needs checkable answers (a model answer differing from a task's is wrong); a
+        # dataset's open-ended answers have none, and its judged rejected answers are the signal
+        check(not self.sources or self.rejected in ("auto", "dataset"), "align.rejected", self.rejected,
+              "with align.sources the sources' own rejected answers are used: set auto or dataset")
+        check(bool(self.sources) or self.rejected != "dataset", "align.rejected", self.rejected,
+              "dataset needs align.sources; generated pairs take generated or on_policy")
+        check(self.format == "auto" or bool(self.sources), "align.format", self.format,
+              "only applies to align.sources (empty: generated pairs)")
         check(self.rejected_max_new_tokens > 0, "align.rejected_max_new_tokens", self.rejected_max_new_tokens, "must be > 0")
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")
+        check(self.num_val_pairs > 0, "align.num_val_pairs", self.num_val_pairs, "must be > 0")
+
+    @property
+    def rejected_from(self) -> str:
+        """Where the rejected answers come from, auto resolved."""
+        if self.rejected == "auto":
+            return "dataset" if self.sources else "on_policy"
+        return self.rejected

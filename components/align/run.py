@@ -2,9 +2,12 @@
 
 The reference log-probs of every pair are computed once, before the first update
 (when policy == reference), and cached in the artifact: no second model in memory.
+Pairs are generated from the tasks, or read from preference files (align.sources).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -12,18 +15,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.align.config import AlignConfig
+from components.artifacts import expand_paths
 from components.tasks import preference_pairs
 from components.train.chat import encode_chat, epoch_indices, generate, pad_batch
+from components.train.formats import preference_record, read
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
 from components.train.loop import make_accelerator, train
 
 log = logging.getLogger(__name__)
 
+Encoded = tuple[list[int], list[int]]  # ids, labels (IGNORE outside the response)
 
-def encode_pair(tokenizer, pair: dict) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+
+def encode_pair(tokenizer, pair: dict) -> tuple[Encoded, Encoded]:
+    """Chosen and rejected conversations; labels on the final answer only (earlier turns are prompt)."""
     prompt = pair["prompt"]
-    chosen = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["chosen"]}])
-    rejected = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["rejected"]}])
+    chosen = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["chosen"]}], last_turn_only=True)
+    rejected = encode_chat(tokenizer, prompt + [{"role": "assistant", "content": pair["rejected"]}], last_turn_only=True)
     return chosen, rejected
 
 
@@ -44,14 +52,19 @@ def pair_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: int, accelerator) -> torch.Tensor:
-    """[n_pairs, 2] log-probs (chosen, rejected) of the responses."""
+    """[n_pairs, 2] log-probs (chosen, rejected) of the responses.
+
+    Batches are formed in length order (less padding: real data varies by 10x in length);
+    padding does not change a pair's log-probs (tested), so neither does the order.
+    """
     model.eval()
-    out = []
-    for i in range(0, len(encoded), batch_size):
-        idx = list(range(i, min(i + batch_size, len(encoded))))
+    order = sorted(range(len(encoded)), key=lambda i: max(len(seq[0]) for seq in encoded[i]))
+    out = torch.empty(len(encoded), 2)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
         with accelerator.autocast():
-            out.append(pair_logps(model, pairs_batch(encoded, idx, pad_id)))
-    return torch.cat(out)
+            out[idx] = pair_logps(model, pairs_batch(encoded, idx, pad_id))
+    return out
 
 
 def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> tuple[list[dict], int]:
@@ -71,23 +84,122 @@ def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> 
     return out, replaced
 
 
+def read_sources(cfg: AlignConfig) -> tuple[list[dict], list[dict]]:
+    """(pairs, each with its "where", quarantined {"where", "reason"}) from every align.sources file."""
+    def convert(rec: dict, where: str) -> dict:
+        return {**preference_record(rec, where, cfg.format), "where": where}
+
+    pairs, quarantined = [], []
+    for path in expand_paths(cfg.sources, "align.sources"):
+        kept, bad = read(path, convert, cfg.strict)
+        pairs += kept
+        quarantined += bad
+        log.info("align: %s: %d pairs, %d quarantined", path, len(kept), len(bad))
+    return pairs, quarantined
+
+
+def encode_fitting(tokenizer, pairs: list[dict], max_len: int) -> tuple[list[dict], list, list[dict]]:
+    """(pairs that fit the model's context, their encodings, the others as quarantine rows)."""
+    kept, encoded, too_long = [], [], []
+    for i, pair in enumerate(pairs):
+        enc = encode_pair(tokenizer, pair)
+        longest = max(len(ids) for ids, _ in enc)
+        if longest > max_len:
+            too_long.append({"where": pair.get("where", f"generated pair {i}"),
+                             "reason": f"too long: {longest} tokens > the model's context of {max_len}"})
+        else:
+            kept.append(pair)
+            encoded.append(enc)
+    return kept, encoded, too_long
+
+
+def prompt_hash(prompt: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
+
+
+def split_heldout(pairs: list[dict], n_val: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: whole prompts in hash order until n_val pairs are held out.
+
+    A hash, not the file order: the split does not move when files are reordered or grow, and
+    pairs sharing a prompt stay on one side (no prompt seen in training is scored as held out).
+    """
+    by_prompt: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_prompt.setdefault(prompt_hash(pair["prompt"]), []).append(i)
+    held: set[int] = set()
+    for h in sorted(by_prompt):
+        if len(held) >= n_val:
+            break
+        held.update(by_prompt[h])
+    train_idx = [i for i in range(len(pairs)) if i not in held]
+    if not train_idx:
+        raise ValueError(f"config error: align.num_val_pairs={n_val} holds out all {len(pairs)} usable pairs "
+                         "of align.sources: lower it")
+    return train_idx, sorted(held)
+
+
+def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict]:
+    """(train encodings, held-out encodings, quarantine rows, counts for the manifest)."""
+    max_len = model.config.max_position_embeddings
+    counts = {"rejected_from": cfg.rejected_from}
+    if cfg.sources:
+        pairs, quarantined = read_sources(cfg)
+        pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len)
+        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs)
+        train_enc, val_enc = [encoded[i] for i in train_idx[: cfg.num_pairs]], [encoded[i] for i in val_idx]
+        counts.update(source_pairs=len(pairs) + len(too_long), quarantined_pairs=len(quarantined),
+                      unused_pairs=max(0, len(train_idx) - cfg.num_pairs))
+    else:
+        quarantined, counts["on_policy_rejected"] = [], 0
+        train_raw = preference_pairs("train", cfg.num_pairs, cfg.seed)
+        if cfg.rejected_from == "on_policy":
+            train_raw, counts["on_policy_rejected"] = with_own_mistakes(model, tokenizer, train_raw, cfg)
+        _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len)
+        _, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed), max_len)
+        too_long += val_too_long
+    if too_long:
+        log.warning("align: %d pairs longer than the model's context (%d tokens) left out: see quarantine.jsonl",
+                    len(too_long), max_len)
+    if quarantined:
+        log.warning("align: %d malformed source records quarantined (first: %s)", len(quarantined),
+                    quarantined[0]["reason"])
+    if not train_enc or not val_enc:
+        raise ValueError(f"align: no usable {'training' if not train_enc else 'held-out'} pair "
+                         f"({len(quarantined)} quarantined, {len(too_long)} too long)")
+    counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
+    return train_enc, val_enc, quarantined + too_long, counts
+
+
+def dpo_objective(cfg: AlignConfig):
+    """The training loop's loss_fn: one policy forward per pair batch, against its cached reference log-probs."""
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps = pair_logps(model, batch)
+        n_tokens = (batch["labels"] != IGNORE).sum(-1)  # [pairs, 2] response tokens
+        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
+                                                cfg.beta, cfg.loss, n_tokens[:, 0], n_tokens[:, 1])
+        if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
+            losses = losses - cfg.rpo_alpha * logps[:, 0] / n_tokens[:, 0].clamp(min=1)
+        return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
+                              "reward_margin": float((chosen_r - rejected_r).mean())}
+
+    return loss_fn
+
+
 def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     pad = tokenizer.pad_token_id
-    raw_pairs = preference_pairs("train", cfg.num_pairs, cfg.seed)
-    on_policy = 0
-    if cfg.rejected == "on_policy":
-        raw_pairs, on_policy = with_own_mistakes(model, tokenizer, raw_pairs, cfg)
-    train_pairs = [encode_pair(tokenizer, p) for p in raw_pairs]
-    val_pairs = [encode_pair(tokenizer, p) for p in preference_pairs("heldout", cfg.num_val_pairs, cfg.seed)]
+    train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
+    log.info("align: %s", counts)
     accelerator = make_accelerator(cfg, model)
     ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
     if accelerator.is_main_process:
         torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
+        with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
+            f.writelines(json.dumps(row) + "\n" for row in quarantine)
     log.info("align: reference log-probs of %d + %d pairs cached", len(train_pairs), len(val_pairs))
 
     def batch_fn(step: int, micro: int) -> dict:
@@ -95,16 +207,6 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         batch = pairs_batch(train_pairs, idx, pad)
         batch["ref"] = ref_train[idx]
         return batch
-
-    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logps = pair_logps(model, batch)
-        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
-                                                cfg.beta, cfg.loss)
-        if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
-            chosen_len = (batch["labels"][:, 0] != IGNORE).sum(-1).clamp(min=1)
-            losses = losses - cfg.rpo_alpha * logps[:, 0] / chosen_len
-        return losses.sum(), {"reward_accuracy": float((chosen_r > rejected_r).float().mean()),
-                              "reward_margin": float((chosen_r - rejected_r).mean())}
 
     def evaluate(model: torch.nn.Module) -> dict:
         logps = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
@@ -115,8 +217,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
             "val_preference_accuracy": float((logps[:, 0] > logps[:, 1]).float().mean()),
         }
 
-    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator,
+    metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"))
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
-    return {**metrics, "train_pairs": len(train_pairs), "on_policy_rejected": on_policy,
-            "val_preference_accuracy_before": before}
+    return {**metrics, **counts, "val_preference_accuracy_before": before}

@@ -11,8 +11,9 @@ from components.train.losses import IGNORE
 END = "<|end|>"
 
 
-def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Ids of the rendered conversation, and labels that keep only assistant content + its <|end|>.
+def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """Ids of the rendered conversation, and labels that keep only assistant content + its <|end|>
+    (of every assistant turn, or with last_turn_only of the final one: a DPO response).
 
     The trained spans are found on the rendered text (the template's own output), and
     tokens are mapped to them through offsets, so the mask cannot drift from the template.
@@ -27,6 +28,8 @@ def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
         if text[start : start + len(answer)] != answer:
             raise ValueError(f"chat template does not render assistant turn {i} right after its prompt")
         spans.append((start, start + len(answer)))
+    if last_turn_only:
+        spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [

@@ -130,26 +130,75 @@ def _answer(value, where: str, field: str) -> str:
     raise FormatError(f"{where}: field {field!r} must be a non-empty string, a turn or a message list, got {value!r:.60}")
 
 
-def preference_record(rec: dict, where: str) -> dict:
-    """One preference record in any supported format -> {"prompt", "chosen", "rejected"}."""
-    if "question" in rec and "response_j" in rec:  # StackExchange paired: j preferred over k
-        prompt = [{"role": "user", "content": _text(rec, "question", where)}]
-        chosen, rejected = _text(rec, "response_j", where), _text(rec, "response_k", where)
-    elif "conversations" in rec:  # LLaMA-Factory: ShareGPT prompt, chosen/rejected turns
-        prompt = _turns(rec["conversations"], where, "conversations")
-        chosen, rejected = _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
-    elif "prompt" in rec:  # prompt/chosen/rejected, strings or messages
-        p = rec["prompt"]
-        prompt = [{"role": "user", "content": _text(rec, "prompt", where)}] if isinstance(p, str) else _turns(p, where, "prompt")
-        chosen, rejected = _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
-    elif isinstance(rec.get("chosen"), str) and "\n\nHuman: " in rec["chosen"]:  # HH-RLHF transcripts
-        c, r = _hh_turns(rec["chosen"], where, "chosen"), _hh_turns(_text(rec, "rejected", where), where, "rejected")
-        if c[:-1] != r[:-1]:
-            raise FormatError(f"{where}: chosen and rejected transcripts differ before their last answer")
-        prompt, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
-    else:
-        raise FormatError(f"{where}: no known preference format (fields: {sorted(rec)}); expected prompt/chosen/"
-                          "rejected, conversations/chosen/rejected, question/response_j/response_k or HH-RLHF")
+def _from_stack_exchange(rec: dict, where: str) -> tuple[list[dict], str, str]:
+    """StackExchange paired: response_j is preferred over response_k."""
+    prompt = [{"role": "user", "content": _text(rec, "question", where)}]
+    return prompt, _text(rec, "response_j", where), _text(rec, "response_k", where)
+
+
+def _from_llamafactory(rec: dict, where: str) -> tuple[list[dict], str, str]:
+    """LLaMA-Factory: a ShareGPT prompt, then chosen/rejected turns."""
+    prompt = _turns(rec["conversations"], where, "conversations")
+    return prompt, _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
+
+
+def _from_prompt_chosen_rejected(rec: dict, where: str) -> tuple[list[dict], str, str]:
+    """prompt/chosen/rejected, each a string or messages (a multi-turn prompt keeps all its turns)."""
+    p = rec["prompt"]
+    prompt = [{"role": "user", "content": _text(rec, "prompt", where)}] if isinstance(p, str) else _turns(p, where, "prompt")
+    return prompt, _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
+
+
+def _same_prompt(chosen: list[dict], rejected: list[dict], where: str) -> tuple[list[dict], str, str]:
+    """Two whole conversations that share every turn but the last: (that prompt, the two last answers)."""
+    if chosen[:-1] != rejected[:-1]:
+        raise FormatError(f"{where}: chosen and rejected transcripts differ before their last answer")
+    for field, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1]["role"] != "assistant":
+            raise FormatError(f"{where}: the {field} conversation must end with an assistant turn")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def _from_hh_rlhf(rec: dict, where: str) -> tuple[list[dict], str, str]:
+    """Anthropic HH-RLHF: two whole transcripts that differ only in the last answer."""
+    return _same_prompt(_hh_turns(_text(rec, "chosen", where), where, "chosen"),
+                        _hh_turns(_text(rec, "rejected", where), where, "rejected"), where)
+
+
+def _from_implicit_prompt(rec: dict, where: str) -> tuple[list[dict], str, str]:
+    """chosen/rejected as two whole conversations (messages) without a prompt field (TRL's "implicit prompt")."""
+    if not isinstance(rec.get("rejected"), list) or not rec["chosen"] or not rec["rejected"]:
+        raise FormatError(f"{where}: fields 'chosen' and 'rejected' must both be non-empty message lists")
+    return _same_prompt(_turns(rec["chosen"], where, "chosen"), _turns(rec["rejected"], where, "rejected"), where)
+
+
+# name -> (does the record have this shape, reader -> (prompt, chosen, rejected)); "auto" tries them in order
+PREFERENCE_FORMATS: dict[str, tuple[Callable[[dict], bool], Callable[[dict, str], tuple[list[dict], str, str]]]] = {
+    "stack_exchange": (lambda rec: "question" in rec and "response_j" in rec, _from_stack_exchange),
+    "llamafactory": (lambda rec: "conversations" in rec, _from_llamafactory),
+    "prompt_chosen_rejected": (lambda rec: "prompt" in rec, _from_prompt_chosen_rejected),
+    "hh_rlhf": (lambda rec: isinstance(rec.get("chosen"), str) and "\n\nHuman: " in rec["chosen"], _from_hh_rlhf),
+    "implicit_prompt": (lambda rec: isinstance(rec.get("chosen"), list), _from_implicit_prompt),
+}
+
+
+def preference_record(rec: dict, where: str, fmt: str = "auto") -> dict:
+    """One preference record -> {"prompt", "chosen", "rejected"}: in the format `fmt`, or the first that fits ("auto").
+
+    The prompt may hold several turns; chosen and rejected are the final assistant answers.
+    """
+    if fmt == "auto":
+        fmt = next((name for name, (fits, _) in PREFERENCE_FORMATS.items() if fits(rec)), None)
+        if fmt is None:
+            raise FormatError(f"{where}: no known preference format (fields: {sorted(rec)}); expected prompt/chosen/"
+                              "rejected, conversations/chosen/rejected, question/response_j/response_k, HH-RLHF "
+                              "transcripts or chosen/rejected message lists")
+    elif fmt not in PREFERENCE_FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}: choose auto or one of {sorted(PREFERENCE_FORMATS)}")
+    fits, reader = PREFERENCE_FORMATS[fmt]
+    if not fits(rec):
+        raise FormatError(f"{where}: not a {fmt} record (fields: {sorted(rec)})")
+    prompt, chosen, rejected = reader(rec, where)
     if not prompt or prompt[-1]["role"] != "user":
         raise FormatError(f"{where}: the prompt must end with a user turn")
     for field, answer in (("chosen", chosen), ("rejected", rejected)):

@@ -53,8 +53,9 @@ def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence sum of log p(label tokens)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    """Per-sequence sum of log p(label tokens), in float32 at least (float64 models stay float64)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = labels[:, 1:]
     mask = targets != IGNORE
     logp = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -62,24 +63,29 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torc
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, kind: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             ref_rejected: torch.Tensor, beta: float, kind: str = "sigmoid", chosen_tokens: torch.Tensor | None = None,
+             rejected_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair preference losses and the implicit rewards beta * (log pi - log pi_ref).
 
-    sigmoid: DPO (Rafailov et al. 2023); ipo: (h - 1/(2 beta))^2 (Azar et al. 2023);
-    hinge: relu(1 - beta h) (SLiC), with h the log-ratio margin.
+    With h the log-ratio margin (log pi/pi_ref of chosen minus that of rejected, summed over tokens):
+    sigmoid: -log sigmoid(beta h), DPO (Rafailov et al. 2023); hinge: relu(1 - beta h), SLiC;
+    ipo: (h' - 1/(2 beta))^2 (Azar et al. 2023) with h' from per-token averaged log-ratios, as TRL
+    does and the IPO authors confirmed (a summed h makes beta depend on the answers' length):
+    it needs the response token counts.
     """
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
     if kind == "sigmoid":
-        losses = -F.logsigmoid(beta * margin)
+        losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
     elif kind == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("the ipo loss averages log-ratios per token: pass chosen_tokens and rejected_tokens")
+        margin = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
         losses = (margin - 1 / (2 * beta)) ** 2
     elif kind == "hinge":
-        losses = torch.relu(1 - beta * margin)
+        losses = torch.relu(1 - beta * (chosen_ratio - rejected_ratio))
     else:
         raise ValueError(f"unknown preference loss {kind!r}: choose sigmoid, ipo or hinge")
-    chosen_reward = beta * (policy_chosen - ref_chosen).detach()
-    rejected_reward = beta * (policy_rejected - ref_rejected).detach()
-    return losses, chosen_reward, rejected_reward
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
 LN2 = math.log(2.0)
