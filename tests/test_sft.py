@@ -55,6 +55,29 @@ def test_both_turns_of_a_multi_turn_dialogue_are_in_one_sequence(tokenizer):
     assert sum(1 for t in ids if t == end) == 5
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_an_open_models_template_is_masked_by_its_own_end_of_turn(tok_dir):
+    """ChatML (Qwen, ...): the trained span is the answer and `<|im_end|>\\n`, found from the template."""
+    from transformers import AutoTokenizer
+
+    from components.train.chat import end_of_turn, generate
+
+    chatml = AutoTokenizer.from_pretrained(tok_dir / "hf")
+    chatml.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    chatml.chat_template = CHATML
+    ids, labels = encode_chat(chatml, DIALOGUE)
+    assert ids[0] == chatml.convert_tokens_to_ids("<|im_start|>")  # no BOS the template does not write
+    trained = chatml.decode([l for l in labels if l != IGNORE]).replace(" ", "")
+    assert trained == "5<|im_end|>\n8apples<|im_end|>\n"
+    assert end_of_turn(chatml) == "<|im_end|>"
+    model = build_model(TINY, chatml, seed=0)
+    answers = generate(model, chatml, [DIALOGUE[:2]], max_new_tokens=5, batch_size=1)
+    assert len(answers) == 1 and "<|im_end|>" not in answers[0]
+
+
 def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 

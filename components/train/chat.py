@@ -12,8 +12,10 @@ END = "<|end|>"
 
 
 def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:
-    """Ids of the rendered conversation, and labels that keep only assistant content + its <|end|>
-    (of every assistant turn, or with last_turn_only of the final one: a DPO response).
+    """Ids of the rendered conversation, and labels that keep only each assistant turn as the
+    template renders it after its generation prompt: the content and the template's own
+    end-of-turn text (`<|end|>` here, `<|im_end|>\\n` in ChatML, `<|eot_id|>` in Llama 3, ...).
+    With last_turn_only, only the final assistant turn (a DPO response).
 
     The trained spans are found on the rendered text (the template's own output), and
     tokens are mapped to them through offsets, so the mask cannot drift from the template.
@@ -24,10 +26,13 @@ def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -
         if message["role"] != "assistant":
             continue
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        start, answer = len(prefix), message["content"] + END
-        if text[start : start + len(answer)] != answer:
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        start, end = len(prefix), len(through)
+        # templates that rewrite earlier turns (e.g. drop reasoning) cannot be masked by prefix
+        if not (text.startswith(through) and through.startswith(prefix)
+                and through[start:].lstrip().startswith(message["content"].strip()[:64])):
             raise ValueError(f"chat template does not render assistant turn {i} right after its prompt")
-        spans.append((start, start + len(answer)))
+        spans.append((start, end))
     if last_turn_only:
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -37,6 +42,13 @@ def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -
         for tok, (a, b) in zip(ids, enc["offset_mapping"])
     ]
     return ids, labels
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the template closes an assistant turn with (what generation stops at)."""
+    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ANSWER"}]
+    tail = tokenizer.apply_chat_template(probe, tokenize=False).split("ANSWER", 1)[-1].strip()
+    return tail or tokenizer.eos_token
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
@@ -68,9 +80,11 @@ def epoch_indices(n_items: int, batch_size: int, seed: int, position: int) -> li
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, **sampling) -> list[str]:
-    """Answers to chat prompts (left-padded batches), cut at <|end|>."""
+    """Answers to chat prompts (left-padded batches), cut at the template's end of turn."""
     tokenizer.padding_side = "left"
-    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    end = end_of_turn(tokenizer)
+    end_ids = tokenizer.encode(end, add_special_tokens=False)
+    end_ids = sorted({tokenizer.eos_token_id, *(end_ids if len(end_ids) == 1 else [])})  # one token, or eos
     answers = []
     for i in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
@@ -81,6 +95,6 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                              pad_token_id=tokenizer.pad_token_id, do_sample=bool(sampling), **sampling)
         for row in out[:, enc["input_ids"].shape[1] :]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=False).split(END)[0]
+            answers.append(tokenizer.decode(row, skip_special_tokens=False).split(end)[0]
                            .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
     return answers
