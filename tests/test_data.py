@@ -8,6 +8,7 @@ from components.data.blocks import PIIScrubber, normalise
 from components.data.pii import find_pii
 from components.data.config import DataConfig
 from components.data.readers import read_jsonl
+from components.data.pipelines import DROPPING_BLOCKS
 from components.data.run import run
 
 
@@ -90,9 +91,9 @@ def test_embedded_run_removes_planted_contamination_and_keeps_prose(small_run):
     assert m["prose_kept_frac"] >= 0.6
     assert m["train_docs"] > 0 and m["validation_docs"] > 0
     assert m["docs_out"] == m["train_docs"] + m["validation_docs"]
-    dropped = sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash"))
+    dropped = sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS)
     assert m["docs_in"] == m["docs_out"] + dropped  # nothing lost silently
-    rejected = _lines(next((out / "rejected" / "04_exact_dedup").glob("*.jsonl.gz")))
+    rejected = _lines(next((out / "rejected" / "07_exact_dedup").glob("*.jsonl.gz")))
     assert all(r["metadata"]["filter_reason"] == "exact_duplicate" for r in rejected)
     assert "Data report" in (out / "report.md").read_text()
 
@@ -122,4 +123,4 @@ def test_real_ccnet_sample_is_read(samples, tmp_path):
     out.mkdir()
     m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, out)
     assert m["docs_in"] == 10 and m["quarantined"] == 0
-    assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash")) == 10
+    assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS) == 10

@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 from components.data.pii import PII_TYPES
+from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
 
-BLOCK_DIRS = ["01_gopher_repetition", "02_gopher_quality", "03_c4", "04_exact_dedup", "05_minhash"]
+QUALITY_BLOCKS = DROPPING_BLOCKS[:6]
+NEAR_DUP_TARGET_JACCARD = 0.8  # pairs at least this similar must be removed; below is a grey zone
 
 
 def read_docs(folder: Path) -> list[dict]:
@@ -23,25 +25,89 @@ def _stat_total(value) -> int:
     return int(value.get("total", 0)) if isinstance(value, dict) else int(value)
 
 
-def _pii_counts(work: Path) -> dict[str, int]:
+def _stats(work: Path) -> Counter:
+    """Every counter of every pass, summed over tasks (per-task files: written by every executor)."""
     counts: Counter = Counter()
-    for stats_file in (work / "logs").glob("*/stats.json"):
+    for stats_file in (work / "logs").glob("*/stats/*.json"):
         for step in json.loads(stats_file.read_text()):
             for key, value in step.get("stats", {}).items():
-                if key.startswith("pii_"):
-                    counts[key] += _stat_total(value)
-    return {f"pii_{k.lower()}": counts.get(f"pii_{k.lower()}", 0) for k in PII_TYPES}
+                counts[key] += _stat_total(value)
+    return counts
 
 
-def _pair_recall(pairs: dict[str, str], kept: set[str]) -> float:
-    """A planted duplicate pair is caught when at most one of its two documents survives."""
-    return sum(not (dup in kept and src in kept) for dup, src in pairs.items()) / max(1, len(pairs))
+def _pii_counts(stats: Counter) -> dict[str, int]:
+    return {f"pii_{k.lower()}": stats.get(f"pii_{k.lower()}", 0) for k in PII_TYPES}
+
+
+def _block_flow(stats: Counter) -> dict[str, int]:
+    """Documents and bytes into and out of each block that ran (the Tally after each one)."""
+    flow, previous = {}, "input"
+    for block in COUNTED_BLOCKS:
+        if f"{block}_docs" not in stats:
+            continue
+        for unit in ("docs", "bytes"):
+            flow[f"{block}_{unit}_in"] = stats[f"{previous}_{unit}"]
+            flow[f"{block}_{unit}_out"] = stats[f"{block}_{unit}"]
+        previous = block
+    return flow
+
+
+def _cluster_stats(work: Path) -> dict:
+    path = work / "remove" / "cluster_stats.json"
+    return {f"minhash_{k}": v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def _share(hits: int, total: int) -> float | None:
+    return round(hits / total, 4) if total else None
+
+
+def _near_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    """Recall on planted pairs that reached MinHash (neither member dropped by an earlier block),
+    for pairs with Jaccard >= 0.8 (the target) and per planted level; precision: MinHash removals
+    that belong to a planted duplicate pair (any level >= 0.5) among all its removals."""
+    earlier = {d["id"] for block in DROPPING_BLOCKS[:-1] for d in dropped[block]}
+    pairs = [p for p in truth.get("near_dup_pairs", []) if p["dup"] not in earlier and p["src"] not in earlier]
+    caught = {p["dup"]: not (p["dup"] in kept and p["src"] in kept) for p in pairs}
+    target = [p for p in pairs if p["jaccard"] >= NEAR_DUP_TARGET_JACCARD]
+    m = {"near_dup_pairs_target": len(target),
+         "near_dup_recall": _share(sum(caught[p["dup"]] for p in target), len(target))}
+    for level in sorted({p["target"] for p in pairs}, reverse=True):
+        at = [p for p in pairs if p["target"] == level]
+        m[f"near_dup_caught_at_{level}"] = _share(sum(caught[p["dup"]] for p in at), len(at))
+    planted = {i for p in truth.get("near_dup_pairs", []) for i in (p["dup"], p["src"])}
+    planted |= set(truth["exact_dup"]) | set(truth["exact_dup"].values())
+    removed = [d["id"] for d in dropped["minhash"]]
+    m["near_dup_precision"] = _share(sum(i in planted for i in removed), len(removed))
+    return m
+
+
+def _quality_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    """Recall: planted junk removed by any quality block; precision per block: its drops that are junk
+    (prose dropped is a false positive, as the corpus is built from prose paragraphs)."""
+    junk = set(truth["junk"])
+    m = {"quality_recall": _share(sum(any(j == d["id"] for b in QUALITY_BLOCKS for d in dropped[b]) for j in junk), len(junk))}
+    all_drops = [d["id"] for b in QUALITY_BLOCKS for d in dropped[b]]
+    m["quality_precision"] = _share(sum(i in junk for i in all_drops), len(all_drops))
+    for block in QUALITY_BLOCKS:
+        if dropped[block]:
+            m[f"{block}_precision"] = _share(sum(d["id"] in junk for d in dropped[block]), len(dropped[block]))
+    return m
+
+
+def _exact_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    earlier = {d["id"] for block in QUALITY_BLOCKS for d in dropped[block]}
+    pairs = {dup: src for dup, src in truth["exact_dup"].items() if dup not in earlier and src not in earlier}
+    planted = set(truth["exact_dup"]) | set(truth["exact_dup"].values())
+    removed = [d["id"] for d in dropped["exact_dedup"]]
+    return {"exact_dup_recall": _share(sum(not (d in kept and s in kept) for d, s in pairs.items()), len(pairs)),
+            "exact_dup_precision": _share(sum(i in planted for i in removed), len(removed))}
 
 
 def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> dict:
     train, val = read_docs(out_dir / "train"), read_docs(out_dir / "validation")
     kept = {d["id"]: d["text"] for d in train + val}
-    dropped = {name[3:]: read_docs(out_dir / "rejected" / name) for name in BLOCK_DIRS}
+    dropped = {block: read_docs(out_dir / "rejected" / rejected_dir(block)) for block in DROPPING_BLOCKS}
+    stats = _stats(work)
     metrics: dict = {
         "docs_in": n_in,
         "docs_out": len(kept),
@@ -51,7 +117,10 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
         "quarantined": sum(quarantined.values()),
         **{f"quarantined_{reason}": n for reason, n in sorted(quarantined.items())},
         **{f"{block}_dropped": len(docs) for block, docs in dropped.items()},
-        **_pii_counts(work),
+        **_block_flow(stats),
+        **_cluster_stats(work),
+        "url_blocklist_no_url": stats.get("no_url", 0),
+        **_pii_counts(stats),
     }
     truth_file = out_dir / "ground_truth.json"
     if truth_file.is_file():
@@ -59,12 +128,8 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
         prose = set(truth["prose"])
         metrics["prose_kept_frac"] = round(len(prose & kept.keys()) / max(1, len(prose)), 4)
         metrics["junk_removed_frac"] = round(sum(j not in kept for j in truth["junk"]) / max(1, len(truth["junk"])), 4)
-        metrics["exact_dup_recall"] = round(_pair_recall(truth["exact_dup"], set(kept)), 4)
-        metrics["near_dup_recall"] = round(_pair_recall(truth["near_dup"], set(kept)), 4)
-        planted = set(truth["near_dup"]) | set(truth["near_dup"].values()) | set(truth["exact_dup"]) | set(truth["exact_dup"].values())
-        minhash_ids = [d["id"] for d in dropped["minhash"]]
-        if minhash_ids:
-            metrics["near_dup_precision"] = round(sum(i in planted for i in minhash_ids) / len(minhash_ids), 4)
+        for part in (_quality_measures, _exact_dup_measures, _near_dup_measures):
+            metrics.update({k: v for k, v in part(truth, dropped, set(kept)).items() if v is not None})
         surviving = [p for p in truth["pii"] if p["id"] in kept]
         metrics["pii_recall"] = round(sum(p["value"] not in kept[p["id"]] for p in surviving) / max(1, len(surviving)), 4)
         for kind in PII_TYPES:  # per type: the value is gone from the kept document
@@ -83,12 +148,21 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
 def write_report(out_dir: Path, m: dict) -> None:
     lines = ["# Data report", "", f"{m['docs_in']} documents in, {m['docs_out']} out "
              f"({m['train_docs']} train, {m['validation_docs']} validation); {m['quarantined']} input lines quarantined "
-             "(see quarantine.jsonl).", "", "| block | dropped |", "|---|---|"]
-    lines += [f"| {name[3:]} | {m.get(name[3:] + '_dropped', 0)} |" for name in BLOCK_DIRS]
+             "(see quarantine.jsonl).", "", "| block | docs in | docs out | bytes in | bytes out | dropped (rejected/) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | {m[b + '_docs_in']} | {m[b + '_docs_out']} | {m[b + '_bytes_in']} | {m[b + '_bytes_out']} "
+              f"| {m.get(b + '_dropped', 0)} |" for b in COUNTED_BLOCKS if b + "_docs_in" in m]
+    if "minhash_clusters" in m:
+        sizes = ", ".join(f"{size}: {n}" for size, n in m["minhash_cluster_sizes"].items()) or "none"
+        lines += ["", f"MinHash: {m['minhash_clusters']} clusters (members per cluster: {sizes}; largest "
+                  f"{m['minhash_cluster_size_max']}), {m['minhash_removed']} documents removed, {m['minhash_guard_kept']} "
+                  "kept by the cluster guard (under data.minhash_guard_jaccard to every kept member)."]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
-    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "exact_dup_recall", "near_dup_recall",
-                            "near_dup_precision", "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
+    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision",
+                            *[f"{b}_precision" for b in QUALITY_BLOCKS], "exact_dup_recall", "exact_dup_precision",
+                            "near_dup_pairs_target", "near_dup_recall", "near_dup_precision",
+                            *sorted((k for k in m if k.startswith("near_dup_caught_at_")), reverse=True), "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
                             "pii_look_alikes_altered_frac", "quarantine_recall") if k in m]
     if measured:
         lines += ["", "Against the planted ground truth (ground_truth.json):", "", "| measure | value |", "|---|---|"]
