@@ -31,6 +31,21 @@ JUNK = [
 ]
 
 
+_LISTING = [w.split() for w in ("red blue green black white grey brown navy olive coral",
+                                 "wool cotton linen silk denim leather fleece velvet",
+                                 "hat scarf shirt jacket coat skirt sweater glove sock belt",
+                                 "men women kids teens winter summer travel work hiking school")]
+
+
+def _listing(rng: random.Random) -> str:
+    """A shop listing: one line per product, short lines that end in a full stop. Passes Gopher and
+    C4 (words, stop words, sentences) but not FineWeb's short-line rule: that block's planted junk."""
+    colors, materials, items, audiences = _LISTING
+    lines = [f"{rng.choice(colors).capitalize()} {rng.choice(materials)} {rng.choice(items)} for {rng.choice(audiences)}."
+             for _ in range(rng.randint(25, 40))]
+    return "Shop the new season and save with us today.\n" + "\n".join(lines)
+
+
 def _prose_ratio(text: str) -> float:
     words = text.split()
     return sum(bool(_PROSE_WORD.match(w)) for w in words) / max(1, len(words))
@@ -213,7 +228,7 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
         prose = prose[:max_documents]
     docs = [{"id": f"prose-{i:05d}", "text": t} for i, t in enumerate(prose)]
     truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "near_dup_pairs": [],
-                   "pii": [], "look_alikes": [], "junk": [], "malformed_lines": 3}
+                   "pii": [], "look_alikes": [], "junk": [], "listings": [], "malformed_lines": 3}
     n = len(docs)
     for i, src in enumerate(rng.sample(docs[:n], max(len(PII_KINDS), n // 5))):  # every type, in turn
         kind = PII_KINDS[i % len(PII_KINDS)]
@@ -239,6 +254,9 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     for i in range(max(len(JUNK), n // 20)):
         docs.append({"id": f"junk-{i:05d}", "text": JUNK[i % len(JUNK)]})
         truth["junk"].append(f"junk-{i:05d}")
+    for i in range(max(3, n // 40)):
+        docs.append({"id": f"listing-{i:05d}", "text": _listing(rng)})
+        truth["listings"].append(f"listing-{i:05d}")
     rng.shuffle(docs)
     lines = [json.dumps(d) for d in docs]
     # malformed input, as real crawls have it: must be quarantined with file, line and reason

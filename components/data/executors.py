@@ -8,6 +8,7 @@ datatrove `depends=` chaining: the order is ours, as Prefect's is between stages
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def run_to_completion(cfg: DataConfig, executor) -> None:
             ray.init(address=cfg.ray.address)
     executor.run()
     if cfg.executor == "slurm":  # sbatch returned at submission: wait for every task's completion marker
+        job_gone_polls = 0
         while incomplete := executor.get_incomplete_ranks(skip_completed=True):
+            job_gone_polls = 0 if slurm_job_alive(executor.job_id) else job_gone_polls + 1
+            if job_gone_polls > 1:  # one poll of grace: completion markers on a network filesystem lag
+                raise RuntimeError(f"data: slurm job {executor.job_id} ended with {len(incomplete)} of "
+                                   f"{executor.world_size} tasks unfinished; see {executor.slurm_logs_folder}")
             log.info("data: %d/%d slurm tasks still running", len(incomplete), executor.world_size)
             time.sleep(cfg.slurm.poll_seconds)
+
+
+def slurm_job_alive(job_id: str | None) -> bool:
+    """The job (or one of its array tasks) is still queued or running."""
+    if job_id is None:
+        return False
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())

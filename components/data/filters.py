@@ -23,7 +23,10 @@ def read_blocklist(path: str | Path) -> tuple[list[str], list[str]]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        (urls if "://" in entry or "/" in entry else domains).append(entry.lower() if "/" not in entry else entry)
+        if "/" in entry:  # a scheme or a path: a url, matched exactly
+            urls.append(entry)
+        else:
+            domains.append(entry.lower())
     return domains, urls
 
 

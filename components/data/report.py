@@ -82,10 +82,14 @@ def _near_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[st
 
 
 def _quality_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
-    """Recall: planted junk removed by any quality block; precision per block: its drops that are junk
-    (prose dropped is a false positive, as the corpus is built from prose paragraphs)."""
-    junk = set(truth["junk"])
+    """Recall: planted junk removed by any quality block, and shop listings (junk planted for FineWeb's
+    short-line rule) removed by FineWeb; precision per block: its drops that are planted junk (prose
+    dropped is a false positive, as the corpus is built from prose paragraphs)."""
+    listings = set(truth.get("listings", []))
+    junk = set(truth["junk"]) | listings
     m = {"quality_recall": _share(sum(any(j == d["id"] for b in QUALITY_BLOCKS for d in dropped[b]) for j in junk), len(junk))}
+    if listings:
+        m["fineweb_recall"] = _share(sum(d["id"] in listings for d in dropped["fineweb"]), len(listings))
     all_drops = [d["id"] for b in QUALITY_BLOCKS for d in dropped[b]]
     m["quality_precision"] = _share(sum(i in junk for i in all_drops), len(all_drops))
     for block in QUALITY_BLOCKS:
@@ -159,7 +163,7 @@ def write_report(out_dir: Path, m: dict) -> None:
                   "kept by the cluster guard (under data.minhash_guard_jaccard to every kept member)."]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
-    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision",
+    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision", "fineweb_recall",
                             *[f"{b}_precision" for b in QUALITY_BLOCKS], "exact_dup_recall", "exact_dup_precision",
                             "near_dup_pairs_target", "near_dup_recall", "near_dup_precision",
                             *sorted((k for k in m if k.startswith("near_dup_caught_at_")), reverse=True), "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
