@@ -124,6 +124,9 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, quarantined: Counter) -> 
         **_block_flow(stats),
         **_cluster_stats(work),
         "url_blocklist_no_url": stats.get("no_url", 0),
+        # changed, not dropped: lines C4 removed (its line rules), documents PII scrubbing edited
+        "c4_lines_removed": sum(v for k, v in stats.items() if k.startswith("line-filter-")),
+        "pii_docs_changed": stats.get("pii_docs_changed", 0),
         **_pii_counts(stats),
     }
     truth_file = out_dir / "ground_truth.json"
@@ -156,6 +159,8 @@ def write_report(out_dir: Path, m: dict) -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {b} | {m[b + '_docs_in']} | {m[b + '_docs_out']} | {m[b + '_bytes_in']} | {m[b + '_bytes_out']} "
               f"| {m.get(b + '_dropped', 0)} |" for b in COUNTED_BLOCKS if b + "_docs_in" in m]
+    lines += ["", f"Changed, not dropped: {m['c4_lines_removed']} lines removed by C4 line rules (javascript, policy, short lines...); "
+              f"{m['pii_docs_changed']} documents with PII replaced."]
     if "minhash_clusters" in m:
         sizes = ", ".join(f"{size}: {n}" for size, n in m["minhash_cluster_sizes"].items()) or "none"
         lines += ["", f"MinHash: {m['minhash_clusters']} clusters (members per cluster: {sizes}; largest "
