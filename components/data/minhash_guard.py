@@ -66,13 +66,19 @@ class MinhashClusterGuard(PipelineStep):
         return {c: sorted(members) for c, members in clusters.items()}
 
     def member_shingles(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], frozenset]:
-        """Shingles of cluster members only: memory grows with the duplicates, not the corpus."""
+        """Shingles of cluster members only: memory grows with the duplicates, not the corpus. Each
+        rank's documents are read up to its last member (none at all without clusters)."""
         tokenizer = load_word_tokenizer("en")
         found = {}
         for rank in range(self.signature_tasks):
+            last = max((index for r, index in wanted if r == rank), default=-1)
+            if last < 0:
+                continue
             for index, doc in enumerate(self.reader(None, rank, self.signature_tasks)):
                 if (rank, index) in wanted:
                     found[(rank, index)] = shingles(doc.text, self.n_grams, tokenizer)
+                if index >= last:
+                    break
         return found
 
     def decide(self, members: list[tuple[int, int]], sh: dict) -> tuple[list, int]:
