@@ -8,6 +8,7 @@ from components.data.blocks import PIIScrubber, normalise
 from components.data.pii import find_pii
 from components.data.config import DataConfig
 from components.data.readers import read_jsonl
+from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS
 from components.data.run import run
 
 
@@ -90,9 +91,18 @@ def test_embedded_run_removes_planted_contamination_and_keeps_prose(small_run):
     assert m["prose_kept_frac"] >= 0.6
     assert m["train_docs"] > 0 and m["validation_docs"] > 0
     assert m["docs_out"] == m["train_docs"] + m["validation_docs"]
-    dropped = sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash"))
+    dropped = sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS)
     assert m["docs_in"] == m["docs_out"] + dropped  # nothing lost silently
-    rejected = _lines(next((out / "rejected" / "04_exact_dedup").glob("*.jsonl.gz")))
+    ran = [b for b in COUNTED_BLOCKS if f"{b}_docs_in" in m]
+    assert ran == ["gopher_quality", "gopher_repetition", "c4", "fineweb", "exact_dedup", "minhash", "pii"]
+    for block, following in zip(ran, ran[1:]):  # each block's output is the next one's input
+        assert m[f"{block}_docs_out"] == m[f"{following}_docs_in"] and m[f"{block}_bytes_out"] == m[f"{following}_bytes_in"]
+    for block in ran[:-1]:
+        assert m[f"{block}_docs_in"] - m[f"{block}_docs_out"] == m[f"{block}_dropped"]
+    assert m["pii_bytes_out"] < m["pii_bytes_in"] and m["pii_docs_changed"] > 0  # placeholders are shorter
+    assert m["minhash_removed"] == m["minhash_dropped"] and m["minhash_clusters"] >= 1
+    assert m["near_dup_pairs_target"] >= 3 and m["near_dup_recall"] >= 0.95 and m["near_dup_precision"] >= 0.99
+    rejected = _lines(next((out / "rejected" / "07_exact_dedup").glob("*.jsonl.gz")))
     assert all(r["metadata"]["filter_reason"] == "exact_duplicate" for r in rejected)
     assert "Data report" in (out / "report.md").read_text()
 
@@ -122,4 +132,4 @@ def test_real_ccnet_sample_is_read(samples, tmp_path):
     out.mkdir()
     m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, out)
     assert m["docs_in"] == 10 and m["quarantined"] == 0
-    assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in ("gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash")) == 10
+    assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS) == 10

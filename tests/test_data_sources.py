@@ -292,7 +292,7 @@ def test_mixed_sources_through_the_whole_stage(tmp_path, samples):
     prose = [f"{TEXT} Document number {i} tells of {w}." for i, w in enumerate(["boats", "trees", "roads", "birds"] * 5)]
     docs = _jsonl(tmp_path / "docs.jsonl", prose)
     warc = samples / "web" / "cc_whirlwind.warc.gz"
-    cfg = DataConfig(sources=[str(docs), str(warc)], gopher_repetition=False, gopher_quality=False, c4=False,
+    cfg = DataConfig(sources=[str(docs), str(warc)], gopher_repetition=False, gopher_quality=False, c4=False, fineweb=False,
                      minhash=False, validation_fraction=0.2, tasks=1, workers=1)
     m = run(cfg, {}, tmp_path / "out")
     sources = m["sources"]

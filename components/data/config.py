@@ -5,8 +5,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.config import check, check_choice, log_only
+from components.config import check, check_choice, input_path, log_only
 from components.data.sources import SourceSpec, expand_files, parse_sources
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass(kw_only=True)
+class SlurmConfig:
+    """datatrove's SlurmPipelineExecutor: one sbatch job array per pass (data.executor=slurm)."""
+    partition: str = "cpu"  # slurm partition the jobs go to
+    time: str = "04:00:00"  # time limit per job (HH:MM:SS)
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    qos: str = "normal"
+    venv_path: str | None = None  # python venv activated in each job (null: the submitting environment)
+    sbatch_args: dict[str, str] = field(default_factory=dict)  # extra sbatch options, e.g. {account: my_account}
+    poll_seconds: int = 30  # how often the stage checks that a pass finished before starting the next
+
+
+@dataclass(kw_only=True)
+class RayConfig:
+    """datatrove's RayPipelineExecutor (data.executor=ray); the cluster must already be running."""
+    address: str | None = None  # ray.init(address): "auto" joins the running cluster, null starts a local one
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: float = 2.0
+    tasks_per_job: int = 1  # datatrove tasks run by each Ray job
 
 
 @dataclass(kw_only=True)
@@ -33,6 +57,21 @@ class DataConfig:
     max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, HTML pages) are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
+    # --- quality blocks after Gopher and C4, the MinHash guard, executors (order of the pipeline) ---
+    fineweb: bool = True  # FineWeb heuristics (datatrove's FineWebQualityFilter)
+    fineweb_line_punct_ratio: float = 0.12  # drop when fewer lines end in terminal punctuation
+    fineweb_short_line_ratio: float = 0.67  # drop when more lines are short ...
+    fineweb_short_line_chars: int = 30  # ... i.e. at most this many characters
+    fineweb_char_dup_ratio: float = 0.01  # drop when more characters sit in duplicated lines
+    fineweb_list_ratio: float = 0.3  # drop when newlines per word exceed this (lists, menus)
+    url_blocklist: str | None = input_path()  # file of blocked domains/urls, one a line (# comments); needs metadata.url
+    language_model: str | None = input_path()  # local fastText language-id model (e.g. lid.176.bin); null: no language filter
+    languages: list[str] = field(default_factory=lambda: ["en"])  # languages kept by the language filter
+    language_threshold: float = 0.65  # minimum score of one kept language
+    minhash_guard_jaccard: float = 0.6  # a cluster member under this true Jaccard to every kept member is kept
+    executor: str = log_only("local")  # local | slurm | ray: datatrove executor running every pass
+    slurm: SlurmConfig = log_only(default_factory=SlurmConfig)
+    ray: RayConfig = log_only(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         specs = self.source_specs()
@@ -50,6 +89,18 @@ class DataConfig:
               "must be null or >= 10")
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
+        for name in ("fineweb_line_punct_ratio", "fineweb_short_line_ratio", "fineweb_char_dup_ratio",
+                     "language_threshold", "minhash_guard_jaccard"):
+            check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")
+        check(self.fineweb_short_line_chars > 0, "data.fineweb_short_line_chars", self.fineweb_short_line_chars, "must be > 0")
+        check(self.fineweb_list_ratio > 0, "data.fineweb_list_ratio", self.fineweb_list_ratio, "must be > 0")
+        for name in ("url_blocklist", "language_model"):  # user files: missing ones fail here, not mid-run
+            path = getattr(self, name)
+            check(path is None or Path(path).expanduser().is_file(), f"data.{name}", path,
+                  "no such file: give an existing local path, or null to switch the block off")
+        check(len(self.languages) > 0, "data.languages", self.languages, "name at least one language code, e.g. [en]")
+        check_choice("data.executor", self.executor, EXECUTORS)
+        check(self.slurm.poll_seconds > 0, "data.slurm.poll_seconds", self.slurm.poll_seconds, "must be > 0")
 
     def source_specs(self) -> list[SourceSpec]:
         return parse_sources(self.sources)

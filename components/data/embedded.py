@@ -31,6 +31,21 @@ JUNK = [
 ]
 
 
+_LISTING = [w.split() for w in ("red blue green black white grey brown navy olive coral",
+                                 "wool cotton linen silk denim leather fleece velvet",
+                                 "hat scarf shirt jacket coat skirt sweater glove sock belt",
+                                 "men women kids teens winter summer travel work hiking school")]
+
+
+def _listing(rng: random.Random) -> str:
+    """A shop listing: one line per product, short lines that end in a full stop. Passes Gopher and
+    C4 (words, stop words, sentences) but not FineWeb's short-line rule: that block's planted junk."""
+    colors, materials, items, audiences = _LISTING
+    lines = [f"{rng.choice(colors).capitalize()} {rng.choice(materials)} {rng.choice(items)} for {rng.choice(audiences)}."
+             for _ in range(rng.randint(25, 40))]
+    return "Shop the new season and save with us today.\n" + "\n".join(lines)
+
+
 def _prose_ratio(text: str) -> float:
     words = text.split()
     return sum(bool(_PROSE_WORD.match(w)) for w in words) / max(1, len(words))
@@ -92,11 +107,37 @@ def prose_documents() -> list[str]:
     return _chunks(texts)
 
 
-def _near_copy(text: str, rng: random.Random, edit_rate: float) -> str:
+NEAR_DUP_JACCARD = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # planted levels: >= 0.8 must go, below is a grey zone
+_FILLERS = ["the", "a", "this", "that", "which", "data", "value", "object"]
+
+
+def _quick_jaccard(a: list[str], b: list[str], n: int = 5) -> float:
+    sa, sb = ({tuple(w[i : i + n]) for i in range(len(w) - n + 1)} for w in (a, b))
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+def _near_copy(text: str, rng: random.Random, target: float) -> str:
+    """A copy with as many random word substitutions as keep its 5-gram Jaccard >= target
+    (a quick estimate; the ground truth records the exact value on MinHash's shingles)."""
     words = text.split(" ")
-    for i in rng.sample(range(len(words)), max(1, int(len(words) * edit_rate))):
-        words[i] = rng.choice(["the", "a", "this", "that", "which", "data", "value", "object"])
-    return " ".join(words)
+    lower = [w.lower() for w in words]
+    order = rng.sample(range(len(words)), len(words))
+    fillers = [rng.choice(_FILLERS) for _ in order]
+
+    def edited(k: int) -> list[str]:
+        out = list(words)
+        for i, f in zip(order[:k], fillers[:k]):
+            out[i] = f
+        return out
+
+    lo, hi = 1, len(words)  # largest k with Jaccard >= target: binary search
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _quick_jaccard(lower, [w.lower() for w in edited(mid)]) >= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(edited(lo))
 
 
 def _luhn_complete(body: str) -> str:
@@ -177,21 +218,18 @@ def _insert_sentence(doc: dict, sentence: str, rng: random.Random) -> None:
 
 
 def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
-    """Write the corpus as jsonl and return its ground truth."""
+    """Write the corpus as jsonl and return its ground truth. PII goes into the prose first, so
+    the planted duplicates copy the text the dedup blocks will see."""
+    from components.data.minhash_guard import jaccard, shingles
+
     rng = random.Random(seed)
     prose = prose_documents()
     if max_documents is not None:
         prose = prose[:max_documents]
     docs = [{"id": f"prose-{i:05d}", "text": t} for i, t in enumerate(prose)]
-    truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "pii": [], "look_alikes": [],
-                   "junk": [], "malformed_lines": 3}
+    truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "near_dup_pairs": [],
+                   "pii": [], "look_alikes": [], "junk": [], "listings": [], "malformed_lines": 3}
     n = len(docs)
-    for i, src in enumerate(rng.sample(docs[:n], max(1, n // 20))):
-        truth["exact_dup"][f"exactdup-{i:05d}"] = src["id"]
-        docs.append({"id": f"exactdup-{i:05d}", "text": src["text"]})
-    for i, src in enumerate(rng.sample(docs[:n], max(1, n // 20))):
-        truth["near_dup"][f"neardup-{i:05d}"] = src["id"]
-        docs.append({"id": f"neardup-{i:05d}", "text": _near_copy(src["text"], rng, rng.uniform(0.01, 0.04))})
     for i, src in enumerate(rng.sample(docs[:n], max(len(PII_KINDS), n // 5))):  # every type, in turn
         kind = PII_KINDS[i % len(PII_KINDS)]
         value, sentence = _pii(rng, kind)
@@ -201,9 +239,24 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
         value, sentence = _look_alike(rng)
         _insert_sentence(src, sentence, rng)
         truth["look_alikes"].append({"id": src["id"], "value": value})
+    for i, src in enumerate(rng.sample(docs[:n], max(1, n // 20))):
+        truth["exact_dup"][f"exactdup-{i:05d}"] = src["id"]
+        docs.append({"id": f"exactdup-{i:05d}", "text": src["text"]})
+    by_id = {d["id"]: d["text"] for d in docs}
+    for i, src in enumerate(rng.sample(docs[:n], max(len(NEAR_DUP_JACCARD), n // 5))):  # every level, in turn
+        target = NEAR_DUP_JACCARD[i % len(NEAR_DUP_JACCARD)]
+        dup = {"id": f"neardup-{i:05d}", "text": _near_copy(src["text"], rng, target)}
+        docs.append(dup)
+        truth["near_dup"][dup["id"]] = src["id"]
+        measured = jaccard(shingles(dup["text"], 5), shingles(by_id[src["id"]], 5))
+        truth["near_dup_pairs"].append({"dup": dup["id"], "src": src["id"], "target": target,
+                                        "jaccard": round(measured, 4)})
     for i in range(max(len(JUNK), n // 20)):
         docs.append({"id": f"junk-{i:05d}", "text": JUNK[i % len(JUNK)]})
         truth["junk"].append(f"junk-{i:05d}")
+    for i in range(max(3, n // 40)):
+        docs.append({"id": f"listing-{i:05d}", "text": _listing(rng)})
+        truth["listings"].append(f"listing-{i:05d}")
     rng.shuffle(docs)
     lines = [json.dumps(d) for d in docs]
     # malformed input, as real crawls have it: must be quarantined with file, line and reason

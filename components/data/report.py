@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 from components.data.pii import PII_TYPES
+from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
 
-BLOCK_DIRS = ["01_gopher_repetition", "02_gopher_quality", "03_c4", "04_exact_dedup", "05_minhash"]
+QUALITY_BLOCKS = DROPPING_BLOCKS[:6]
+NEAR_DUP_TARGET_JACCARD = 0.8  # pairs at least this similar must be removed; below is a grey zone
 
 
 def read_docs(folder: Path) -> list[dict]:
@@ -23,19 +25,86 @@ def _stat_total(value) -> int:
     return int(value.get("total", 0)) if isinstance(value, dict) else int(value)
 
 
-def _pii_counts(work: Path) -> dict[str, int]:
+def _stats(work: Path) -> Counter:
+    """Every counter of every pass, summed over tasks (per-task files: written by every executor)."""
     counts: Counter = Counter()
-    for stats_file in (work / "logs").glob("*/stats.json"):
+    for stats_file in (work / "logs").glob("*/stats/*.json"):
         for step in json.loads(stats_file.read_text()):
             for key, value in step.get("stats", {}).items():
-                if key.startswith("pii_"):
-                    counts[key] += _stat_total(value)
-    return {f"pii_{k.lower()}": counts.get(f"pii_{k.lower()}", 0) for k in PII_TYPES}
+                counts[key] += _stat_total(value)
+    return counts
 
 
-def _pair_recall(pairs: dict[str, str], kept: set[str]) -> float:
-    """A planted duplicate pair is caught when at most one of its two documents survives."""
-    return sum(not (dup in kept and src in kept) for dup, src in pairs.items()) / max(1, len(pairs))
+def _pii_counts(stats: Counter) -> dict[str, int]:
+    return {f"pii_{k.lower()}": stats.get(f"pii_{k.lower()}", 0) for k in PII_TYPES}
+
+
+def _block_flow(stats: Counter) -> dict[str, int]:
+    """Documents and bytes into and out of each block that ran (the Tally after each one)."""
+    flow, previous = {}, "input"
+    for block in COUNTED_BLOCKS:
+        if f"{block}_docs" not in stats:
+            continue
+        for unit in ("docs", "bytes"):
+            flow[f"{block}_{unit}_in"] = stats[f"{previous}_{unit}"]
+            flow[f"{block}_{unit}_out"] = stats[f"{block}_{unit}"]
+        previous = block
+    return flow
+
+
+def _cluster_stats(work: Path) -> dict:
+    path = work / "remove" / "cluster_stats.json"
+    return {f"minhash_{k}": v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def _share(hits: int, total: int) -> float | None:
+    return round(hits / total, 4) if total else None
+
+
+def _near_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    """Recall on planted pairs that reached MinHash (neither member dropped by an earlier block),
+    for pairs with Jaccard >= 0.8 (the target) and per planted level; precision: MinHash removals
+    that belong to a planted duplicate pair (any level >= 0.5) among all its removals."""
+    earlier = {d["id"] for block in DROPPING_BLOCKS[:-1] for d in dropped[block]}
+    pairs = [p for p in truth.get("near_dup_pairs", []) if p["dup"] not in earlier and p["src"] not in earlier]
+    caught = {p["dup"]: not (p["dup"] in kept and p["src"] in kept) for p in pairs}
+    target = [p for p in pairs if p["jaccard"] >= NEAR_DUP_TARGET_JACCARD]
+    m = {"near_dup_pairs_target": len(target),
+         "near_dup_recall": _share(sum(caught[p["dup"]] for p in target), len(target))}
+    for level in sorted({p["target"] for p in pairs}, reverse=True):
+        at = [p for p in pairs if p["target"] == level]
+        m[f"near_dup_caught_at_{level}"] = _share(sum(caught[p["dup"]] for p in at), len(at))
+    planted = {i for p in truth.get("near_dup_pairs", []) for i in (p["dup"], p["src"])}
+    planted |= set(truth["exact_dup"]) | set(truth["exact_dup"].values())
+    removed = [d["id"] for d in dropped["minhash"]]
+    m["near_dup_precision"] = _share(sum(i in planted for i in removed), len(removed))
+    return m
+
+
+def _quality_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    """Recall: planted junk removed by any quality block, and shop listings (junk planted for FineWeb's
+    short-line rule) removed by FineWeb; precision per block: its drops that are planted junk (prose
+    dropped is a false positive, as the corpus is built from prose paragraphs)."""
+    listings = set(truth.get("listings", []))
+    junk = set(truth["junk"]) | listings
+    m = {"quality_recall": _share(sum(any(j == d["id"] for b in QUALITY_BLOCKS for d in dropped[b]) for j in junk), len(junk))}
+    if listings:
+        m["fineweb_recall"] = _share(sum(d["id"] in listings for d in dropped["fineweb"]), len(listings))
+    all_drops = [d["id"] for b in QUALITY_BLOCKS for d in dropped[b]]
+    m["quality_precision"] = _share(sum(i in junk for i in all_drops), len(all_drops))
+    for block in QUALITY_BLOCKS:
+        if dropped[block]:
+            m[f"{block}_precision"] = _share(sum(d["id"] in junk for d in dropped[block]), len(dropped[block]))
+    return m
+
+
+def _exact_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+    earlier = {d["id"] for block in QUALITY_BLOCKS for d in dropped[block]}
+    pairs = {dup: src for dup, src in truth["exact_dup"].items() if dup not in earlier and src not in earlier}
+    planted = set(truth["exact_dup"]) | set(truth["exact_dup"].values())
+    removed = [d["id"] for d in dropped["exact_dedup"]]
+    return {"exact_dup_recall": _share(sum(not (d in kept and s in kept) for d, s in pairs.items()), len(pairs)),
+            "exact_dup_precision": _share(sum(i in planted for i in removed), len(removed))}
 
 
 def _per_source_out(per_source: dict, docs: list[dict]) -> dict:
@@ -52,7 +121,8 @@ def _per_source_out(per_source: dict, docs: list[dict]) -> dict:
 def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_source: dict | None = None) -> dict:
     train, val = read_docs(out_dir / "train"), read_docs(out_dir / "validation")
     kept = {d["id"]: d["text"] for d in train + val}
-    dropped = {name[3:]: read_docs(out_dir / "rejected" / name) for name in BLOCK_DIRS}
+    dropped = {block: read_docs(out_dir / "rejected" / rejected_dir(block)) for block in DROPPING_BLOCKS}
+    stats = _stats(work)
     quarantined = {k: n for k, n in issues.items() if k.startswith("quarantined_")}
     skipped = {k: n for k, n in issues.items() if k.startswith("skipped_")}
     metrics: dict = {
@@ -66,7 +136,13 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_sour
         "skipped": sum(skipped.values()),  # records that are no document (WARC requests, images)
         **dict(sorted(skipped.items())),
         **{f"{block}_dropped": len(docs) for block, docs in dropped.items()},
-        **_pii_counts(work),
+        **_block_flow(stats),
+        **_cluster_stats(work),
+        "url_blocklist_no_url": stats.get("no_url", 0),
+        # changed, not dropped: lines C4 removed (its line rules), documents PII scrubbing edited
+        "c4_lines_removed": sum(v for k, v in stats.items() if k.startswith("line-filter-")),
+        "pii_docs_changed": stats.get("pii_docs_changed", 0),
+        **_pii_counts(stats),
         "sources": _per_source_out(per_source or {}, train + val),
     }
     truth_file = out_dir / "ground_truth.json"
@@ -75,12 +151,8 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_sour
         prose = set(truth["prose"])
         metrics["prose_kept_frac"] = round(len(prose & kept.keys()) / max(1, len(prose)), 4)
         metrics["junk_removed_frac"] = round(sum(j not in kept for j in truth["junk"]) / max(1, len(truth["junk"])), 4)
-        metrics["exact_dup_recall"] = round(_pair_recall(truth["exact_dup"], set(kept)), 4)
-        metrics["near_dup_recall"] = round(_pair_recall(truth["near_dup"], set(kept)), 4)
-        planted = set(truth["near_dup"]) | set(truth["near_dup"].values()) | set(truth["exact_dup"]) | set(truth["exact_dup"].values())
-        minhash_ids = [d["id"] for d in dropped["minhash"]]
-        if minhash_ids:
-            metrics["near_dup_precision"] = round(sum(i in planted for i in minhash_ids) / len(minhash_ids), 4)
+        for part in (_quality_measures, _exact_dup_measures, _near_dup_measures):
+            metrics.update({k: v for k, v in part(truth, dropped, set(kept)).items() if v is not None})
         surviving = [p for p in truth["pii"] if p["id"] in kept]
         metrics["pii_recall"] = round(sum(p["value"] not in kept[p["id"]] for p in surviving) / max(1, len(surviving)), 4)
         for kind in PII_TYPES:  # per type: the value is gone from the kept document
@@ -96,11 +168,46 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_sour
     return metrics
 
 
+def plot_blocks(m: dict, path: Path) -> bool:
+    """Bar chart of the documents left after each block that ran (the first bar: documents in)."""
+    blocks = [b for b in COUNTED_BLOCKS if b + "_docs_out" in m]
+    if not blocks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["input", *blocks]
+    docs = [m[blocks[0] + "_docs_in"], *(m[b + "_docs_out"] for b in blocks)]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.5))
+    bars = ax.bar(names, docs, color=["#888888", *["#3b75af"] * len(blocks)])
+    ax.bar_label(bars, fontsize=8)
+    ax.set_ylabel("documents kept")
+    ax.set_title("Documents kept after each block")
+    ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_report(out_dir: Path, m: dict) -> None:
     lines = ["# Data report", "", f"{m['docs_in']} documents in, {m['docs_out']} out "
              f"({m['train_docs']} train, {m['validation_docs']} validation); {m['quarantined']} input records quarantined "
-             f"(see quarantine.jsonl), {m.get('skipped', 0)} skipped as no document.", "", "| block | dropped |", "|---|---|"]
-    lines += [f"| {name[3:]} | {m.get(name[3:] + '_dropped', 0)} |" for name in BLOCK_DIRS]
+             f"(see quarantine.jsonl), {m.get('skipped', 0)} skipped as no document.", "",
+             "| block | docs in | docs out | bytes in | bytes out | dropped (rejected/) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | {m[b + '_docs_in']} | {m[b + '_docs_out']} | {m[b + '_bytes_in']} | {m[b + '_bytes_out']} "
+              f"| {m.get(b + '_dropped', 0)} |" for b in COUNTED_BLOCKS if b + "_docs_in" in m]
+    if plot_blocks(m, out_dir / "docs_per_block.png"):
+        lines += ["", "![documents kept after each block](docs_per_block.png)"]
+    lines += ["", f"Changed, not dropped: {m['c4_lines_removed']} lines removed by C4 line rules (javascript, policy, short lines...); "
+              f"{m['pii_docs_changed']} documents with PII replaced."]
+    if "minhash_clusters" in m:
+        sizes = ", ".join(f"{size}: {n}" for size, n in m["minhash_cluster_sizes"].items()) or "none"
+        lines += ["", f"MinHash: {m['minhash_clusters']} clusters (members per cluster: {sizes}; largest "
+                  f"{m['minhash_cluster_size_max']}), {m['minhash_removed']} documents removed, {m['minhash_guard_kept']} "
+                  "kept by the cluster guard (under data.minhash_guard_jaccard to every kept member)."]
     lines += ["", "| source | type | weight | docs read | quarantined | skipped | docs taken | bytes taken | docs out | bytes out |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {c['type']} | {c['weight'] if c['weight'] is not None else '-'} | {c['docs_in']} | {c['quarantined']} "
@@ -108,8 +215,10 @@ def write_report(out_dir: Path, m: dict) -> None:
               for name, c in m.get("sources", {}).items()]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
-    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "exact_dup_recall", "near_dup_recall",
-                            "near_dup_precision", "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
+    measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision", "fineweb_recall",
+                            *[f"{b}_precision" for b in QUALITY_BLOCKS], "exact_dup_recall", "exact_dup_precision",
+                            "near_dup_pairs_target", "near_dup_recall", "near_dup_precision",
+                            *sorted((k for k in m if k.startswith("near_dup_caught_at_")), reverse=True), "pii_recall", *[f"pii_recall_{t.lower()}" for t in PII_TYPES],
                             "pii_look_alikes_altered_frac", "quarantine_recall") if k in m]
     if measured:
         lines += ["", "Against the planted ground truth (ground_truth.json):", "", "| measure | value |", "|---|---|"]

@@ -1,6 +1,7 @@
 """Data stage: validate and stage the sources, then real datatrove pipelines.
 
-quality filters (tasks in parallel) -> exact dedup -> MinHash (4 passes) -> PII -> split.
+quality filters (tasks in parallel) -> exact dedup -> MinHash (4 passes + cluster guard)
+-> PII -> split: see components/data/pipelines.py; executors in components/data/executors.py.
 Every dropped document lands in rejected/<NN>_<block>/ with its reason; every bad
 input line lands in quarantine.jsonl with file, line and reason.
 """
@@ -23,7 +24,6 @@ from components.data.readers import read_source
 from components.data.report import measure, write_report
 
 log = logging.getLogger(__name__)
-BLOCKS = ["gopher_repetition", "gopher_quality", "c4", "exact_dedup", "minhash"]
 
 
 def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int, dict]:
@@ -124,57 +124,15 @@ def stderr_to(path: Path):
 
 
 def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                          MinhashDedupSignature)
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-
-    from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
+    from components.data.executors import make_executor, run_to_completion
+    from components.data.pipelines import build_passes
 
     staged, issues, n_in, per_source = stage_inputs(cfg, out_dir)
-    work, rejected = out_dir / "work", out_dir / "rejected"
-
-    def sink(i: int, block: str) -> JsonlWriter:
-        return JsonlWriter(str(rejected / f"{i:02d}_{block}"))
-
-    def execute(name: str, pipeline: list, tasks: int = 1, workers: int = 1) -> None:
-        log.info("data: running %s (%d tasks)", name, tasks)
-        with stderr_to(out_dir / "logs" / f"{name}.log"):
-            LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(work / "logs" / name),
-                                  skip_completed=False).run()
-
-    quality = []
-    if cfg.gopher_repetition:
-        quality.append(GopherRepetitionFilter(exclusion_writer=sink(1, "gopher_repetition")))
-    if cfg.gopher_quality:
-        quality.append(GopherQualityFilter(exclusion_writer=sink(2, "gopher_quality")))
-    if cfg.c4:
-        quality.append(C4QualityFilter(filter_no_terminal_punct=False, exclusion_writer=sink(3, "c4")))
-    execute("1_quality", [JsonlReader(str(staged)), *quality, JsonlWriter(str(work / "quality"))],
-            tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks))
-
-    after = [JsonlReader(str(work / "quality"))]
-    if cfg.exact_dedup:
-        after.append(ExactDedupFilter(exclusion_writer=sink(4, "exact_dedup")))
-    execute("2_exact_dedup", [*after, JsonlWriter(str(work / "deduped"))])
-
-    final_reader = JsonlReader(str(work / "deduped"))
-    tail = []
-    if cfg.minhash:
-        mh = MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
-                           hashes_per_bucket=cfg.minhash_hashes_per_bucket)
-        execute("3_minhash_signatures", [JsonlReader(str(work / "deduped")), MinhashDedupSignature(str(work / "sigs"), config=mh)])
-        execute("4_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
-                tasks=cfg.minhash_buckets)
-        execute("5_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)])
-        tail.append(MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink(5, "minhash")))
-    if cfg.pii:
-        tail.append(PIIScrubber(cfg.pii_keep_private_ips))
-    tail.append(TrainValidationSplit(str(out_dir), cfg.validation_fraction))
-    execute("6_pii_split", [final_reader, *tail])
+    work = out_dir / "work"
+    for p in build_passes(cfg, staged, out_dir):
+        log.info("data: running %s (%d tasks, %s executor)", p.name, p.tasks, cfg.executor)
+        with stderr_to(out_dir / "logs" / f"{p.name}.log"):
+            run_to_completion(cfg, make_executor(cfg, p.pipeline, p.name, p.tasks, p.workers, work / "logs" / p.name))
 
     metrics = measure(cfg, out_dir, work, n_in, issues, per_source)
     write_report(out_dir, metrics)
