@@ -19,6 +19,9 @@ class Stage:
     needs: tuple[str, ...]
     code: tuple[str, ...]  # repo-relative source paths fingerprinted into the key
     trains: bool = False  # runs the training loop: `accelerate launch` when the launcher says so
+    # optional stage (its config has `enabled`): when enabled, the stages after it that need
+    # `stands_in_for` read this stage's artifact in its place (extend: a longer-context pretrain model)
+    stands_in_for: str | None = None
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
@@ -34,12 +37,31 @@ class Stage:
 
 _TRAIN = ("components/train", "components/model")
 
+
+def enabled(stage: Stage, cfg: Any) -> bool:
+    """Optional stages run only when their config says `enabled: true`; the others always."""
+    return stage.stands_in_for is None or bool(getattr(cfg, "enabled", False))
+
+
+def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
+    """{input role (a stage in `needs`): the stage whose artifact fills it}. An enabled optional
+    stage before `name` fills the role it stands in for (stages are listed in order)."""
+    sources = {dep: dep for dep in STAGES[name].needs}
+    for other in STAGES.values():
+        if other.name == name:
+            break
+        if other.stands_in_for in sources and enabled(other, stage_cfgs.get(other.name)):
+            sources[other.stands_in_for] = other.name
+    return sources
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("data", "components.data", "DataConfig", (), ("components/data",)),
         Stage("tokenizer", "tokenizer", "TokenizerConfig", ("data",), ("tokenizer",)),
         Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), ("components/pretrain", *_TRAIN), True),
+        Stage("extend", "components.extend", "ExtendConfig", ("pretrain", "tokenizer"),
+              ("components/extend", "components/pretrain", *_TRAIN), True, stands_in_for="pretrain"),
         Stage("sft", "components.sft", "SFTConfig", ("pretrain",), ("components/sft", "components/tasks", *_TRAIN), True),
         Stage("align", "components.align", "AlignConfig", ("sft",), ("components/align", "components/tasks", *_TRAIN), True),
         Stage(

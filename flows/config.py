@@ -15,6 +15,7 @@ from components.align.config import AlignConfig
 from components.config import check
 from components.data.config import DataConfig
 from components.eval.config import EvalConfig
+from components.extend.config import ExtendConfig
 from components.pretrain.config import PretrainConfig
 from components.sft.config import SFTConfig
 from components.stages import STAGES
@@ -39,6 +40,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    extend: ExtendConfig = field(default_factory=ExtendConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -49,6 +51,12 @@ class PipelineConfig:
         init = self.pretrain.model.init_from  # its weights need its own tokenizer (the yaml links the two)
         check(init is None or self.tokenizer.init_from == init, "tokenizer.init_from", self.tokenizer.init_from,
               f"must be the checkpoint's own tokenizer: leave it to follow pretrain.model.init_from={init!r}")
+        check(self.extend.enabled or self.run.until != "extend", "run.until", self.run.until,
+              "the extend stage is off: set extend.enabled=true, or stop at another stage")
+        if self.extend.enabled and init is None:  # an imported model's context is known only from its files, at run time
+            short = self.pretrain.model.context_length
+            check(self.extend.context_length > short, "extend.context_length", self.extend.context_length,
+                  f"must be longer than pretrain.model.context_length={short}")
 
 
 def register() -> None:

@@ -44,8 +44,8 @@ class DataConfig:
     max_documents: int | None = None  # cap on embedded prose documents (null: all)
     seed: int = 0  # planting of the embedded corpus's contamination, and the weighted mix's sampling
     validation_fraction: float = 0.08  # share of documents held out, chosen by a hash of the id
-    gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     gopher_quality: bool = True  # Gopher quality filter (length, word shapes, stop words, symbols)
+    gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     c4: bool = True  # C4 line and document rules (no bad-words list: it needs a download)
     exact_dedup: bool = True  # drop documents whose normalised text was seen before
     minhash: bool = True  # MinHash near-dedup, one document kept per cluster

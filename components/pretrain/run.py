@@ -12,6 +12,7 @@ from components.model.build import build_model, count_parameters, load_checkpoin
 from components.pretrain.config import PretrainConfig
 from components.train.data import fixed_windows, load_shard, random_windows
 from components.train.losses import lm_loss, token_nll_sum
+from components.train.config import TrainConfig
 from components.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,27 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
-    tok_dir = Path(inputs["tokenizer"]) / "hf"
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    train_tokens = load_shard(inputs["tokenizer"], "train")
-    val_windows = fixed_windows(load_shard(inputs["tokenizer"], "validation"), cfg.model.context_length, cfg.max_val_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(Path(inputs["tokenizer"]) / "hf")
     model = load_checkpoint(cfg.model, tokenizer) if cfg.model.init_from else build_model(cfg.model, tokenizer, cfg.seed)
+    metrics = train_next_token(model, tokenizer, cfg, cfg.model.context_length, cfg.max_val_tokens, inputs["tokenizer"], out_dir)
+    if cfg.max_steps == 0:
+        log.info("pretrain: %s imported unchanged, validation loss %.4f", cfg.model.init_from, metrics["val_loss"])
+    return metrics
+
+
+def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, context: int, max_val_tokens: int,
+                     shards: Path, out_dir: Path) -> dict:
+    """Next-token training on the tokenizer artifact's shards in random windows of `context` tokens,
+    validation perplexity on fixed windows; exports the model with its tokenizer to out_dir/model.
+    Pretrain and extend (the same at a longer context) share it."""
+    train_tokens = load_shard(shards, "train")
+    val_windows = fixed_windows(load_shard(shards, "validation"), context, max_val_tokens)
     n_params = count_parameters(model)
-    log.info("pretrain: %.2fM parameters, %d train tokens, %d steps x %d x %d tokens",
-             n_params / 1e6, len(train_tokens), cfg.max_steps,
-             cfg.batch_size * cfg.grad_accum, cfg.model.context_length)
+    log.info("%.2fM parameters, %d train tokens, %d steps x %d x %d tokens",
+             n_params / 1e6, len(train_tokens), cfg.max_steps, cfg.batch_size * cfg.grad_accum, context)
 
     def batch_fn(step: int, micro: int) -> dict:
-        return random_windows(train_tokens, cfg.model.context_length, cfg.batch_size, cfg.seed, step, micro)
+        return random_windows(train_tokens, context, cfg.batch_size, cfg.seed, step, micro)
 
     def evaluate(model: torch.nn.Module) -> dict:
         loss = validation_loss(model, val_windows, cfg.batch_size)
@@ -49,5 +59,4 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         model.eval()
         with torch.no_grad():
             metrics.update(evaluate(model))
-        log.info("pretrain: %s imported unchanged, validation loss %.4f", cfg.model.init_from, metrics["val_loss"])
     return {**metrics, "params": n_params}
