@@ -81,6 +81,7 @@ def test_extend_trains_at_the_longer_context_and_measures_it(pretrained, tmp_pat
     cfg = ExtendConfig(enabled=True, context_length=64, max_steps=60, warmup_steps=5, batch_size=4,
                        max_val_tokens=4096, mixed_precision="no", save_every=1000)
     m = extend(cfg, {"pretrain": pre, "tokenizer": tok}, tmp_path)
+    print({k: v for k, v in m.items() if "ppl" in k})
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["max_position_embeddings"] == 64
     assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2.0
@@ -89,7 +90,7 @@ def test_extend_trains_at_the_longer_context_and_measures_it(pretrained, tmp_pat
     assert m["val_ppl_long"] < m["val_ppl_long_scaled_untrained"]
     assert m["val_ppl_long"] == pytest.approx(m["val_ppl"], rel=1e-4)
     rows = [json.loads(r) for r in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 60 and rows[-1]["tokens"] == 60 * 4 * 63  # 64-token windows: 63 targets each
+    assert rows[-1]["step"] == 60 and rows[-1]["tokens"] == 60 * 4 * 64  # 64 targets a window: the new context
     AutoModelForCausalLM.from_pretrained(tmp_path / "model")
 
 

@@ -101,6 +101,21 @@ def test_stage_that_raises_midway_leaves_no_trusted_directory(root, monkeypatch)
     assert statuses(run_pipeline(cfg))["align"] == "built"
 
 
+def test_extend_stands_in_for_pretrain_when_enabled(root):
+    rows = run_pipeline(config(root, "extend.enabled=true"))
+    assert statuses(rows) == {"data": "cached", "tokenizer": "cached", "pretrain": "cached", "extend": "built",
+                              "sft": "built", "align": "built", "eval": "built"}
+    paths = {r["stage"]: Path(r["path"]) for r in rows}
+    extend = json.loads((paths["extend"] / "manifest.json").read_text())
+    assert extend["inputs"]["pretrain"]["key"] == paths["pretrain"].name
+    assert extend["metrics"]["context_after"] == 2 * extend["metrics"]["context_before"]
+    sft = json.loads((paths["sft"] / "manifest.json").read_text())
+    assert sft["inputs"]["pretrain"]["key"] == paths["extend"].name  # sft trained the extended model
+    model_config = json.loads((paths["sft"] / "model" / "config.json").read_text())
+    assert model_config["max_position_embeddings"] == 128 and model_config["rope_parameters"]["rope_type"] == "linear"
+    assert "| extend |" in (paths["eval"] / "report.md").read_text()
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows.pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=120

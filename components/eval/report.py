@@ -58,7 +58,7 @@ def _plot_losses(out_dir: Path, inputs: dict) -> str:
         val = [r for r in rows if "val_loss" in r and "step" in r]
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C1", label="validation")
-        ax.set_title(stage)
+        ax.set_title(read_manifest(inputs.get(stage)).get("stage", stage))  # extend, when it stood in for pretrain
         ax.set_xlabel("step")
         if train or val:
             ax.legend()
@@ -117,8 +117,9 @@ def _summary(title: str, metrics: dict, headline: tuple) -> list[str]:
 def _training(inputs: dict) -> list[str]:
     lines = ["| stage | steps | final loss | val_loss | seconds | tokens/s |", "|---|---|---|---|---|---|"]
     for stage in ("pretrain", "sft", "align"):
-        mt = read_manifest(inputs.get(stage)).get("metrics", {})
-        lines.append(f"| {stage} | {_fmt(mt.get('steps'))} | {_fmt(mt.get('final_loss'), 4)} | "
+        manifest = read_manifest(inputs.get(stage))
+        mt = manifest.get("metrics", {})
+        lines.append(f"| {manifest.get('stage', stage)} | {_fmt(mt.get('steps'))} | {_fmt(mt.get('final_loss'), 4)} | "
                      f"{_fmt(mt.get('val_loss'), 4)} | {_fmt(mt.get('train_seconds'), 1)} | "
                      f"{_fmt(mt.get('tokens_per_second'), 0)} |")
     return lines
