@@ -6,7 +6,7 @@ import struct
 import pytest
 from datatrove.data import Document
 
-from components.data.config import DataConfig, SlurmConfig
+from components.data.config import C4Rules, DataConfig, FineWebRules, GopherQualityRules, GopherRepetitionRules, SlurmConfig
 from components.data.executors import make_executor
 from components.data.filters import LocalLanguageFilter, URLBlocklistFilter, read_blocklist
 from components.data.pipelines import build_passes, quality_blocks
@@ -23,14 +23,46 @@ def test_fineweb_thresholds_come_from_config():
     assert blocks["fineweb"].filter(_doc(menu)) == (False, "short_line_ratio")  # 4 of 5 lines <= 30 chars
 
     def fineweb(**knobs):
-        return dict(quality_blocks(DataConfig(**knobs), lambda block: None))["fineweb"].filter(_doc(menu))
+        cfg = DataConfig(fineweb_rules=FineWebRules(**knobs))
+        return dict(quality_blocks(cfg, lambda block: None))["fineweb"].filter(_doc(menu))
 
-    assert fineweb(fineweb_short_line_ratio=0.9, fineweb_list_ratio=1.0) is True
-    assert fineweb(fineweb_short_line_ratio=0.9) == (False, "list_ratio")  # 4 newlines / 12 words > 0.3
-    assert fineweb(fineweb_short_line_ratio=0.9, fineweb_list_ratio=1.0, fineweb_line_punct_ratio=0.5) == (
+    assert fineweb(short_line_thr=0.9, new_line_ratio=1.0) is True
+    assert fineweb(short_line_thr=0.9) == (False, "list_ratio")  # 4 newlines / 12 words > 0.3
+    assert fineweb(short_line_thr=0.9, new_line_ratio=1.0, line_punct_thr=0.5) == (
         False, "line_punct_ratio")  # 1 line in 5 ends a sentence
-    assert fineweb(fineweb_short_line_chars=5, fineweb_list_ratio=1.0) is True
+    assert fineweb(short_line_length=5, new_line_ratio=1.0) is True
     assert "url_blocklist" not in blocks and "language" not in blocks  # off unless given a file
+
+
+def test_gopher_and_c4_rules_come_from_config():
+    prose = ("The cat sat on the mat and it was happy with the world. " * 3).strip()
+    dict_doc = f"{prose} The call returns {{}} when the table is empty, as the docs of the module say. " * 2
+
+    def verdict(block: str, doc: str, **cfg):
+        return dict(quality_blocks(DataConfig(**cfg), lambda block: None))[block].filter(_doc(doc))
+
+    assert verdict("gopher_quality", prose) == (False, "gopher_short_doc")  # 36 words < 50
+    assert verdict("gopher_quality", prose, gopher_quality_rules=GopherQualityRules(min_doc_words=20)) is True
+    assert verdict("gopher_quality", prose, gopher_quality_rules=GopherQualityRules(min_doc_words=None)) is True
+    assert verdict("c4", dict_doc) == (False, "curly_bracket")
+    assert verdict("c4", dict_doc, c4_rules=C4Rules(filter_curly_bracket=False)) is True
+    repeated = "\n".join(["Buy the best shoes in town today."] * 4 + [prose])
+    assert verdict("gopher_repetition", repeated)[0] is False
+    loose = GopherRepetitionRules(dup_line_frac=None, dup_line_char_frac=None, dup_para_char_frac=None,
+                                  dup_para_frac=None, top_n_grams={2: 1.0}, dup_n_grams={5: 1.0})
+    assert verdict("gopher_repetition", repeated, gopher_repetition_rules=loose) is True
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"gopher_quality_rules": GopherQualityRules(max_symbol_word_ratio=1.5)}, "data.gopher_quality_rules.max_symbol_word_ratio"),
+    ({"gopher_quality_rules": GopherQualityRules(min_doc_words=0)}, "data.gopher_quality_rules.min_doc_words"),
+    ({"gopher_repetition_rules": GopherRepetitionRules(dup_n_grams={5: 2.0})}, "data.gopher_repetition_rules.dup_n_grams"),
+    ({"c4_rules": C4Rules(min_num_sentences=0)}, "data.c4_rules.min_num_sentences"),
+    ({"fineweb_rules": FineWebRules(short_line_thr=-0.1)}, "data.fineweb_rules.short_line_thr"),
+])
+def test_bad_rule_values_fail_in_the_config(bad, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        DataConfig(**bad)
 
 
 def test_url_blocklist_rejects_domains_subdomains_and_urls(tmp_path):

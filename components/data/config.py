@@ -1,7 +1,7 @@
 """Data stage options (mirrored by conf/data/default.yaml). Light: no datatrove import here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,71 @@ from components.config import check, check_choice, input_path, log_only
 from components.data.sources import SourceSpec, expand_files, parse_sources
 
 EXECUTORS = ("local", "slurm", "ray")
+
+
+def _check_rules(rules: Any, section: str) -> None:
+    """Ratios and fractions in [0, 1], counts and lengths > 0; null switches a rule off."""
+    for f in fields(rules):
+        value = getattr(rules, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        key = f"data.{section}.{f.name}"
+        if isinstance(value, dict):  # {n: fraction} for n-gram rules
+            for n, frac in value.items():
+                check(int(n) > 0 and 0 <= frac <= 1, key, value, "map n-gram sizes > 0 to fractions in [0, 1]")
+        elif any(part in f.name for part in ("ratio", "frac", "thr")):
+            check(0 <= value <= 1, key, value, "must be in [0, 1], or null to switch the rule off")
+        else:
+            check(value > 0, key, value, "must be > 0, or null to switch the rule off")
+
+
+# The quality blocks' rules under datatrove's own parameter names (its docs apply as they are);
+# the defaults are datatrove's, except where a comment says otherwise.
+@dataclass(kw_only=True)
+class GopherQualityRules:
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: int | None = 3
+    max_avg_word_length: int | None = 10
+    max_symbol_word_ratio: float | None = 0.1  # '#' and '...' per word
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    max_non_alpha_words_ratio: float | None = 0.8  # despite the name: at least this share of words must hold a letter
+    min_stop_words: int | None = 2
+
+
+@dataclass(kw_only=True)
+class GopherRepetitionRules:
+    dup_line_frac: float | None = 0.3
+    dup_para_frac: float | None = 0.3
+    dup_line_char_frac: float | None = 0.2
+    dup_para_char_frac: float | None = 0.2
+    top_n_grams: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})  # n: max share of the top n-gram
+    dup_n_grams: dict[int, float] = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.1})  # n: max share in duplicated n-grams
+
+
+@dataclass(kw_only=True)
+class C4Rules:
+    split_paragraph: bool = True  # lines are split on newlines (false: on sentences)
+    remove_citations: bool = True  # strip wikipedia-style [1] citations
+    filter_no_terminal_punct: bool = False  # datatrove: true; false keeps lines without end punctuation (lists, headings in docs)
+    min_num_sentences: int = 5  # documents with fewer sentences are dropped
+    min_words_per_line: int = 3  # shorter lines are removed
+    max_word_length: int = 1000  # documents with a longer word are dropped
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True  # lines mentioning javascript are removed
+    filter_curly_bracket: bool = True  # documents with '{' are dropped (code; also technical prose that shows a dict)
+    filter_policy: bool = True  # lines about cookies, terms of use, privacy policy are removed
+
+
+@dataclass(kw_only=True)
+class FineWebRules:
+    line_punct_thr: float = 0.12  # drop when fewer lines end in terminal punctuation
+    line_punct_exclude_zero: bool = False  # keep documents with no such line at all
+    short_line_thr: float = 0.67  # drop when more lines are short ...
+    short_line_length: int = 30  # ... i.e. at most this many characters
+    char_duplicates_ratio: float = 0.01  # drop when more characters sit in duplicated lines
+    new_line_ratio: float = 0.3  # drop when newlines per word exceed this (lists, menus)
 
 
 @dataclass(kw_only=True)
@@ -45,8 +110,11 @@ class DataConfig:
     seed: int = 0  # planting of the embedded corpus's contamination, and the weighted mix's sampling
     validation_fraction: float = 0.08  # share of documents held out, chosen by a hash of the id
     gopher_quality: bool = True  # Gopher quality filter (length, word shapes, stop words, symbols)
+    gopher_quality_rules: GopherQualityRules = field(default_factory=GopherQualityRules)
     gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
+    gopher_repetition_rules: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
     c4: bool = True  # C4 line and document rules (no bad-words list: it needs a download)
+    c4_rules: C4Rules = field(default_factory=C4Rules)
     exact_dedup: bool = True  # drop documents whose normalised text was seen before
     minhash: bool = True  # MinHash near-dedup, one document kept per cluster
     minhash_ngrams: int = 5
@@ -59,11 +127,7 @@ class DataConfig:
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
     # --- quality blocks after Gopher and C4, the MinHash guard, executors (order of the pipeline) ---
     fineweb: bool = True  # FineWeb heuristics (datatrove's FineWebQualityFilter)
-    fineweb_line_punct_ratio: float = 0.12  # drop when fewer lines end in terminal punctuation
-    fineweb_short_line_ratio: float = 0.67  # drop when more lines are short ...
-    fineweb_short_line_chars: int = 30  # ... i.e. at most this many characters
-    fineweb_char_dup_ratio: float = 0.01  # drop when more characters sit in duplicated lines
-    fineweb_list_ratio: float = 0.3  # drop when newlines per word exceed this (lists, menus)
+    fineweb_rules: FineWebRules = field(default_factory=FineWebRules)
     url_blocklist: str | None = input_path()  # file of blocked domains/urls, one a line (# comments); needs metadata.url
     language_model: str | None = input_path()  # local fastText language-id model (e.g. lid.176.bin); null: no language filter
     languages: list[str] = field(default_factory=lambda: ["en"])  # languages kept by the language filter
@@ -89,11 +153,10 @@ class DataConfig:
               "must be null or >= 10")
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
-        for name in ("fineweb_line_punct_ratio", "fineweb_short_line_ratio", "fineweb_char_dup_ratio",
-                     "language_threshold", "minhash_guard_jaccard"):
+        for name in ("language_threshold", "minhash_guard_jaccard"):
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")
-        check(self.fineweb_short_line_chars > 0, "data.fineweb_short_line_chars", self.fineweb_short_line_chars, "must be > 0")
-        check(self.fineweb_list_ratio > 0, "data.fineweb_list_ratio", self.fineweb_list_ratio, "must be > 0")
+        for name in ("gopher_quality_rules", "gopher_repetition_rules", "c4_rules", "fineweb_rules"):
+            _check_rules(getattr(self, name), name)
         for name in ("url_blocklist", "language_model"):  # user files: missing ones fail here, not mid-run
             path = getattr(self, name)
             check(path is None or Path(path).expanduser().is_file(), f"data.{name}", path,

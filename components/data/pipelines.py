@@ -11,7 +11,7 @@ per block. The executor (local, Slurm, Ray) is chosen elsewhere: a pass is only 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
@@ -57,6 +57,11 @@ class Tally(PipelineStep):
         self.stat_update(f"{self.block}_bytes", value=nbytes)
 
 
+def _pairs(rules: dict) -> tuple[tuple[int, float], ...]:
+    """{n: fraction} (config) -> ((n, fraction), ...) sorted by n (datatrove's form)."""
+    return tuple(sorted((int(n), float(f)) for n, f in rules.items()))
+
+
 def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
     """(block name, datatrove filter) for the enabled quality blocks, in pipeline order."""
     from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
@@ -66,16 +71,17 @@ def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
 
     blocks = []
     if cfg.gopher_quality:
-        blocks.append(("gopher_quality", GopherQualityFilter(exclusion_writer=sink("gopher_quality"))))
+        blocks.append(("gopher_quality", GopherQualityFilter(exclusion_writer=sink("gopher_quality"),
+                                                             **asdict(cfg.gopher_quality_rules))))
     if cfg.gopher_repetition:
-        blocks.append(("gopher_repetition", GopherRepetitionFilter(exclusion_writer=sink("gopher_repetition"))))
+        rules = cfg.gopher_repetition_rules
+        blocks.append(("gopher_repetition", GopherRepetitionFilter(
+            exclusion_writer=sink("gopher_repetition"), **{**asdict(rules), "top_n_grams": _pairs(rules.top_n_grams),
+                                                          "dup_n_grams": _pairs(rules.dup_n_grams)})))
     if cfg.c4:  # no bad-words list: it needs a download
-        blocks.append(("c4", C4QualityFilter(filter_no_terminal_punct=False, exclusion_writer=sink("c4"))))
+        blocks.append(("c4", C4QualityFilter(exclusion_writer=sink("c4"), **asdict(cfg.c4_rules))))
     if cfg.fineweb:
-        blocks.append(("fineweb", FineWebQualityFilter(
-            exclusion_writer=sink("fineweb"), line_punct_thr=cfg.fineweb_line_punct_ratio,
-            short_line_thr=cfg.fineweb_short_line_ratio, short_line_length=cfg.fineweb_short_line_chars,
-            char_duplicates_ratio=cfg.fineweb_char_dup_ratio, new_line_ratio=cfg.fineweb_list_ratio)))
+        blocks.append(("fineweb", FineWebQualityFilter(exclusion_writer=sink("fineweb"), **asdict(cfg.fineweb_rules))))
     if cfg.url_blocklist is not None:
         blocks.append(("url_blocklist", URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=sink("url_blocklist"))))
     if cfg.language_model is not None:
