@@ -13,7 +13,7 @@ for _name, _value in {
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "DO_NOT_TRACK": "1",
-    "WANDB_MODE": "offline",
+    "WANDB_MODE": "disabled",  # tests of wandb itself set offline
     "WANDB_SILENT": "true",
     "WANDB_ERROR_REPORTING": "false",
     "HF_HUB_OFFLINE": "1",

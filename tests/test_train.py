@@ -130,3 +130,46 @@ def test_pretraining_lowers_validation_loss(tok_dir, tmp_path):
 def test_bad_values_name_their_key(make, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         make()
+
+
+def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "pretrain" / ".0123abcd.partial"  # where artifacts.build trains a stage
+    out.mkdir(parents=True)
+    _run(_cfg(), tok_dir, out)
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")
+    name, history = None, []
+    for record in _wandb_records(records):
+        if record.HasField("run"):
+            name = record.run.display_name
+        if record.HasField("history"):
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+    assert name == "pretrain-0123abcd"
+    losses = [row["loss"] for row in history if "loss" in row]
+    assert losses == pytest.approx(_losses(out))  # every logged step, the same values as log.jsonl
+
+
+def _wandb_records(path):
+    """The protobuf records of an offline .wandb file (a LevelDB-style log: 32 KiB blocks of
+    chunks with a 7-byte header; wandb 0.31 ships no Python reader)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, chunk = path.read_bytes(), 7, b""  # 7: the file's own header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            break
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, or the last chunk of a record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            yield record
+            chunk = b""

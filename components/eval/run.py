@@ -14,6 +14,7 @@ from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
 from components.tasks import preference_pairs, sft_examples
+from components.train import tracking
 from components.train.data import fixed_windows, load_shard
 
 log = logging.getLogger(__name__)
@@ -66,4 +67,6 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items()})
-    return {k: v for k, v in flat.items() if v is not None}
+    flat = {k: v for k, v in flat.items() if v is not None}
+    tracking.start(cfg, out_dir).finish(flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")})
+    return flat

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
-from components.train import budget, checkpoint, lora
+from components.train import budget, checkpoint, lora, tracking
 from components.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,7 @@ def train(
     loss_avg, spikes_in_a_row, accepted = None, 0, 0
     started, window_tokens, window_flops, window_start = time.time(), 0, 0.0, time.time()
     log_file = open(log_path, "a") if main else None
+    tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
     try:
         while state["step"] < cfg.max_steps:
             step = state["step"]
@@ -312,6 +313,7 @@ def train(
             if log_file:
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
+            tracker.log(row, row["step"])
             if state["step"] % cfg.save_every == 0 and not done:
                 checkpoint.save(ckpt_dir, accelerator, state, cfg.keep_checkpoints)
             final = row
@@ -320,11 +322,14 @@ def train(
         accelerator.wait_for_everyone()
         if main:  # finished: resuming is no longer needed (a failed build keeps them, see artifacts.py)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+    except BaseException:
+        tracker.fail()
+        raise
     finally:
         if log_file:
             log_file.close()
     seconds = time.time() - started
-    return {
+    metrics = {
         "final_loss": final.get("loss", float("nan")),
         "steps": state["step"],
         "skipped_steps": state["skipped_steps"],
@@ -341,3 +346,5 @@ def train(
         "param_share_per_rank": round(local_parameter_share(model), 4),
         **{k: v for k, v in final.items() if k.startswith("val")},
     }
+    tracker.finish(metrics)
+    return metrics
