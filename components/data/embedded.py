@@ -15,7 +15,6 @@ import sysconfig
 from pathlib import Path
 
 WORDS_PER_DOC = (120, 400)
-ALPHA_MARGIN = 0.82  # Gopher quality's letter rule is 0.8
 _PROSE_WORD = re.compile(r"^[A-Za-z][a-z]*[.,;:]?$")
 FIRST_NAMES = "alice bob carol dmitri elena farid grace hiro ines jamal kofi lena".split()
 DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "uni.example.edu"]
@@ -60,27 +59,10 @@ def as_prose(paragraph: str) -> str | None:
     not code, grammar or tables: most tokens hold letters (Gopher quality's test, here
     per paragraph, so documents are built from paragraphs it would keep)."""
     text = " ".join(line.strip() for line in paragraph.strip().split("\n")).removeprefix("* ")
-    words = text.split()
-    if len(words) < 8 or ">>>" in text or "::=" in text or "{" in text:  # '{': C4 drops the document
+    if len(text.split()) < 8 or ">>>" in text or "::=" in text:
         return None
-    return text if _alpha_share(text) >= 0.75 else None
-
-
-def _alpha_share(text: str) -> float:
     tokens = _TOKEN.findall(text)
-    return sum(any(c.isalpha() for c in t) for t in tokens) / max(1, len(tokens))
-
-
-def _kept_by_default_filters(docs: list[str]) -> list[str]:
-    """The prose documents the default quality blocks keep, so that what they drop is planted junk.
-    Gopher's own filters judge: docstrings repeat phrases ("the number of ...") and some are
-    symbol-heavy. Its letter rule (80% of tokens hold a letter) gets a margin here, as the planted
-    PII and look-alikes (addresses, numbers) lower that share."""
-    from datatrove.data import Document
-    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
-
-    judges = [GopherQualityFilter(max_non_alpha_words_ratio=ALPHA_MARGIN), GopherRepetitionFilter()]
-    return [d for i, d in enumerate(docs) if all(j.filter(Document(text=d, id=str(i))) is True for j in judges)]
+    return text if sum(any(c.isalpha() for c in t) for t in tokens) / max(1, len(tokens)) >= 0.75 else None
 
 
 def _chunks(texts: list[str]) -> list[str]:
@@ -99,7 +81,7 @@ def _chunks(texts: list[str]) -> list[str]:
                 current, words = [], 0
     if words >= WORDS_PER_DOC[0]:
         docs.append("\n\n".join(current))
-    return _kept_by_default_filters(docs)
+    return docs
 
 
 def prose_documents() -> list[str]:
