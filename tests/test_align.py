@@ -256,7 +256,7 @@ def test_source_config_combinations_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"align\.sources='.*p\.csv'"):
         AlignConfig(sources=[str(tmp_path / "p.*")])
     assert AlignConfig(sources=[src], format="prompt_chosen_rejected").rejected_from == "dataset"
-    assert AlignConfig().rejected_from == "on_policy"
+    assert AlignConfig().rejected_from == "generated"
 
 
 @pytest.fixture(scope="module")

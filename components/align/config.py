@@ -18,7 +18,7 @@ class AlignConfig(TrainConfig):
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo (per-token log-ratios, as TRL) | hinge
     rpo_alpha: float = 1.0  # weight of the chosen answers' NLL added to the loss (RPO); 0: pure preference loss
     lr: float = 5e-5
-    max_steps: int = 150
+    max_steps: int = 400
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
     # preference files (.json list, .jsonl, .jsonl.gz; paths or globs; their content is in the cache key);
@@ -28,9 +28,10 @@ class AlignConfig(TrainConfig):
     strict: bool = False  # true: the first malformed record fails the run; false: quarantined and counted
     num_pairs: int = 1500  # training pairs: generated, or at most this many from the sources
     num_val_pairs: int = 200  # held-out pairs: generated, or taken from the sources by a hash of the prompt
-    # auto: on_policy for generated pairs, dataset with sources | generated: each task's plausible wrong
+    # auto: generated for generated pairs, dataset with sources | generated: each task's plausible wrong
     # answer | on_policy: where the sft model's own greedy answer is wrong, that answer (its actual
-    # mistake, the most informative negative) | dataset: the sources' own rejected answers
+    # mistake; on the default it scored below generated on held-out pairs, 0.86-0.87 vs 0.90) |
+    # dataset: the sources' own rejected answers
     rejected: str = "auto"
     rejected_max_new_tokens: int = 24  # greedy decoding budget for on_policy answers
 
@@ -60,5 +61,5 @@ class AlignConfig(TrainConfig):
     def rejected_from(self) -> str:
         """Where the rejected answers come from, auto resolved."""
         if self.rejected == "auto":
-            return "dataset" if self.sources else "on_policy"
+            return "dataset" if self.sources else "generated"
         return self.rejected
