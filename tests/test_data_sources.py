@@ -148,6 +148,14 @@ def test_unreadable_file_is_quarantined(tmp_path):
     assert _reasons(read_jsonl(path, "text", 100))[0][1] == "unreadable_file"
 
 
+def test_a_source_that_cannot_be_opened_is_quarantined(tmp_path):
+    """The same path as a permission error, without needing a non-root user: open() fails."""
+    path = tmp_path / "folder.jsonl"
+    path.mkdir()
+    (reason,) = _reasons(read_jsonl(path, "text", 100))  # one record: the file, reported where it failed
+    assert reason[1] == "unreadable_file"
+
+
 # --- Hugging Face datasets ---------------------------------------------------------------------
 
 
