@@ -62,7 +62,7 @@ def read_jsonl(path: Path, text_key: str, max_line_bytes: int, source_name: str 
             head = handle.read(64).lstrip()
             handle.seek(0)
             if path.name.lower().endswith((".json", ".json.gz")) and head.startswith(b"["):
-                yield from _read_json_array(handle.read(), file, text_key, max_line_bytes, source_name, path)
+                yield from _read_json_array(handle.read(), file, text_key, max_line_bytes, source_name)
                 return
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
@@ -88,7 +88,7 @@ def read_jsonl(path: Path, text_key: str, max_line_bytes: int, source_name: str 
         yield unreadable(file, err, line=number + 1)
 
 
-def _read_json_array(blob: bytes, file: str, text_key: str, max_bytes: int, source: str | None, path: Path) -> Iterator[Outcome]:
+def _read_json_array(blob: bytes, file: str, text_key: str, max_bytes: int, source: str | None) -> Iterator[Outcome]:
     try:
         rows = json.loads(blob.decode("utf-8"))
     except UnicodeDecodeError as err:
@@ -97,13 +97,7 @@ def _read_json_array(blob: bytes, file: str, text_key: str, max_bytes: int, sour
     except json.JSONDecodeError as err:
         yield issue(file, f"invalid_json ({err.msg})", line=err.lineno)
         return
-    for row_number, row in enumerate(rows):
-        text, bad = check_text(row, text_key, file, max_bytes, row=row_number)
-        if bad:
-            yield None, bad
-            continue
-        doc_id = str(row.get("id", f"{path.name}:{row_number}"))
-        yield {"text": text, "id": doc_id, "metadata": {"source": source or file, "file": file, "row": row_number}}, None
+    yield from _documents(rows, text_key, file, source or file, max_bytes)
 
 
 def read_text(path: Path, source: str, max_line_bytes: int, file: str) -> Iterator[Outcome]:
@@ -136,6 +130,11 @@ def read_table_rows(rows: Iterator[dict], columns: list[str], text_key: str, fil
     if text_key not in columns:
         yield issue(file, f"missing_field '{text_key}' (no such column; columns: {', '.join(columns)})")
         return
+    yield from _documents(rows, text_key, file, source, max_bytes)
+
+
+def _documents(rows: Iterator[dict], text_key: str, file: str, source: str, max_bytes: int) -> Iterator[Outcome]:
+    """Rows (of a JSON array, a table) as documents, each bad row quarantined with its number."""
     for number, row in enumerate(rows):
         text, bad = check_text(row, text_key, file, max_bytes, row=number)
         if bad:
