@@ -81,7 +81,6 @@ def test_extend_trains_at_the_longer_context_and_measures_it(pretrained, tmp_pat
     cfg = ExtendConfig(enabled=True, context_length=64, max_steps=60, warmup_steps=5, batch_size=4,
                        max_val_tokens=4096, mixed_precision="no", save_every=1000)
     m = extend(cfg, {"pretrain": pre, "tokenizer": tok}, tmp_path)
-    print({k: v for k, v in m.items() if "ppl" in k})
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["max_position_embeddings"] == 64
     assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2.0
@@ -92,6 +91,17 @@ def test_extend_trains_at_the_longer_context_and_measures_it(pretrained, tmp_pat
     rows = [json.loads(r) for r in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 60 and rows[-1]["tokens"] == 60 * 4 * 64  # 64 targets a window: the new context
     AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+
+
+def test_the_no_interpolation_baseline_still_declares_the_new_context(pretrained, tmp_path):
+    from components.extend.run import run as extend
+
+    tok, pre = pretrained
+    cfg = ExtendConfig(enabled=True, context_length=64, rope_scaling="none", max_steps=3, warmup_steps=1,
+                       batch_size=4, max_val_tokens=1024, mixed_precision="no", save_every=1000)
+    extend(cfg, {"pretrain": pre, "tokenizer": tok}, tmp_path)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 64 and config["rope_parameters"]["rope_type"] == "default"
 
 
 def test_extend_refuses_a_context_the_model_already_has(pretrained, tmp_path):

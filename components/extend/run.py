@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def scaled_model_config(cfg: ExtendConfig, source: Path, original: int) -> ModelConfig:
     factor = cfg.rope_factor or cfg.context_length / original
     return ModelConfig(init_from=str(source), context_length=cfg.context_length, rope_scaling=cfg.rope_scaling,
-                       rope_factor=max(1.0, factor), rope_original_context=original)
+                       rope_factor=factor, rope_original_context=original)
 
 
 def perplexity(model: torch.nn.Module, shards: Path, context: int, max_tokens: int, batch_size: int) -> float:
@@ -51,8 +51,6 @@ def run(cfg: ExtendConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     before = {"val_ppl_short_before": ppl(as_trained, original), "val_ppl_long_unscaled": ppl(as_trained, cfg.context_length)}
     del as_trained
     model = load_checkpoint(scaled_model_config(cfg, source, original), tokenizer)
-    if cfg.rope_scaling == "none":  # the baseline: same positions, just trained longer
-        model.config.max_position_embeddings = cfg.context_length
     before["val_ppl_long_scaled_untrained"] = ppl(model, cfg.context_length)
     log.info("extend: %d -> %d tokens, RoPE %s x%.3g; before training: %s", original, cfg.context_length,
              cfg.rope_scaling, cfg.context_length / original, {k: round(v, 2) for k, v in before.items()})

@@ -75,9 +75,10 @@ def load_checkpoint(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
         config.rope_parameters = rope_parameters(cfg, theta, original)
         config.max_position_embeddings = max_positions(cfg, original)
         log.info("NOTE: RoPE of %s replaced by %s", cfg.init_from, config.rope_parameters)
-    if cfg.context_length > config.max_position_embeddings:
-        log.warning("NOTE: pretrain.model.context_length=%d is longer than %s's %d positions (set rope_scaling to extend)",
-                    cfg.context_length, cfg.init_from, config.max_position_embeddings)
+    if cfg.rope_scaling == "none" and cfg.context_length > config.max_position_embeddings:  # trained longer, no interpolation
+        log.warning("NOTE: context_length=%d is longer than %s's %d positions and rope_scaling=none: positions "
+                    "past them are extrapolated, then trained", cfg.context_length, cfg.init_from, config.max_position_embeddings)
+        config.max_position_embeddings = cfg.context_length
     model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=config, dtype=torch.float32)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"pretrain.model.init_from={cfg.init_from}: the tokenizer has {len(tokenizer)} tokens but the "
