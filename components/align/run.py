@@ -18,6 +18,7 @@ from components.align.config import AlignConfig
 from components.artifacts import expand_paths
 from components.tasks import preference_pairs
 from components.train.chat import encode_chat, epoch_indices, generate, pad_batch
+from components.train.device import model_device, to_device
 from components.train.formats import preference_record, read
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
 from components.train.loop import make_accelerator, train
@@ -60,10 +61,11 @@ def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: in
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: max(len(seq[0]) for seq in encoded[i]))
     out = torch.empty(len(encoded), 2)
+    where = model_device(model)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         with accelerator.autocast():
-            out[idx] = pair_logps(model, pairs_batch(encoded, idx, pad_id))
+            out[idx] = pair_logps(model, to_device(pairs_batch(encoded, idx, pad_id), where)).cpu()
     return out
 
 
@@ -191,9 +193,10 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     pad = tokenizer.pad_token_id
+    accelerator = make_accelerator(cfg, model)
+    model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
     train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
     log.info("align: %s", counts)
-    accelerator = make_accelerator(cfg, model)
     ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
     if accelerator.is_main_process:

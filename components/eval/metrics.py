@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from components.train.chat import END, encode_chat, generate, pad_batch  # noqa: F401 (generate: eval's API)
+from components.train.device import model_device, to_device
 from components.train.losses import sequence_logps, token_nll_sum
 
 def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int) -> float:
@@ -21,9 +22,9 @@ def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int
 @torch.no_grad()
 def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
     """exp(mean next-token NLL) over the windows (each scores its seq_len - 1 targets)."""
-    total, count = 0.0, 0
+    total, count, where = 0.0, 0, model_device(model)
     for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size]
+        ids = windows[i : i + batch_size].to(where)
         total += float(token_nll_sum(model, ids, ids))
         count += ids.numel() - len(ids)
     return math.exp(total / count)
@@ -47,7 +48,7 @@ def preference_accuracy(model, tokenizer, pairs: list[dict], batch_size: int) ->
         part = pairs[i : i + batch_size]
         rows = [encode_chat(tokenizer, p["prompt"] + [{"role": "assistant", "content": p[side]}])
                 for side in ("chosen", "rejected") for p in part]
-        b = pad_batch(rows, tokenizer.pad_token_id)
+        b = to_device(pad_batch(rows, tokenizer.pad_token_id), model_device(model))
         logps = sequence_logps(model, b["input_ids"], b["labels"], b["attention_mask"])
         wins += int((logps[: len(part)] > logps[len(part) :]).sum())
     return wins / len(pairs)

@@ -15,6 +15,7 @@ from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
 from components.tasks import preference_pairs, sft_examples
 from components.train import tracking
+from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,14 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     validation = load_shard(inputs["tokenizer"], "validation")
     results: dict = {}
     samples = {}
+    where = default_device()  # the GPU when there is one
+    log.info("eval on %s", where)
     windows = None
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(where).eval()
         windows = fixed_windows(validation, model.config.max_position_embeddings, cfg.max_val_tokens)
         if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))

@@ -17,6 +17,7 @@ from components.extend.config import ExtendConfig
 from components.model.build import load_checkpoint
 from components.model.config import ModelConfig
 from components.pretrain.run import train_next_token, validation_loss
+from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,15 @@ def run(cfg: ExtendConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     def ppl(model: torch.nn.Module, context: int) -> float:
         return perplexity(model, shards, context, cfg.max_val_tokens, cfg.batch_size)
 
-    as_trained = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    as_trained = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(default_device())
     before = {"val_ppl_short_before": ppl(as_trained, original), "val_ppl_long_unscaled": ppl(as_trained, cfg.context_length)}
     del as_trained
     model = load_checkpoint(scaled_model_config(cfg, source, original), tokenizer)
-    before["val_ppl_long_scaled_untrained"] = ppl(model, cfg.context_length)
+    before["val_ppl_long_scaled_untrained"] = ppl(model.to(default_device()), cfg.context_length)
     log.info("extend: %d -> %d tokens, RoPE %s x%.3g; before training: %s", original, cfg.context_length,
              cfg.rope_scaling, cfg.context_length / original, {k: round(v, 2) for k, v in before.items()})
     metrics = train_next_token(model, tokenizer, cfg, cfg.context_length, cfg.max_val_tokens, shards, out_dir)
-    exported = AutoModelForCausalLM.from_pretrained(out_dir / "model", dtype=torch.float32)  # as sft will load it
+    exported = AutoModelForCausalLM.from_pretrained(out_dir / "model", dtype=torch.float32).to(default_device())  # as sft will load it
     after = {"val_ppl_long": ppl(exported, cfg.context_length), "val_ppl_short": ppl(exported, original)}
     log.info("extend: after %d steps: %s", cfg.max_steps, {k: round(v, 2) for k, v in after.items()})
     return {**metrics, **before, **after, "context_before": original, "context_after": cfg.context_length}

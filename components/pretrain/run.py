@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from components.model.build import build_model, count_parameters, load_checkpoint
 from components.pretrain.config import PretrainConfig
+from components.train.device import model_device
 from components.train.data import fixed_windows, load_shard, random_windows
 from components.train.losses import lm_loss, token_nll_sum
 from components.train.config import TrainConfig
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> float:
-    total, count = 0.0, 0
+    total, count, where = 0.0, 0, model_device(model)
     for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size]
+        ids = windows[i : i + batch_size].to(where)
         total += float(token_nll_sum(model, ids, ids))
         count += ids.numel() - len(ids)
     return total / count

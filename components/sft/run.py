@@ -20,6 +20,7 @@ from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
 from components.train.chat import encode_chat, epoch_indices, pad_batch
+from components.train.device import model_device, to_device
 from components.train.formats import read_located, sft_record
 from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
@@ -135,7 +136,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
              cfg.batch_size * cfg.grad_accum, n_trainable, n_params, cfg.adapter)
 
     def evaluate(model: torch.nn.Module) -> dict:
-        loss, _ = masked_loss(model, val_batch)
+        loss, _ = masked_loss(model, to_device(val_batch, model_device(model)))
         return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
 
     metrics = train(model, cfg, batch_fn, masked_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))

@@ -6,6 +6,7 @@ import functools
 import numpy as np
 import torch
 
+from components.train.device import model_device
 from components.train.losses import IGNORE
 
 END = "<|end|>"
@@ -91,10 +92,10 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
                  for p in prompts[i : i + batch_size]]
         # the template's text, tokenised as sft/align tokenise it (encode_chat): same prompt ids
         enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt",
-                        return_token_type_ids=False)
+                        return_token_type_ids=False).to(model_device(model))
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                              pad_token_id=tokenizer.pad_token_id, do_sample=bool(sampling), **sampling)
-        for row in out[:, enc["input_ids"].shape[1] :]:
+        for row in out[:, enc["input_ids"].shape[1] :].cpu():
             answers.append(tokenizer.decode(row, skip_special_tokens=False).split(end)[0]
                            .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
     return answers

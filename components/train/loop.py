@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 
-from components.train import budget, checkpoint, lora, tracking
+from components.train import budget, checkpoint, device, lora, tracking
 from components.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -48,37 +49,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def bf16_supported() -> bool:
-    """bf16 autocast pays only with hardware bf16: on a CPU without AVX512-BF16/AMX it
-    is emulated and measured here 20x slower than fp32, so it is not used there."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def fp16_supported() -> bool:
-    """fp16 autocast with a GradScaler needs a GPU: Accelerate ignores fp16 on a CPU (no autocast, no scaler)."""
-    return torch.cuda.is_available()
-
-
 def decoder_layer_classes(model: torch.nn.Module | None) -> list[str]:
     """The block FSDP shards by: the model's own no-split modules (LlamaDecoderLayer, MixtralDecoderLayer, ...)."""
     return sorted(getattr(model, "_no_split_modules", None) or ["LlamaDecoderLayer"])
 
 
 def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> Accelerator:
-    """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py)."""
-    precision = cfg.mixed_precision
-    if precision == "bf16" and not bf16_supported():
-        log.warning("NOTE: mixed_precision=bf16 requested but this device has no native bf16; training in fp32")
-        precision = "no"
-    if precision == "fp16" and not fp16_supported():
-        log.warning("NOTE: mixed_precision=fp16 requested but fp16 autocast needs a GPU; training in fp32")
-        precision = "no"
+    """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py).
+
+    Each call starts from a fresh AcceleratorState: Accelerate keeps one per process and
+    refuses a second Accelerator with another precision, yet stages (and tests) run one
+    after another in one process, each with its own precision. The process group
+    (PartialState) is kept: it belongs to the process, not to a stage.
+    """
+    precision = device.resolve_precision(cfg.mixed_precision)
+    reset_accelerator_state()
     strategy = os.environ.get(STRATEGY_ENV, "single")
     fsdp_plugin = None
     if strategy == "fsdp":
@@ -100,6 +85,16 @@ def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> 
     return accelerator
 
 
+def reset_accelerator_state() -> None:
+    """Forget the previous stage's precision and plugins (Accelerate's singletons), keep the process group."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    if PartialState._shared_state.get("distributed_type") == DistributedType.FSDP:
+        # set by the FSDP path below; PartialState() would otherwise hand it to the next Accelerator
+        PartialState._shared_state["distributed_type"] = (
+            DistributedType.MULTI_GPU if torch.cuda.is_available() else DistributedType.MULTI_CPU)
+
+
 def shard(batch: dict, rank: int, world: int) -> dict:
     """This rank's rows of a global micro-batch; counts ("n_targets", "n_tokens") stay global."""
     if world == 1:
@@ -112,24 +107,29 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict], loss_fn: L
                          accelerator: Accelerator) -> tuple[float, int, dict]:
     """Backward over micro-batches, normalised by the targets of all of them on all ranks.
 
-    Each batch is this rank's shard; its n_targets counts the whole global micro-batch.
-    DDP and FSDP average gradients over ranks, hence the factor world / n_targets.
+    Each batch is this rank's shard (moved here to the model's device); its n_targets counts
+    the whole global micro-batch. DDP and FSDP average gradients over ranks, hence the factor
+    world / n_targets. The loss stays on the device until the step's one synchronisation.
     """
     world = accelerator.num_processes
     n_targets = sum(int(b["n_targets"]) for b in batches)
-    loss_total, extras = 0.0, {}
+    loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    extras: dict = {}
     for batch in batches:
+        batch = device.to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss_sum, metrics = loss_fn(model, batch)
         accelerator.backward(loss_sum * (world / max(1, n_targets)))
-        loss_total += float(loss_sum.detach())
+        loss_total += loss_sum.detach().double()
         for k, v in metrics.items():
             extras[k] = extras.get(k, 0.0) + float(v) / len(batches)
+    totals = torch.stack([loss_total, *(torch.tensor(float(v), dtype=torch.float64, device=accelerator.device)
+                                        for v in extras.values())])
     if world > 1:  # every rank sees the same totals (and so takes the same spike decision)
-        totals = accelerator.reduce(torch.tensor([loss_total, *extras.values()], dtype=torch.float64), "sum")
-        loss_total = float(totals[0])
-        extras = {k: float(v) / world for k, v in zip(extras, totals[1:])}
-    return loss_total, n_targets, extras
+        totals = accelerator.reduce(totals, "sum")
+        totals[1:] /= world
+    totals = totals.tolist()
+    return totals[0], n_targets, dict(zip(extras, totals[1:]))
 
 
 def local_parameter_share(model: torch.nn.Module) -> float:
