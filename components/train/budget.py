@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-# Dense peak FLOP/s of common accelerators at 16-bit (vendor data sheets, without sparsity).
-PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
+# Dense peak FLOP/s of common accelerators at 16-bit (vendor data sheets, without sparsity);
+# matched as a substring of the device name, first match wins.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
               "V100": 125e12, "T4": 65e12}
 
 
