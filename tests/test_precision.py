@@ -66,6 +66,7 @@ def test_training_runs_in_the_resolved_precision(cpu_bf16, tokenizer, tmp_path):
     seen, metrics = _training_dtypes(tokenizer, "bf16", tmp_path / "bf16")
     assert seen == ({torch.bfloat16} if cpu_bf16 else {torch.float32})
     assert metrics["steps"] == 3 and torch.isfinite(torch.tensor(metrics["final_loss"]))
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # the manifest says what really ran
     seen, _ = _training_dtypes(tokenizer, "no", tmp_path / "fp32")  # then fp32 in the same process
     assert seen == {torch.float32}
 

@@ -343,6 +343,8 @@ def train(
            if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
         "strategy": os.environ.get(STRATEGY_ENV, "single"),
+        "precision": accelerator.mixed_precision,  # as resolved on this machine (bf16 falls back to fp32 on some CPUs)
+        "device": accelerator.device.type,
         "param_share_per_rank": round(local_parameter_share(model), 4),
         **{k: v for k, v in final.items() if k.startswith("val")},
     }
