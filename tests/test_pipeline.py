@@ -74,6 +74,20 @@ def test_logging_only_settings_rebuild_nothing(root):
     assert statuses(rows) == {s: "cached" for s in STAGES}
 
 
+def test_stages_of_different_precision_run_in_one_process(root, monkeypatch):
+    """fp32 sft between bf16 stages, all in this process (launcher=single). The CPU is made to look
+    bf16-capable, so the bf16 path runs on any host (emulated, slowly, where it is not native)."""
+    from components.train import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    rows = run_pipeline(config(root, "sft.mixed_precision=no", "align.beta=0.2"))
+    assert {s: st for s, st in statuses(rows).items() if st == "built"} == {"sft": "built", "align": "built",
+                                                                             "eval": "built"}
+    paths = {r["stage"]: Path(r["path"]) for r in rows}
+    ran = {s: json.loads((paths[s] / "manifest.json").read_text())["metrics"]["precision"] for s in ("sft", "align")}
+    assert ran == {"sft": "no", "align": "bf16"}
+
+
 def test_deleted_artifact_is_rebuilt_and_nothing_else(root):
     plan_rows = run_pipeline(config(root))
     pretrain = Path(next(r["path"] for r in plan_rows if r["stage"] == "pretrain"))
