@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from components.align.config import AlignConfig
-from components.align.run import encode_pair, pair_logps, pairs_batch
+from components.align.batches import shared_pairs_batch
+from components.align.run import dpo_objective, encode_pair, pair_logps, pairs_batch
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
@@ -89,6 +90,91 @@ def test_logps_identical_with_and_without_padding(tokenizer):
             torch.testing.assert_close(together[i], alone[0], rtol=0, atol=1e-5)
 
 
+SHARED_ANSWER_START = [  # the first answer tokens are common too: they join the shared prefix
+    {"prompt": [{"role": "user", "content": "Sort b a c"}], "chosen": "a b c", "rejected": "a c b"},
+    {"prompt": [{"role": "user", "content": "Same?"}], "chosen": "yes", "rejected": "yes"},
+]
+
+
+def by_pair(batch: dict, logps: torch.Tensor, n: int) -> torch.Tensor:
+    """[n, 2] from a packed batch's [rows, slots, 2], in the order of the idx it was built from."""
+    out, slots = torch.full((n, 2), float("nan")), batch["pair_index"] >= 0
+    out[batch["pair_index"][slots]] = logps[slots]
+    return out
+
+
+@pytest.mark.parametrize("pack_tokens,groups,attention", [(0, 1, "sdpa"), (40, 1, "sdpa"), (128, 2, "sdpa"),
+                                                         (10**4, 3, "sdpa"), (40, 1, "eager")])
+def test_prefix_shared_logps_equal_two_rows_per_pair(tokenizer, pack_tokens, groups, attention):
+    """One row per pair (or several pairs per row), the prompt computed once: every response scores as
+    in its own padded row, in fp32 to summation error; the first answer token of both branches included."""
+    model = build_model(TINY, tokenizer, seed=0).eval()
+    model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
+    pairs = preference_pairs("train", 9) + EDGE_PAIRS + SHARED_ANSWER_START
+    encoded = [encode_pair(tokenizer, p) for p in pairs]
+    idx = list(range(len(pairs)))[::-1]
+    with torch.no_grad():
+        plain = pair_logps(model, pairs_batch(encoded, idx, tokenizer.pad_token_id))
+        batch = shared_pairs_batch(encoded, idx, tokenizer.pad_token_id, pack_tokens, groups)
+        shared = by_pair(batch, pair_logps(model, batch), len(idx))
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    assert batch["n_tokens"] < pairs_batch(encoded, idx, tokenizer.pad_token_id)["n_tokens"]  # the prompts once
+    n_response = torch.stack([batch["n_response"][r, s] for r, s in
+                              sorted(zip(*torch.nonzero(batch["pair_index"] >= 0, as_tuple=True)),
+                                     key=lambda rs: int(batch["pair_index"][rs]))])
+    assert torch.equal(n_response, pairs_batch(encoded, idx, tokenizer.pad_token_id)["n_response"])
+    if pack_tokens == 40:
+        assert batch["pair_index"].shape[1] > 1  # several pairs share a row
+
+
+def test_sharded_packed_batch_gives_each_rank_its_pairs_and_the_same_loss(tokenizer):
+    """The loop splits rows between ranks (loop.shard): each rank gets the pairs pairs_batch would give
+    it, and the shards' losses add up to the whole batch's."""
+    from components.train.loop import shard
+
+    model = build_model(TINY, tokenizer, seed=0).eval()
+    encoded = [encode_pair(tokenizer, p) for p in preference_pairs("train", 11)]
+    idx, ref = list(range(11)), -torch.rand(11, 2) * 10
+    loss_fn = dpo_objective(AlignConfig(loss="ipo"))
+    whole = shared_pairs_batch(encoded, idx, tokenizer.pad_token_id, 64, 1, ref)
+    with torch.no_grad():
+        total = loss_fn(model, whole)[0]
+        parts = []
+        for rank in range(2):
+            mine = shard(shared_pairs_batch(encoded, idx, tokenizer.pad_token_id, 64, 2, ref), rank, 2)
+            plain = shard(pairs_batch(encoded, idx, tokenizer.pad_token_id, ref), rank, 2)
+            got = mine["pair_index"][mine["pair_index"] >= 0].tolist()
+            assert sorted(got) == plain["pair_index"].tolist()
+            parts.append(loss_fn(model, mine)[0])
+            torch.testing.assert_close(parts[-1], loss_fn(model, plain)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sum(parts), total, rtol=0, atol=1e-5)
+
+
+def test_prefix_sharing_changes_no_result(sft_dir, tmp_path):
+    """Reference log-probs, losses and held-out metrics with align.prefix_sharing on (packed) and off
+    agree in fp32; the switch is log only (not in the cache key)."""
+    from components.align.run import run
+    from components.config import output_relevant
+
+    base = dict(max_steps=4, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=32, num_val_pairs=16, rpo_alpha=0.5,
+                mixed_precision="no", log_every=1, rejected="generated")
+    results = {}
+    for shared in (True, False):
+        out = tmp_path / str(shared)
+        out.mkdir()
+        metrics = run(AlignConfig(prefix_sharing=shared, **base), {"sft": sft_dir}, out)
+        results[shared] = (metrics, torch.load(out / "ref_logps.pt"),
+                           [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()])
+    (m_on, ref_on, loss_on), (m_off, ref_off, loss_off) = results[True], results[False]
+    for split in ("train", "heldout"):
+        torch.testing.assert_close(ref_on[split], ref_off[split], rtol=0, atol=1e-5)
+    assert loss_on == pytest.approx(loss_off, abs=1e-5)
+    for key in ("val_reward_accuracy", "val_reward_margin", "val_preference_accuracy"):
+        assert m_on[key] == pytest.approx(m_off[key], abs=1e-5)
+    assert output_relevant(AlignConfig(prefix_sharing=False, pack_tokens=0)) == output_relevant(AlignConfig())
+
+
 def test_dpo_loss_matches_the_paper_formula():
     pc, pr, rc, rr = (torch.tensor([-3.0, -1.0]), torch.tensor([-4.0, -0.5]),
                       torch.tensor([-3.5, -1.2]), torch.tensor([-3.9, -0.7]))
@@ -117,6 +203,8 @@ def test_bad_align_values_name_their_key():
         AlignConfig(beta=0)
     with pytest.raises(ValueError, match=r"align\.loss"):
         AlignConfig(loss="kto")
+    with pytest.raises(ValueError, match=r"align\.pack_tokens"):
+        AlignConfig(pack_tokens=-1)
 
 
 def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):

@@ -59,6 +59,30 @@ def test_two_processes_train_like_one(strategy, single, tok_dir, tmp_path):
     assert "[rank 0]" in (tmp_path / "launch" / "launch.log").read_text()
 
 
+def test_dpo_two_processes_train_like_one(tok_dir, tmp_path):
+    """Align's prefix-shared packed batches split between ranks whole pairs, the ones two rows
+    per pair would give them (7 pairs: 4 and 3): the losses and held-out metrics of one process."""
+    from transformers import AutoTokenizer
+
+    from components.align.config import AlignConfig
+    from components.align.run import run as align
+    from components.model.build import build_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir / "hf")
+    sft = tmp_path / "sft"
+    build_model(TINY, tokenizer, seed=1).save_pretrained(sft / "model")
+    tokenizer.save_pretrained(sft / "model")
+    cfg = AlignConfig(max_steps=3, warmup_steps=1, batch_size=7, grad_accum=2, lr=5e-3, num_pairs=40, num_val_pairs=9,
+                      loss="ipo", mixed_precision="no", log_every=1, save_every=100, rejected="generated")
+    (tmp_path / "one").mkdir()
+    one = align(cfg, {"sft": sft}, tmp_path / "one")
+    two = launch("align", cfg, {"sft": sft}, tmp_path / "two", LauncherConfig(strategy="ddp", num_processes=2))
+    assert two["world_size"] == 2
+    assert max(abs(a - b) for a, b in zip(_losses(tmp_path / "one"), _losses(tmp_path / "two"))) < 1e-4
+    for key in ("val_reward_accuracy", "val_reward_margin", "val_preference_accuracy"):
+        assert abs(one[key] - two[key]) < 1e-5
+
+
 def test_a_failing_launch_raises_with_the_exit_code_and_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"exited with code [1-9].*launch\.log"):
         launch("pretrain", _cfg(), {"tokenizer": tmp_path / "missing"}, tmp_path, LauncherConfig(strategy="ddp", num_processes=2))

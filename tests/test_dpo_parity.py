@@ -4,12 +4,15 @@ TRL 1.x computes the loss inside DPOTrainer._compute_loss, fused with its model 
 so the comparison runs a real (tiny, offline) DPOTrainer on a batch its own collator built,
 with a reference model that differs from the policy (non-zero margins). The loss formulas are
 compared on a fixed batch of log-probs, TRL's own (its fused LM head, float32), to 1e-6; our
-log-probs (sequence_logps) are compared with those separately, to float32 summation error.
+log-probs (sequence_logps, and the prefix-shared packed layout the align stage uses by default)
+are compared with those separately, to float32 summation error.
 """
 import pytest
 import torch
 
-from components.align.run import encode_pair
+from components.align.batches import pair_logps, shared_pairs_batch
+from components.align.config import AlignConfig
+from components.align.run import dpo_objective, encode_pair
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
@@ -75,3 +78,26 @@ def test_tokenisation_equals_trl(setup):
         for (ids, labels), side in zip(encode_pair(tokenizer, pair), ("chosen", "rejected")):
             assert ids == example["prompt_ids"] + example[f"{side}_ids"]
             assert [t for t, l in zip(ids, labels) if l != IGNORE] == example[f"{side}_ids"]
+
+
+@pytest.mark.parametrize("pack_tokens", [0, 10**4])
+def test_prefix_shared_batch_gives_trls_log_probs_and_loss(setup, pack_tokens):
+    """Our default layout (align.prefix_sharing: the prompt computed once, pairs packed) scores every
+    response as TRL's two padded rows per pair do, and the training objective equals TRL's loss."""
+    tokenizer, policy, reference, pairs, _, _ = setup
+    trainer = trl_trainer(setup, "sigmoid", 0.1)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE)
+    encoded = [encode_pair(tokenizer, p) for p in pairs]
+    with torch.no_grad():
+        theirs = trainer.compute_loss(policy, batch)
+        trl_logps = [m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                       fused_lm_head=True, use_cache=False).log_probs.sum(1) for m in (policy, reference)]
+        ref = torch.stack(trl_logps[1].chunk(2), 1)  # [pairs, (chosen, rejected)]
+        ours = shared_pairs_batch(encoded, list(range(len(pairs))), tokenizer.pad_token_id, pack_tokens, ref=ref)
+        loss_sum, _ = dpo_objective(AlignConfig(beta=0.1, rpo_alpha=0.0))(policy, ours)
+        logps, slots = pair_logps(policy, ours), ours["pair_index"] >= 0
+    mine = torch.empty(len(pairs), 2)
+    mine[ours["pair_index"][slots]] = logps[slots]
+    torch.testing.assert_close(mine, torch.stack(trl_logps[0].chunk(2), 1), rtol=0, atol=2e-5)
+    torch.testing.assert_close(loss_sum / len(pairs), theirs, rtol=0, atol=1e-6)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.artifacts import expand_paths
-from components.config import check, check_choice, input_files
+from components.config import check, check_choice, input_files, log_only
 from components.train.config import TrainConfig
 from components.train.formats import PREFERENCE_FORMATS
 
@@ -34,6 +34,13 @@ class AlignConfig(TrainConfig):
     # dataset: the sources' own rejected answers
     rejected: str = "auto"
     rejected_max_new_tokens: int = 24  # greedy decoding budget for on_policy answers
+    # chosen and rejected in one row, their shared prompt computed once (a 4D attention mask keeps the
+    # branches apart; sdpa or eager attention): the log-probs of two rows per pair to 1e-5 in fp32, so
+    # log only; false: two padded rows per pair
+    prefix_sharing: bool = log_only(True)
+    # with prefix_sharing: pairs packed into rows of up to this many tokens, no attention across pairs
+    # (a longer pair gets a row alone); 0: one pair per row
+    pack_tokens: int = log_only(128)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +63,7 @@ class AlignConfig(TrainConfig):
         check(self.rejected_max_new_tokens > 0, "align.rejected_max_new_tokens", self.rejected_max_new_tokens, "must be > 0")
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")
         check(self.num_val_pairs > 0, "align.num_val_pairs", self.num_val_pairs, "must be > 0")
+        check(self.pack_tokens >= 0, "align.pack_tokens", self.pack_tokens, "must be >= 0 (0: one pair per row)")
 
     @property
     def rejected_from(self) -> str:

@@ -14,18 +14,17 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
 from components.artifacts import expand_paths
 from components.tasks import preference_pairs
-from components.train.chat import encode_chat, epoch_indices, generate, pad_batch
+from components.train.chat import encode_chat, epoch_indices, generate
 from components.train.device import model_device, to_device
 from components.train.formats import preference_record, read
-from components.train.losses import IGNORE, dpo_loss, sequence_logps
+from components.train.losses import dpo_loss
 from components.train.loop import make_accelerator, train
 
 log = logging.getLogger(__name__)
-
-Encoded = tuple[list[int], list[int]]  # ids, labels (IGNORE outside the response)
 
 
 def encode_pair(tokenizer, pair: dict) -> tuple[Encoded, Encoded]:
@@ -36,36 +35,33 @@ def encode_pair(tokenizer, pair: dict) -> tuple[Encoded, Encoded]:
     return chosen, rejected
 
 
-def pairs_batch(encoded: list, idx: list[int], pad_id: int) -> dict:
-    """Tensors [pairs, 2 (chosen, rejected), length]: rows are pairs, so ranks split them whole."""
-    flat = pad_batch([seq for i in idx for seq in encoded[i]], pad_id)
-    batch = {k: v.view(len(idx), 2, -1) for k, v in flat.items()}
-    batch["n_targets"] = len(idx)
-    batch["n_tokens"] = int(flat["attention_mask"].sum())
-    return batch
-
-
-def pair_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """[pairs, 2] summed log-probs of the chosen and rejected responses, in one forward pass."""
-    ids, labels, mask = (batch[k].flatten(0, 1) for k in ("input_ids", "labels", "attention_mask"))
-    return sequence_logps(model, ids, labels, mask).float().view(-1, 2)
+def make_batch(cfg: AlignConfig, encoded: list, idx: list[int], pad_id: int, groups: int = 1,
+               ref: torch.Tensor | None = None) -> dict:
+    """The pairs idx in the configured layout (prefix-shared and packed, or two rows per pair; batches.py),
+    with their reference log-probs if given; groups: the ranks the loop shards it over."""
+    if cfg.prefix_sharing:
+        return shared_pairs_batch(encoded, idx, pad_id, cfg.pack_tokens, groups, ref)
+    return pairs_batch(encoded, idx, pad_id, ref)
 
 
 @torch.no_grad()
-def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, batch_size: int, accelerator) -> torch.Tensor:
-    """[n_pairs, 2] log-probs (chosen, rejected) of the responses.
+def all_logps(model: torch.nn.Module, encoded: list, pad_id: int, cfg: AlignConfig, accelerator) -> torch.Tensor:
+    """[n_pairs, 2] log-probs (chosen, rejected) of the responses, cfg.batch_size pairs per forward.
 
     Batches are formed in length order (less padding: real data varies by 10x in length);
-    padding does not change a pair's log-probs (tested), so neither does the order.
+    neither padding nor packing changes a pair's log-probs (tested), so neither does the order.
     """
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: max(len(seq[0]) for seq in encoded[i]))
     out = torch.empty(len(encoded), 2)
     where = model_device(model)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
+    for i in range(0, len(order), cfg.batch_size):
+        idx = torch.tensor(order[i : i + cfg.batch_size])
+        batch = make_batch(cfg, encoded, idx.tolist(), pad_id)
         with accelerator.autocast():
-            out[idx] = pair_logps(model, to_device(pairs_batch(encoded, idx, pad_id), where)).cpu()
+            logps = pair_logps(model, to_device(batch, where)).cpu()
+        slots = batch["pair_index"] >= 0
+        out[idx[batch["pair_index"][slots]]] = logps[slots]
     return out
 
 
@@ -175,9 +171,9 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
 def dpo_objective(cfg: AlignConfig):
     """The training loop's loss_fn: one policy forward per pair batch, against its cached reference log-probs."""
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logps = pair_logps(model, batch)
-        n_tokens = (batch["labels"] != IGNORE).sum(-1)  # [pairs, 2] response tokens
-        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], batch["ref"][:, 0], batch["ref"][:, 1],
+        slots = batch["pair_index"] >= 0  # every pair of pairs_batch; the filled slots of a packed batch
+        logps, ref, n_tokens = pair_logps(model, batch)[slots], batch["ref"][slots], batch["n_response"][slots]
+        losses, chosen_r, rejected_r = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1],
                                                 cfg.beta, cfg.loss, n_tokens[:, 0], n_tokens[:, 1])
         if cfg.rpo_alpha:  # keep the correct answers likely while separating them from the wrong ones
             losses = losses - cfg.rpo_alpha * logps[:, 0] / n_tokens[:, 0].clamp(min=1)
@@ -197,8 +193,8 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
     train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
     log.info("align: %s", counts)
-    ref_train = all_logps(model, train_pairs, pad, cfg.batch_size, accelerator)
-    ref_val = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
+    ref_train = all_logps(model, train_pairs, pad, cfg, accelerator)
+    ref_val = all_logps(model, val_pairs, pad, cfg, accelerator)
     if accelerator.is_main_process:
         torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
@@ -207,12 +203,10 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     def batch_fn(step: int, micro: int) -> dict:
         idx = epoch_indices(len(train_pairs), cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
-        batch = pairs_batch(train_pairs, idx, pad)
-        batch["ref"] = ref_train[idx]
-        return batch
+        return make_batch(cfg, train_pairs, idx, pad, accelerator.num_processes, ref_train[idx])
 
     def evaluate(model: torch.nn.Module) -> dict:
-        logps = all_logps(model, val_pairs, pad, cfg.batch_size, accelerator)
+        logps = all_logps(model, val_pairs, pad, cfg, accelerator)
         rewards = cfg.beta * (logps - ref_val)
         return {
             "val_reward_accuracy": float((rewards[:, 0] > rewards[:, 1]).float().mean()),
