@@ -37,7 +37,7 @@ def quiet(threads: int) -> None:
     for name in ("components", "accelerate", "transformers", "trl", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
+    os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
                       TQDM_DISABLE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
 
 

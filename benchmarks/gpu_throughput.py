@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 
 import torch
@@ -53,8 +52,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="pretrain.compile=true (torch.compile of the model)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, for a smoke run on any machine")
     args = parser.parse_args()
-    quiet(torch.get_num_threads())
-    os.environ["WANDB_MODE"] = "disabled"  # a throughput run is not an experiment (and wandb is not on GPU machines)
+    quiet(torch.get_num_threads())  # wandb disabled too: it is not on GPU machines
 
     shape, vocab = (TINY, 512) if args.tiny else (GPT2_SMALL, 50304)
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
