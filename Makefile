@@ -1,4 +1,5 @@
 # Two commands matter: `make pipeline` and `make test`. Everything else is a helper.
+SHELL   := /bin/bash
 PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -64,10 +65,15 @@ sweep: server
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
-# Speed against a baseline measured in the same run (benchmarks/README.md); a few minutes, not part of `make test`.
+# Speed against a baseline measured in the same run (benchmarks/README.md); ~15 min on 2 cores, not part of
+# `make test`. Each script prints `ratio <name>=<x.xx>` (higher = ours faster); the list is repeated at the end.
+BENCH_LOG := outputs/bench.log
 bench: setup
-	$(BIN)/python -m benchmarks.pretrain_throughput
-	$(BIN)/python -m benchmarks.dpo_step
+	@mkdir -p outputs && : > $(BENCH_LOG)
+	$(BIN)/python -m benchmarks.pretrain_throughput 2>&1 | tee -a $(BENCH_LOG); test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m benchmarks.dpo_step 2>&1 | tee -a $(BENCH_LOG); test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python benchmarks/data_throughput.py 2>&1 | tee -a $(BENCH_LOG); test $${PIPESTATUS[0]} -eq 0
+	@echo "== headline ratios (higher = ours faster; $(BENCH_LOG))"; grep '^ratio ' $(BENCH_LOG)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
