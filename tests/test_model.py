@@ -149,8 +149,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(make):
         assert torch.allclose(grad, grads[1][name], atol=1e-6, rtol=0), name
 
 
-def test_gradient_checkpointing_is_not_in_the_cache_key():
+def test_gradient_checkpointing_and_compile_are_not_in_the_cache_key():
     assert output_relevant(PretrainConfig(gradient_checkpointing=True)) == output_relevant(PretrainConfig())
+    assert output_relevant(PretrainConfig(compile=True)) == output_relevant(PretrainConfig())  # same result to 1e-4
     assert output_relevant(PretrainConfig(mixed_precision="fp16")) != output_relevant(PretrainConfig())
 
 

@@ -1,4 +1,6 @@
-"""The shared training loop: schedule, token-normalised accumulation, exact resume, config checks."""
+"""The shared training loop: schedule, token-normalised accumulation, exact resume, config checks,
+the AdamW kernel, and torch.compile (same curve as eager, exact resume, plain HF export)."""
+import dataclasses
 import json
 import math
 
@@ -8,9 +10,10 @@ import torch
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
+from components.train import device
 from components.train.chat import pad_batch
-from components.train.losses import IGNORE, token_nll_sum
-from components.train.loop import accumulate_gradients, lr_at, make_accelerator, train
+from components.train.losses import IGNORE, lm_loss, token_nll_sum
+from components.train.loop import accumulate_gradients, adamw_kernel, lr_at, make_accelerator, make_optimizer, train
 from tests.tiny import make_tokenizer_artifact
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=32)
@@ -107,6 +110,127 @@ def test_resume_after_a_crash_continues_the_same_curve(tok_dir, tmp_path):
 
     wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+# --- optimizer kernel and torch.compile ---------------------------------------------------------
+
+def test_adamw_is_fused_where_torch_has_the_kernel_else_foreach():
+    assert adamw_kernel([torch.zeros(2, 2)]) == {"fused": True}  # torch 2.13 fuses AdamW on CPU (and CUDA)
+    assert adamw_kernel([torch.zeros(2, 2, device="meta")]) == {"foreach": True}  # no fused kernel there
+    assert adamw_kernel([]) == {"foreach": True}
+
+
+def test_fused_adamw_matches_the_per_tensor_update(tokenizer):
+    """The fused kernel against the per-tensor loop torch used before on a CPU: same groups, same grads."""
+    models = [build_model(TINY, tokenizer, seed=0) for _ in range(2)]
+    cfg = PretrainConfig(lr=1e-2, weight_decay=0.1)
+    fused = make_optimizer(models[0], cfg)
+    assert fused.defaults["fused"]
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in make_optimizer(models[1], cfg).param_groups]
+    reference = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        fused.step(), reference.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_gqa_eager_attention_matches_sdpa(tokenizer):
+    """The attention compiled CPU training uses, against the model's SDPA, with padding and packing."""
+    from components.train import compiling
+
+    model = build_model(ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=128,
+                                    context_length=32), tokenizer, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(8, len(tokenizer), (3, 24), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    mask[2, 20:] = 0  # right padding
+    packed = torch.cat([torch.arange(10), torch.arange(14)]).expand(3, -1)  # two examples per row
+    for kwargs in ({"attention_mask": mask}, {"position_ids": packed}):
+        with torch.no_grad():
+            reference = model(input_ids=ids, **kwargs).logits
+            model.set_attn_implementation(compiling.register())
+            grouped = model(input_ids=ids, **kwargs).logits
+            model.set_attn_implementation("sdpa")
+        keep = kwargs.get("attention_mask", torch.ones_like(ids)).bool()
+        assert torch.allclose(grouped[keep], reference[keep], atol=1e-5)
+
+
+def test_compile_without_a_cpu_compiler_names_the_key(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = torch.randint(8, len(tokenizer), (2, 16))
+    with pytest.raises(ValueError, match=r"pretrain\.compile"):
+        train(build_model(TINY, tokenizer, seed=0), _cfg(compile=True),
+              lambda s, m: {"input_ids": data, "n_targets": 30}, lm_loss, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def compiled_runs(tok_dir, tmp_path_factory):
+    """One compile serves all: eager and compiled runs of the same config, and a compiled run
+    that crashes in step 5 and resumes from the step-3 checkpoint (in process, so the second
+    compiled run reuses the first one's code)."""
+    runs = {name: tmp_path_factory.mktemp(name) for name in ("eager", "compiled", "resumed")}
+    metrics = {"eager": _run(_cfg(), tok_dir, runs["eager"]), "compiled": _run(_cfg(compile=True), tok_dir, runs["compiled"])}
+    _run(_cfg(compile=True), tok_dir, runs["resumed"], crash_at=4)
+    metrics["resumed"] = _run(_cfg(compile=True), tok_dir, runs["resumed"])
+    if device.bf16_supported():  # bf16 compiles its own graph: where inductor's NaN gradients showed up
+        for name, compile in (("eager_bf16", False), ("compiled_bf16", True)):
+            runs[name] = tmp_path_factory.mktemp(name)
+            metrics[name] = _run(dataclasses.replace(_cfg(compile=compile), mixed_precision="bf16"), tok_dir, runs[name])
+    return runs, metrics
+
+
+@pytest.mark.slow  # one compile per precision (tens of seconds each on a CPU), shared by the fixture
+def test_compiled_training_follows_the_eager_curve(compiled_runs):
+    runs, metrics = compiled_runs
+    eager, compiled = _losses(runs["eager"]), _losses(runs["compiled"])
+    assert len(eager) == len(compiled) == 6
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= 1e-4  # fp32: kernels' summation order only
+    assert metrics["compiled"]["val_loss"] == pytest.approx(metrics["eager"]["val_loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_bf16_training_stays_finite_and_follows_eager(compiled_runs):
+    runs, metrics = compiled_runs
+    if "compiled_bf16" not in runs:
+        pytest.skip("this CPU has no native bf16: training runs fp32")
+    rows = [json.loads(line) for line in (runs["compiled_bf16"] / "log.jsonl").read_text().splitlines()]
+    assert metrics["compiled_bf16"]["skipped_steps"] == 0 and len(rows) == 6
+    assert all(math.isfinite(r["grad_norm"]) for r in rows)  # NaN gradients come with a finite loss
+    eager = _losses(runs["eager_bf16"])
+    assert max(abs(r["loss"] - e) for r, e in zip(rows, eager)) <= 2e-2  # bf16 rounding, not fp32's 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_resume_after_a_crash_is_exact(compiled_runs):
+    runs, metrics = compiled_runs
+    assert metrics["resumed"]["steps"] == 6
+    straight, resumed = _losses(runs["compiled"]), _losses(runs["resumed"])
+    assert len(resumed) == 6 and max(abs(a - b) for a, b in zip(straight, resumed)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_compiled_model_exports_a_plain_hf_model(compiled_runs, tokenizer):
+    """torch.compile's wrapper (`_orig_mod.` keys) never reaches the export: the same keys and
+    config as an eager run's, loadable by AutoModelForCausalLM, with the trained weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    runs, _ = compiled_runs
+    eager, compiled = (load_file(runs[k] / "model" / "model.safetensors") for k in ("eager", "compiled"))
+    assert compiled.keys() == eager.keys() and not any("_orig_mod" in k for k in compiled)
+    assert all(torch.allclose(compiled[k], eager[k], atol=1e-4) for k in eager)
+    configs = [json.loads((runs[k] / "model" / "config.json").read_text()) for k in ("eager", "compiled")]
+    assert configs[0] == configs[1]  # the eager attention used while compiling on a CPU is not saved
+    model = AutoModelForCausalLM.from_pretrained(runs["compiled"] / "model")
+    assert all(torch.equal(p, compiled[n]) for n, p in model.state_dict().items() if n in compiled)
+    ids = torch.randint(8, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
 def test_pretraining_lowers_validation_loss(tok_dir, tmp_path):

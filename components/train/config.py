@@ -20,6 +20,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     mixed_precision: str = "bf16"  # bf16 | fp16 (CUDA, with a GradScaler) | no; falls back to fp32 where unsupported
     gradient_checkpointing: bool = log_only(False)  # recompute activations in backward: less memory, same result
+    compile: bool = log_only(False)  # torch.compile the training forward: faster steps after a one-off compile, same result to float tolerance
     seed: int = 0
     spike_factor: float = 0.0  # skip an update whose loss exceeds this x its running average (0: only NaN/inf)
     max_spikes_in_a_row: int = 5  # then roll back to the last checkpoint

@@ -22,7 +22,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 
-from components.train import budget, checkpoint, device, lora, tracking
+from components.train import budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,18 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **adamw_kernel(decay + no_decay))
+
+
+def adamw_kernel(params: list[torch.Tensor]) -> dict:
+    """AdamW's implementation: fused (one kernel per step) where torch has it for every parameter's
+    device (CPU and CUDA in torch 2.13), else foreach (one kernel per op over all tensors). The same
+    update to float tolerance as the per-tensor loop torch picks by default on a CPU (tested)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    fused = bool(params) and all(p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point()
+                                 for p in params)
+    return {"fused": True} if fused else {"foreach": True}
 
 
 def decoder_layer_classes(model: torch.nn.Module | None) -> list[str]:
@@ -229,6 +240,7 @@ def train(
     cost = announce_budget(model, cfg, batch_fn(0, 0), accelerator)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    forward = compiling.training_forward(model, cfg, accelerator)  # the model, or its compiled wrapper (same parameters)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt_dir = Path(out_dir) / "checkpoints"
     log_path = Path(out_dir) / "log.jsonl"
@@ -242,9 +254,12 @@ def train(
     final: dict = {}
     loss_avg, spikes_in_a_row, accepted = None, 0, 0
     started, window_tokens, window_flops, window_start = time.time(), 0, 0.0, time.time()
+    first_step_seconds = None  # compile's one-off cost shows here
     log_file = open(log_path, "a") if main else None
     tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
+    attention_before = None
     try:
+        attention_before = compiling.attention_for_compile(model, cfg, accelerator)
         while state["step"] < cfg.max_steps:
             step = state["step"]
             # --- one optimizer step over cfg.grad_accum micro-batches ---
@@ -252,8 +267,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = [shard(batch_fn(step + state["data_offset"], micro), rank, world) for micro in range(cfg.grad_accum)]
-            model.train()
-            loss_total, n_targets, extras = accumulate_gradients(model, batches, loss_fn, accelerator)
+            forward.train()  # the compiled wrapper's flag too, which loss functions read
+            loss_total, n_targets, extras = accumulate_gradients(forward, batches, loss_fn, accelerator)
             loss = loss_total / max(1, n_targets)
             # --- loss-spike guard: a non-finite or far-above-average loss skips the update ---
             warm = accepted >= 10  # a running average worth comparing against
@@ -290,6 +305,10 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step_tokens = sum(int(b.get("n_tokens", b["n_targets"])) for b in batches)
             state = {**state, "step": step + 1, "tokens": state["tokens"] + step_tokens}
+            if first_step_seconds is None:
+                first_step_seconds = time.time() - started
+                log.info("first step: %.1f s%s", first_step_seconds,
+                         " (torch.compile: tracing and code generation, once per run)" if cfg.compile else "")
             window_tokens += step_tokens
             window_flops += sum(int(b.get("n_tokens", b["n_targets"])) * budget.flops_per_token(*shape, seq_len(b))
                                 for b in batches)
@@ -328,6 +347,8 @@ def train(
     finally:
         if log_file:
             log_file.close()
+        if attention_before is not None:
+            accelerator.unwrap_model(model).set_attn_implementation(attention_before)
     seconds = time.time() - started
     metrics = {
         "final_loss": final.get("loss", float("nan")),
@@ -336,6 +357,7 @@ def train(
         "rollbacks": state["rollbacks"],
         "tokens_trained": state["tokens"],
         "train_seconds": round(seconds, 2),
+        "first_step_seconds": round(first_step_seconds or 0.0, 2),
         "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
         "flops_per_token": cost["flops_per_token"],
         "memory_estimate_mb": cost["memory_estimate_mb"],
