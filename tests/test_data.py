@@ -133,3 +133,37 @@ def test_real_ccnet_sample_is_read(samples, tmp_path):
     m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, out)
     assert m["docs_in"] == 10 and m["quarantined"] == 0
     assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS) == 10
+
+
+def _assert_same_as_datatrove_fineweb_order(cfg, ours, m, reference):
+    """The stage's order, passes and faster blocks against the same blocks as datatrove ships them, in its
+    FineWeb example's order with exact dedup and the guard where the stage had them before
+    (components/data/reference.py): the same documents, with the same text, in each split."""
+    from components.data.reference import run_reference
+    from components.data.report import read_docs
+    from components.data.run import stage_inputs
+
+    reference.mkdir()
+    staged, *_ = stage_inputs(cfg, reference)
+    run_reference(cfg, staged, reference)
+    for split in ("train", "validation"):
+        kept = {d["id"]: d["text"] for d in read_docs(ours / split)}
+        assert kept == {d["id"]: d["text"] for d in read_docs(reference / split)}, split
+    removed = {block: len(read_docs(reference / "removed" / block)) for block in ("exact_dedup", "minhash")}
+    assert removed == {"exact_dedup": m["exact_dedup_dropped"], "minhash": m["minhash_dropped"]}
+    assert m["docs_out"] > 0 and m["minhash_dropped"] > 0 and m["exact_dedup_dropped"] > 0
+
+
+def test_stage_keeps_the_documents_datatrove_fineweb_order_keeps(small_run, tmp_path):
+    out, m = small_run
+    _assert_same_as_datatrove_fineweb_order(DataConfig(max_documents=60, validation_fraction=0.2, workers=1), out, m,
+                                            tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_stage_keeps_the_documents_datatrove_fineweb_order_keeps_on_the_whole_embedded_default(tmp_path):
+    cfg = DataConfig(workers=2)
+    (tmp_path / "stage").mkdir()
+    m = run(cfg, {}, tmp_path / "stage")
+    assert m["docs_out"] > 300
+    _assert_same_as_datatrove_fineweb_order(cfg, tmp_path / "stage", m, tmp_path / "reference")

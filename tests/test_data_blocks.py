@@ -2,6 +2,7 @@
 import gzip
 import json
 import struct
+from dataclasses import asdict
 
 import pytest
 from datatrove.data import Document
@@ -192,4 +193,201 @@ def test_cluster_executors_are_built_from_config_with_the_same_blocks(tmp_path, 
             assert sbatch["array"] == f"0-{p.tasks - 1}"
         else:
             assert isinstance(built, RayPipelineExecutor) and built.cpus_per_task == 1
-    assert passes[0].tasks == 4 and passes[3].tasks == cfg.minhash_buckets
+    assert {p.name: p.tasks for p in passes} == {"1_quality": 4, "2_exact_dedup": 1, "3_minhash_buckets": cfg.minhash_buckets,
+                                                 "4_minhash_clusters": 1, "5_minhash_guard": 1, "6_final": 4}
+
+
+# --- the faster blocks decide as datatrove's own (components/data/words.py, filters.py, blocks.py) ---
+
+EDGE_TEXTS = [
+    "", " ", "\n\n", "one", "a\u00a0b  c\t\td\n\ne f", "x IS_ALPHA y. Second sentence here!",
+    "don't stop... we cannot, won't we? gonna wanna 5km 3.5% $20 e-mail U.S.A. #tag @user",
+    "Ünïcödé wörds — dashes – and “quotes”. Ça va? Straße! 東京 は 大きい。",
+    "The call returns {} for an empty table, as the module's documentation says it does.",
+    "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.",
+    "Read the [1] citation [edit] here and [citation needed] there, in this line of text. " * 6,
+    "Home\nAbout us\nContact\n" * 10 + "A long sentence that ends properly, as sentences do.",
+    "This line is repeated in the text.\nThis line is repeated in the text.\nAnother line, not.\n" * 4,
+    "#### ... ### … several hash signs and ellipses ... here …\n" * 12,
+    "word " * 300,
+    "Enable javascript to see this page, and please read our cookie policy first.\n" + "Real prose goes on. " * 40,
+    "\n".join(f"- item {i} of the list, which is long enough to count." for i in range(40)),
+    "First paragraph has sentences. Two of them.\n\n\nSecond paragraph, after blank lines.\n\n" * 5,
+]
+
+
+@pytest.fixture(scope="module")
+def embedded_texts(tmp_path_factory) -> list[str]:
+    from components.data import embedded
+
+    path = tmp_path_factory.mktemp("embedded") / "embedded.jsonl"
+    embedded.build(path, None, seed=0)
+    texts = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the planted malformed lines
+        if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
+            texts.append(row["text"])
+    assert len(texts) > 400
+    return texts
+
+
+def test_warm_tokenizer_splits_words_and_sentences_as_datatrove(embedded_texts):
+    from datatrove.utils.text import TextNormConfig, simplify_text
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from components.data.words import WarmSpaCyTokenizer
+
+    stock, warm = load_word_tokenizer("en"), WarmSpaCyTokenizer()
+    stock.word_tokenize("IS_ALPHA")  # datatrove keeps this string the first time only (components/data/words.py)
+    simplified = [simplify_text(t, TextNormConfig()) for t in embedded_texts[:150] + EDGE_TEXTS]  # what MinHash splits
+    for text in embedded_texts + EDGE_TEXTS + simplified:
+        assert warm.word_tokenize(text) == stock.word_tokenize(text), text[:80]
+    lines = [line for t in embedded_texts[:60] + EDGE_TEXTS for line in t.splitlines()] + EDGE_TEXTS
+    for line in lines:  # C4 counts sentences per line
+        assert warm.span_tokenize(line) == stock.span_tokenize(line), line[:80]
+        assert warm.sent_tokenize(line) == stock.sent_tokenize(line), line[:80]
+    # past max_lexemes the pipeline starts again from spaCy's base vocabulary, splitting the same way
+    nlp = warm.tokenizer
+    limited = WarmSpaCyTokenizer(max_lexemes=len(nlp.vocab) + 5)
+    new_words = " ".join(f"neverseen{i}word" for i in range(10)) + ". " + embedded_texts[0]
+    assert limited.word_tokenize(new_words) == stock.word_tokenize(new_words)
+    assert limited.tokenizer is not nlp and limited.word_tokenize(embedded_texts[1]) == stock.word_tokenize(embedded_texts[1])
+
+
+def _verdicts(block, texts: list[str]) -> list:
+    """(result, text after) per document, and the block's counters."""
+    out = []
+    for i, text in enumerate(texts):
+        doc = Document(text=text, id=str(i))
+        out.append((block.filter(doc), doc.text))
+    return out, {k: v.total for k, v in block.stats.stats.items()}
+
+
+@pytest.mark.parametrize("rules", [
+    {},
+    {"gopher_repetition_rules": GopherRepetitionRules(dup_para_frac=None, dup_line_frac=None, top_n_grams={2: 0.03, 3: 0.02, 4: 0.02},
+                                                      dup_n_grams={5: 0.01, 7: 0.005, 10: 0.002}),
+     "c4_rules": C4Rules(min_num_sentences=12, filter_no_terminal_punct=True, filter_curly_bracket=False),
+     "fineweb_rules": FineWebRules(new_line_ratio=0.04, line_punct_exclude_zero=True, char_duplicates_ratio=0.2)},
+    {"c4_rules": C4Rules(split_paragraph=False, min_num_sentences=3, remove_citations=False),
+     "fineweb_rules": FineWebRules(new_line_ratio=0.01, short_line_thr=0.9)},
+])
+def test_faster_filters_decide_as_datatrove(embedded_texts, rules):
+    """Same verdict and reason, same text out (C4 rewrites it), same counters, for every document. Both
+    sides split words with the warm tokenizer (compared with datatrove's above): this compares the rules."""
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherRepetitionFilter
+
+    from components.data.pipelines import n_gram_pairs
+    from components.data.words import WarmSpaCyTokenizer
+
+    cfg = DataConfig(**rules)
+    ours = dict(quality_blocks(cfg, lambda block: None))
+    r, words = cfg.gopher_repetition_rules, WarmSpaCyTokenizer()
+    stock = {"gopher_repetition": GopherRepetitionFilter(language=words, **{
+                 **asdict(r), "top_n_grams": n_gram_pairs(r.top_n_grams), "dup_n_grams": n_gram_pairs(r.dup_n_grams)}),
+             "c4": C4QualityFilter(language=words, **asdict(cfg.c4_rules)),
+             "fineweb": FineWebQualityFilter(language=words, **asdict(cfg.fineweb_rules))}
+    texts = embedded_texts + EDGE_TEXTS
+    c4_texts = [text for verdict, text in _verdicts(C4QualityFilter(language=words, **asdict(cfg.c4_rules)), texts)[0]
+                if verdict is True]
+    for name, block in stock.items():
+        inputs = c4_texts if name == "fineweb" else texts  # FineWeb sees C4's output in the stage
+        mine, theirs = _verdicts(ours[name], inputs), _verdicts(block, inputs)
+        assert mine[0] == theirs[0], name
+        if name == "c4":
+            assert mine[1] == {k: v for k, v in theirs[1].items() if k.startswith("line-")}, name
+        outcomes = {v if v is True else v[1] for v, _ in mine[0]}
+        assert len(outcomes) > 1, f"{name}: nothing dropped, the comparison tests little"
+
+
+def test_n_gram_counts_match_datatrove_on_concatenation_collisions():
+    """datatrove joins a duplicated n-gram's words without a separator ('ab'+'c' == 'a'+'bc'): kept."""
+    import random
+
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate, find_top_duplicate, get_n_grams
+    from itertools import accumulate
+
+    from components.data.filters import duplicated_n_gram_chars, top_n_gram_chars
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        words = [rng.choice(["a", "ab", "b", "bc", "c", "abc"]) for _ in range(rng.randint(0, 40))]
+        joined, starts = "".join(words), [0, *accumulate(len(w) for w in words)]
+        spaced, spaced_starts = " ".join(words), [0, *accumulate(len(w) + 1 for w in words)]
+        for n in range(1, 11):
+            assert duplicated_n_gram_chars(joined, starts, n) == find_all_duplicate(words, n)
+            grams = get_n_grams(words, n)
+            assert top_n_gram_chars(spaced, spaced_starts, n) == (find_top_duplicate(grams) if grams else None)
+
+
+def test_exact_dedup_in_parts_keeps_what_one_task_keeps(tmp_path):
+    from components.data.blocks import ExactDedupFilter, ExactDedupHashes, ExactDedupIndex, ExactDedupRemove
+
+    texts = ["Alpha text here.", "alpha   TEXT here", "Beta text.", "Gamma.", "beta text", "Alpha text here.", "Delta"]
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    shards = [docs[0::3], docs[1::3], docs[2::3]]  # as staging deals them to 3 tasks
+    one_task = [d.id for d in ExactDedupFilter().run(iter([d for shard in shards for d in shard]))]
+    for rank, shard in enumerate(shards):
+        assert [d.id for d in ExactDedupHashes(str(tmp_path / "h")).run(iter(shard), rank, 3)] == [d.id for d in shard]
+    ExactDedupIndex(str(tmp_path / "h"), str(tmp_path / "r"), tasks=3).run()
+    parts = [d.id for rank, shard in enumerate(shards) for d in ExactDedupRemove(str(tmp_path / "r")).run(iter(shard), rank, 3)]
+    assert parts == one_task == ["0", "3", "6", "4"]  # read in task order 0 3 6 | 1 4 | 2 5: 1 and 5 repeat 0, 2 repeats 4
+
+
+def test_dropping_duplicates_signatures_equals_signing_the_deduplicated_stream(tmp_path):
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+
+    from components.data.blocks import SignaturesWithoutDuplicates
+    from components.data.pipelines import minhash_config
+
+    base = "the quick brown fox jumps over the lazy dog while the cat sleeps on a warm mat"
+    texts = [base, "too short", base, f"{base} again and again", "another document with enough words in it to sign",
+             base, "tiny", f"{base} again and again", "a last document that has plenty of words to sign"]
+    removed = [2, 5, 7]  # copies; 1 and 6 have no signature (under 5 words) but keep their numbers
+    mh = minhash_config(DataConfig(minhash_buckets=3, minhash_hashes_per_bucket=2))
+    MinhashDedupSignature(str(tmp_path / "all"), config=mh).run(iter(_docs(texts)), 0, 1)
+    MinhashDedupSignature(str(tmp_path / "kept"), config=mh).run(
+        iter(_docs([t for i, t in enumerate(texts) if i not in removed])), 0, 1)
+    (tmp_path / "remove").mkdir()
+    (tmp_path / "remove" / "000000.remove").write_bytes(struct.pack(f"<{len(removed)}I", *removed))
+    SignaturesWithoutDuplicates(str(tmp_path / "all"), str(tmp_path / "out"), str(tmp_path / "remove"), mh, tasks=1).run()
+    for bucket in range(3):
+        name = f"bucket_{bucket:03d}/00000.minhash.sig"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "kept" / name).read_bytes()
+        assert len((tmp_path / "out" / name).read_bytes()) < len((tmp_path / "all" / name).read_bytes())
+
+
+def _docs(texts):
+    return [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+
+
+def test_task_file_reader_reads_its_own_file_only(tmp_path):
+    from components.data.blocks import TaskFileReader
+
+    for rank in (0, 2):  # task 1 wrote nothing
+        with gzip.open(tmp_path / f"{rank:05d}.jsonl.gz", "wt") as f:
+            f.write(json.dumps({"id": f"from{rank}", "text": "x"}) + "\n")
+    reader = TaskFileReader(str(tmp_path))
+    assert [[d.id for d in reader.run(None, rank, 3)] for rank in range(3)] == [["from0"], [], ["from2"]]
+
+
+def test_a_task_left_empty_by_the_filters_keeps_the_numbering(tmp_path):
+    """Task 1's documents are all dropped by Gopher quality (too short): tasks 0 and 2 still read their own
+    files, and exact and near duplicates across tasks are found."""
+    words = ["".join("abcdefghijklmnopqrstuvwxyz"[i // 26 ** k % 26] for k in range(4)) for i in range(200)]
+    prose = [" ".join(words[60 * i:60 * i + 60]) + " the end of it, and of the text." for i in range(3)]
+    near = prose[2].replace(words[125], "changed")  # letters only: MinHash folds digits
+    rows = [prose[0], "short", prose[1], prose[2], "tiny", prose[0], near, "small", "four"]  # task: index % 3
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(rows)))
+    out = tmp_path / "out"
+    out.mkdir()
+    m = run(DataConfig(sources=[str(src)], tasks=3, workers=1, gopher_repetition=False, c4=False, fineweb=False,
+                       pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {}, out)
+    kept = {json.loads(line)["id"] for split in ("train", "validation")
+            for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}
+    assert kept == {"d0", "d2", "d3"}  # read as d0 d3 d6 | d1 d4 d7 | d2 d5 d8: d5 copies d0, d6 is near d3
+    assert (m["gopher_quality_dropped"], m["exact_dedup_dropped"], m["minhash_dropped"]) == (4, 1, 1)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
-from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+from components.data.words import WarmSpaCyTokenizer
 
 
 def shingles(text: str, n: int, tokenizer=None) -> frozenset[str]:
@@ -43,8 +44,9 @@ def size_bucket(size: int) -> str:
 
 
 class MinhashClusterGuard(PipelineStep):
-    """Reads the `.clusters` files of MinhashDedupCluster(save_cluster_id=True) and the documents
-    (the reader of the signature pass, rank by rank), writes `.remove` files for MinhashDedupFilter."""
+    """Reads the `.clusters` files of MinhashDedupCluster(save_cluster_id=True) and the documents the
+    signatures were computed on (`reader(None, task, signature_tasks)`, task by task), writes `.remove`
+    files for MinhashDedupFilter."""
 
     name = "minhash_guard"
     type = "🫂 - DEDUP"
@@ -68,7 +70,7 @@ class MinhashClusterGuard(PipelineStep):
     def member_shingles(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], frozenset]:
         """Shingles of cluster members only: memory grows with the duplicates, not the corpus. Each
         rank's documents are read up to its last member (none at all without clusters)."""
-        tokenizer = load_word_tokenizer("en")
+        tokenizer = WarmSpaCyTokenizer()
         found = {}
         for rank in range(self.signature_tasks):
             last = max((index for r, index in wanted if r == rank), default=-1)

@@ -1,9 +1,26 @@
 """The data stage's datatrove passes, built from config: what runs, in which order, on how many tasks.
 
-    1_quality        Gopher quality, Gopher repetition, C4, FineWeb, URL blocklist, language id
-    2_exact_dedup    normalised-text hash, first seen kept (one task: a global view)
-    3-6 minhash      signatures, buckets, clusters, cluster guard (datatrove's passes + ours)
-    7_final          MinHash filter, PII scrubbing, train/validation split
+    1_quality      URL blocklist, language id, Gopher quality, Gopher repetition, C4, FineWeb; then,
+                   for each document kept, its exact-dedup digest and its MinHash signature   (tasks)
+    2_exact_dedup  the digests in task order, first seen kept; duplicates' signatures dropped (one task)
+    3-5 minhash    buckets, clusters, cluster guard (datatrove's passes + ours)
+    6_final        exact and MinHash duplicates removed, PII scrubbing, train/validation split (tasks)
+
+The order (measured: benchmarks/README.md). Blocks that need no words go first: the URL list
+reads metadata and fastText reads characters, so what they drop never reaches spaCy. Language id
+therefore scores the text before C4's line removal (it scored C4's output when it ran last; it
+is off unless data.language_model is given). The four heuristic filters are not free to move: C4
+rewrites the text (it removes lines), so the Gopher filters must see the text before it and
+FineWeb the text after it, as in datatrove's FineWeb example; which Gopher filter goes first
+made no measurable difference (they share the split words). Exact dedup stays after the filters:
+before them it would change which copy survives (C4's line removal makes documents equal;
+FineWeb can reject one copy of a normalised text and keep another), and it drops few documents.
+So the speed comes from doing less per document rather than from the order: one warm spaCy
+tokenizer for every block (components/data/words.py), exact rewrites of C4, FineWeb and Gopher
+repetition that skip work that cannot change a verdict (components/data/filters.py), and MinHash
+signatures computed by the quality workers, whose tokenizer is loaded and warm, instead of by
+one task over a copy of the corpus. components/data/reference.py is the same blocks in
+datatrove's order, as shipped; tests/test_data.py checks both keep the same documents.
 
 Every block that drops documents writes them to rejected/<NN>_<block>/ with the reason;
 a Tally after each block counts documents and bytes, so the manifest has both in and out
@@ -20,7 +37,7 @@ from datatrove.pipeline.base import PipelineStep
 from components.data.config import DataConfig
 
 # blocks in pipeline order; rejected/<NN>_<block> numbers them in this order
-DROPPING_BLOCKS = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "url_blocklist", "language",
+DROPPING_BLOCKS = ["url_blocklist", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb",
                    "exact_dedup", "minhash"]
 COUNTED_BLOCKS = [*DROPPING_BLOCKS, "pii"]
 
@@ -57,36 +74,42 @@ class Tally(PipelineStep):
         self.stat_update(f"{self.block}_bytes", value=nbytes)
 
 
-def _pairs(rules: dict) -> tuple[tuple[int, float], ...]:
+def n_gram_pairs(rules: dict) -> tuple[tuple[int, float], ...]:
     """{n: fraction} (config) -> ((n, fraction), ...) sorted by n (datatrove's form)."""
     return tuple(sorted((int(n), float(f)) for n, f in rules.items()))
 
 
 def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
-    """(block name, datatrove filter) for the enabled quality blocks, in pipeline order."""
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    """(block name, datatrove filter) for the enabled quality blocks, in pipeline order. The blocks that
+    split words or sentences share one tokenizer (components/data/words.py): same tokens, a fraction
+    of the time, and Gopher repetition reuses the words Gopher quality split."""
+    from datatrove.pipeline.filters import GopherQualityFilter
 
-    from components.data.filters import LocalLanguageFilter, URLBlocklistFilter
+    from components.data.filters import (C4Filter, FineWebQuality, GopherRepetition, LocalLanguageFilter,
+                                         URLBlocklistFilter)
+    from components.data.words import WarmSpaCyTokenizer
 
+    words = WarmSpaCyTokenizer()
     blocks = []
-    if cfg.gopher_quality:
-        blocks.append(("gopher_quality", GopherQualityFilter(exclusion_writer=sink("gopher_quality"),
-                                                             **asdict(cfg.gopher_quality_rules))))
-    if cfg.gopher_repetition:
-        rules = cfg.gopher_repetition_rules
-        blocks.append(("gopher_repetition", GopherRepetitionFilter(
-            exclusion_writer=sink("gopher_repetition"), **{**asdict(rules), "top_n_grams": _pairs(rules.top_n_grams),
-                                                          "dup_n_grams": _pairs(rules.dup_n_grams)})))
-    if cfg.c4:  # no bad-words list: it needs a download
-        blocks.append(("c4", C4QualityFilter(exclusion_writer=sink("c4"), **asdict(cfg.c4_rules))))
-    if cfg.fineweb:
-        blocks.append(("fineweb", FineWebQualityFilter(exclusion_writer=sink("fineweb"), **asdict(cfg.fineweb_rules))))
     if cfg.url_blocklist is not None:
         blocks.append(("url_blocklist", URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=sink("url_blocklist"))))
     if cfg.language_model is not None:
         blocks.append(("language", LocalLanguageFilter(cfg.language_model, cfg.languages, cfg.language_threshold,
                                                        exclusion_writer=sink("language"))))
+    if cfg.gopher_quality:
+        blocks.append(("gopher_quality", GopherQualityFilter(exclusion_writer=sink("gopher_quality"), language=words,
+                                                             **asdict(cfg.gopher_quality_rules))))
+    if cfg.gopher_repetition:
+        rules = cfg.gopher_repetition_rules
+        blocks.append(("gopher_repetition", GopherRepetition(
+            exclusion_writer=sink("gopher_repetition"), language=words, **{
+                **asdict(rules), "top_n_grams": n_gram_pairs(rules.top_n_grams),
+                "dup_n_grams": n_gram_pairs(rules.dup_n_grams)})))
+    if cfg.c4:  # no bad-words list: it needs a download
+        blocks.append(("c4", C4Filter(exclusion_writer=sink("c4"), language=words, **asdict(cfg.c4_rules))))
+    if cfg.fineweb:
+        blocks.append(("fineweb", FineWebQuality(exclusion_writer=sink("fineweb"), language=words,
+                                                 **asdict(cfg.fineweb_rules))))
     return blocks
 
 
@@ -98,16 +121,23 @@ def minhash_config(cfg: DataConfig):
 
 
 def build_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
-    """The passes in order. Intermediate data lives in out_dir/work (a shared filesystem on a cluster)."""
-    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                          MinhashDedupSignature)
+    """The passes in order. Intermediate data lives in out_dir/work (a shared filesystem on a cluster).
+    The quality pass and the final pass run on `tasks` tasks, task t of the final pass reading what
+    task t of the quality pass wrote (TaskFileReader): documents keep one numbering per task, in the
+    order one task would read the tasks' files, for exact dedup, the signatures, the guard and the
+    MinHash filter alike."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
+    from components.data.blocks import (Chain, ExactDedupHashes, ExactDedupIndex, ExactDedupRemove, PIIScrubber,
+                                        SignaturesWithoutDuplicates, TaskFileReader, TrainValidationSplit)
     from components.data.minhash_guard import MinhashClusterGuard
+    from components.data.words import WarmSpaCyTokenizer
 
     work = out_dir / "work"
+    tasks, workers = cfg.tasks, min(cfg.workers, cfg.tasks)
+    mh = minhash_config(cfg)
 
     def sink(block: str) -> JsonlWriter:
         return JsonlWriter(str(out_dir / "rejected" / rejected_dir(block)))
@@ -115,30 +145,44 @@ def build_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
     def tallied(blocks: list[tuple[str, PipelineStep]]) -> list:
         return [step for name, block in blocks for step in (block, Tally(name))]
 
-    passes = [Pass("1_quality", [JsonlReader(str(staged)), Tally("input"), *tallied(quality_blocks(cfg, sink)),
-                                 JsonlWriter(str(work / "quality"))], cfg.tasks, min(cfg.workers, cfg.tasks))]
-    exact = [("exact_dedup", ExactDedupFilter(exclusion_writer=sink("exact_dedup")))] if cfg.exact_dedup else []
-    passes.append(Pass("2_exact_dedup", [JsonlReader(str(work / "quality")), *tallied(exact),
-                                         JsonlWriter(str(work / "deduped"))]))
+    quality = quality_blocks(cfg, sink)
+    after_quality = [JsonlWriter(str(work / "quality"))]
+    if cfg.exact_dedup:
+        after_quality.append(ExactDedupHashes(str(work / "exact_hashes")))
+    if cfg.minhash:  # last (a sink): the workers' spaCy pipeline is loaded and warm from the quality filters
+        after_quality.append(MinhashDedupSignature(str(work / ("sigs_all" if cfg.exact_dedup else "sigs")), config=mh,
+                                                   language=WarmSpaCyTokenizer()))
+    passes = [Pass("1_quality", [JsonlReader(str(staged)), Tally("input"), *tallied(quality), *after_quality],
+                   tasks, workers)]
 
-    def deduped() -> JsonlReader:  # the same files in the same order for signatures, guard and filter
-        return JsonlReader(str(work / "deduped"))
+    def deduplicated() -> list:  # a task's documents after the quality pass, without exact duplicates
+        remove = [ExactDedupRemove(str(work / "exact_remove"))] if cfg.exact_dedup else []
+        return [TaskFileReader(str(work / "quality")), *remove]
+
+    exact = []
+    if cfg.exact_dedup:
+        index = [ExactDedupIndex(str(work / "exact_hashes"), str(work / "exact_remove"), tasks)]
+        if cfg.minhash:
+            index.append(SignaturesWithoutDuplicates(str(work / "sigs_all"), str(work / "sigs"),
+                                                     str(work / "exact_remove"), mh, tasks))
+        passes.append(Pass("2_exact_dedup", index))
+        exact = [("exact_dedup", ExactDedupRemove(str(work / "exact_remove"), exclusion_writer=sink("exact_dedup")))]
 
     final = []
     if cfg.minhash:
-        mh = minhash_config(cfg)
         passes += [
-            Pass("3_minhash_signatures", [deduped(), MinhashDedupSignature(str(work / "sigs"), config=mh)]),
-            Pass("4_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
+            Pass("3_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
                  tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
-            Pass("5_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
+            Pass("4_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
                                                             save_cluster_id=True)]),
-            Pass("6_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"), deduped(),
-                                                         signature_tasks=1, n_grams=cfg.minhash_ngrams,
+            Pass("5_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"),
+                                                         Chain(*deduplicated()), signature_tasks=tasks,
+                                                         n_grams=cfg.minhash_ngrams,
                                                          guard_jaccard=cfg.minhash_guard_jaccard)]),
         ]
         final.append(("minhash", MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash"))))
     if cfg.pii:
         final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips)))
-    passes.append(Pass("7_final", [deduped(), *tallied(final), TrainValidationSplit(str(out_dir), cfg.validation_fraction)]))
+    passes.append(Pass("6_final", [TaskFileReader(str(work / "quality")), *tallied(exact), *tallied(final),
+                                   TrainValidationSplit(str(out_dir), cfg.validation_fraction)], tasks, workers))
     return passes

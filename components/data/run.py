@@ -1,7 +1,8 @@
 """Data stage: validate and stage the sources, then real datatrove pipelines.
 
-quality filters (tasks in parallel) -> exact dedup -> MinHash (4 passes + cluster guard)
--> PII -> split: see components/data/pipelines.py; executors in components/data/executors.py.
+quality filters, exact-dedup digests and MinHash signatures (tasks in parallel) -> exact dedup
+-> MinHash buckets, clusters, cluster guard -> duplicates removed, PII, split (tasks in parallel):
+see components/data/pipelines.py; executors in components/data/executors.py.
 Every dropped document lands in rejected/<NN>_<block>/ with its reason; every bad
 input line lands in quarantine.jsonl with file, line and reason.
 """

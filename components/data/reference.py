@@ -1,0 +1,93 @@
+"""The stage's blocks in datatrove's own FineWeb example order, with datatrove's filters as they ship:
+the reference the stage must keep the same documents as (tests/test_data.py) and must beat on speed
+(benchmarks/data_throughput.py). Not used by the stage itself.
+
+datatrove's examples/fineweb.py runs URLFilter, Trafilatura, LanguageFilter, GopherRepetition,
+GopherQuality, C4Quality, FineWebQuality, then MinHash's four passes, then PII, one
+LocalPipelineExecutor per pass. Here with the stage's settings (conf/data), plus what the stage has
+and the example has not, placed where the stage had them before it was reordered: exact dedup after
+the quality filters (one task, a global view) and the cluster guard between MinHash's clusters and
+its filter. The URL blocklist and language id are the stage's offline wrappers (off by default).
+
+    1_quality     reader -> [URL blocklist, language id,] Gopher repetition, Gopher quality, C4, FineWeb -> writer
+    2_exact_dedup one task -> writer (one file)
+    3-6 minhash   signatures (one task: one file in), buckets, clusters, cluster guard
+    7_final       MinHash filter, PII -> train/validation split
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from components.data.config import DataConfig
+from components.data.pipelines import Pass, n_gram_pairs, minhash_config
+
+
+def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
+    from components.data.filters import LocalLanguageFilter, URLBlocklistFilter
+    from components.data.minhash_guard import MinhashClusterGuard
+
+    work = out_dir / "work"
+    mh = minhash_config(cfg)
+
+    def sink(block: str) -> JsonlWriter:
+        return JsonlWriter(str(out_dir / "removed" / block))
+
+    quality = []
+    if cfg.url_blocklist is not None:
+        quality.append(URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=sink("url_blocklist")))
+    if cfg.language_model is not None:
+        quality.append(LocalLanguageFilter(cfg.language_model, cfg.languages, cfg.language_threshold,
+                                           exclusion_writer=sink("language")))
+    if cfg.gopher_repetition:
+        rules = cfg.gopher_repetition_rules
+        quality.append(GopherRepetitionFilter(exclusion_writer=sink("gopher_repetition"), **{
+            **asdict(rules), "top_n_grams": n_gram_pairs(rules.top_n_grams),
+            "dup_n_grams": n_gram_pairs(rules.dup_n_grams)}))
+    if cfg.gopher_quality:
+        quality.append(GopherQualityFilter(exclusion_writer=sink("gopher_quality"), **asdict(cfg.gopher_quality_rules)))
+    if cfg.c4:
+        quality.append(C4QualityFilter(exclusion_writer=sink("c4"), **asdict(cfg.c4_rules)))
+    if cfg.fineweb:
+        quality.append(FineWebQualityFilter(exclusion_writer=sink("fineweb"), **asdict(cfg.fineweb_rules)))
+    passes = [Pass("1_quality", [JsonlReader(str(staged)), *quality, JsonlWriter(str(work / "quality"))],
+                   cfg.tasks, min(cfg.workers, cfg.tasks))]
+    exact = [ExactDedupFilter(exclusion_writer=sink("exact_dedup"))] if cfg.exact_dedup else []
+    passes.append(Pass("2_exact_dedup", [JsonlReader(str(work / "quality")), *exact, JsonlWriter(str(work / "deduped"))]))
+
+    def deduped() -> JsonlReader:
+        return JsonlReader(str(work / "deduped"))
+
+    final = []
+    if cfg.minhash:
+        passes += [
+            Pass("3_minhash_signatures", [deduped(), MinhashDedupSignature(str(work / "sigs"), config=mh)]),
+            Pass("4_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
+                 tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
+            Pass("5_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
+                                                            save_cluster_id=True)]),
+            Pass("6_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"), deduped(),
+                                                         signature_tasks=1, n_grams=cfg.minhash_ngrams,
+                                                         guard_jaccard=cfg.minhash_guard_jaccard)]),
+        ]
+        final.append(MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash")))
+    if cfg.pii:
+        final.append(PIIScrubber(cfg.pii_keep_private_ips))
+    passes.append(Pass("7_final", [deduped(), *final, TrainValidationSplit(str(out_dir), cfg.validation_fraction)]))
+    return passes
+
+
+def run_reference(cfg: DataConfig, staged: Path, out_dir: Path) -> None:
+    """Every pass on a LocalPipelineExecutor, one after the other (data.executor is ignored)."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    for p in reference_passes(cfg, staged, out_dir):
+        LocalPipelineExecutor(p.pipeline, tasks=p.tasks, workers=p.workers, skip_completed=False,
+                              logging_dir=str(out_dir / "work" / "logs" / p.name)).run()
