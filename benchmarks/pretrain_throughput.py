@@ -165,8 +165,8 @@ def main() -> None:
     names = list(sides)
     first = once[names[0]]
     print(f"one-off: the compiled loop's first step (torch.compile) took {first[0]:.1f} s in the first repeat "
-          f"(empty inductor cache), {statistics.median(first[1:] or first):.1f} s median in later ones (recompiled, "
-          f"inductor's cache hit); eager loop's first step {statistics.median(once[names[1]]):.1f} s; Trainer "
+          f"(empty inductor cache), {statistics.median(first[1:] or first):.1f} s median in later ones (Dynamo's "
+          f"in-process cache, or a recompile from inductor's cache); eager loop's first step {statistics.median(once[names[1]]):.1f} s; Trainer "
           f"construction {statistics.median(once[names[2]]):.2f} s")
     for ours, label in ((names[0], "compiled"), (names[1], "eager")):
         for other, key in ((names[2], "hf_trainer"), (names[3], "plain_pytorch")):
