@@ -1,16 +1,16 @@
 """One spaCy word tokenizer for the blocks that split text into words or sentences.
 
-Gopher quality, Gopher repetition, C4 (sentences per line), FineWeb (words per newline),
-MinHash signatures and the cluster guard all call datatrove's `SpaCyTokenizer`, which
-opens a spaCy memory zone around every call: each word that is not in spaCy's base
-vocabulary is created again for every document (`Vocab._new_lexeme` was 40% of the quality
-pass). This subclass gives the same tokens and sentences (the rules do not depend on the
-vocabulary; tests/test_data_blocks.py compares both on the embedded corpus; the one exception is
-text holding the literal `IS_ALPHA`, below) but keeps the
-vocabulary between documents, and starts a fresh one past `max_lexemes` so memory stays
-bounded on a large corpus (one pipeline per process, shared by every step that asks). Word
-tokens come from spaCy's tokenizer alone: the sentencizer that datatrove's call also runs
-only marks sentence starts.
+Gopher quality, Gopher repetition, C4 (sentences per line), FineWeb (words per newline), MinHash
+signatures and the cluster guard would all call datatrove's `SpaCyTokenizer`, which opens a
+spaCy memory zone around every call: each word that is not in spaCy's base vocabulary is created
+again for every document (`Vocab._new_lexeme` was over a third of the quality pass). This
+subclass gives the same tokens and sentences (the rules do not depend on the vocabulary;
+tests/test_data_blocks.py compares both on the embedded corpus; the one exception is text
+holding the literal `IS_ALPHA`, below) but keeps the vocabulary between documents, and starts a
+fresh one past `max_lexemes` (about 425 bytes each with their strings and cached splits: 200,000
+are ~85 MB) so memory stays bounded on a large corpus; one pipeline per process, shared by every
+step that asks. Word tokens come from spaCy's tokenizer alone: the sentencizer that datatrove's
+call also runs only marks sentence starts.
 
 Filters take it as their `language` (datatrove's hook for custom tokenizers). Give every
 block of one pass the same instance: datatrove caches the words of the last texts
@@ -31,7 +31,7 @@ _PIPELINES: dict = {}  # language -> spaCy pipeline, one per process: copies of 
 class WarmSpaCyTokenizer(SpaCyTokenizer):
     """datatrove's spaCy word and sentence tokenizer without a memory zone per call."""
 
-    def __init__(self, language: str = "en", max_lexemes: int = 1_000_000):
+    def __init__(self, language: str = "en", max_lexemes: int = 200_000):
         super().__init__(language)
         assert self.config is None and language != "ja", f"{language}: datatrove configures spaCy specially, use its tokenizer"
         self.max_lexemes = max_lexemes
