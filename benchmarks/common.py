@@ -27,6 +27,22 @@ class StepClock:
     def tick(self) -> None:
         self.stamps.append(time.perf_counter())
 
+    def trainer_callback(self):
+        """A transformers TrainerCallback ticking this clock when training starts and after every
+        step (Trainer's and TRL's side of a comparison)."""
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Tick(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.tick()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.tick()
+
+        return Tick()
+
     def step_seconds(self, skip: int) -> list[float]:
         """Durations of the steps after the first `skip` (warm-up: allocator, first-call costs)."""
         return [b - a for a, b in zip(self.stamps, self.stamps[1:])][skip:]

@@ -72,17 +72,10 @@ def trl_run(model, tokenizer, pairs: list[dict], cfg: AlignConfig, precompute: b
             bf16: bool) -> tuple[list[float], float]:
     """(per-step seconds, seconds of construction: tokenisation, and the reference pass when precomputed)."""
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     clock = StepClock()
-
-    class Tick(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock.tick()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.tick()
 
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                   "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
@@ -95,7 +88,7 @@ def trl_run(model, tokenizer, pairs: list[dict], cfg: AlignConfig, precompute: b
                          precompute_ref_log_probs=precompute, gradient_checkpointing=checkpointing, seed=cfg.seed)
         started = time.perf_counter()
         trainer = DPOTrainer(model=model, ref_model=None if precompute else copy.deepcopy(model).eval(), args=args,
-                             train_dataset=dataset, processing_class=tokenizer, callbacks=[Tick()])
+                             train_dataset=dataset, processing_class=tokenizer, callbacks=[clock.trainer_callback()])
         trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line would break the table
         setup_seconds = time.perf_counter() - started
         trainer.train()

@@ -96,16 +96,9 @@ def trainer_run(model: torch.nn.Module, cfg: PretrainConfig, batches: list[dict]
     """(per-step seconds, seconds of Trainer's construction), timed by an on_step_end callback."""
     import time
 
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     clock = StepClock()
-
-    class Tick(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock.tick()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.tick()
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, report_to=[], use_cpu=True, bf16=bf16, max_steps=len(batches),
@@ -115,7 +108,7 @@ def trainer_run(model: torch.nn.Module, cfg: PretrainConfig, batches: list[dict]
                                  save_strategy="no", eval_strategy="no", logging_steps=10**6, disable_tqdm=True,
                                  dataloader_num_workers=0, seed=cfg.seed)
         started = time.perf_counter()
-        trainer = Trainer(model=model, args=args, train_dataset=Rows(batches), callbacks=[Tick()])
+        trainer = Trainer(model=model, args=args, train_dataset=Rows(batches), callbacks=[clock.trainer_callback()])
         trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line would break the table
         setup_seconds = time.perf_counter() - started
         trainer.train()
