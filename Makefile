@@ -26,6 +26,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # on first use and left running; `make server-stop` stops it.
 PREFECT_PORT ?= 4200
 PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
+SERVER_PID   := $(PREFECT_HOME)/server-$(PREFECT_PORT).pid
 
 .PHONY: setup server server-stop pipeline test check sweep bench clean distclean
 
@@ -45,12 +46,17 @@ server: setup
 	  echo "starting the Prefect server (UI: http://127.0.0.1:$(PREFECT_PORT)), log in .prefect/server.log"; \
 	  mkdir -p $(PREFECT_HOME); \
 	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(PREFECT_HOME)/server.log 2>&1 & \
+	  echo $$! > $(SERVER_PID); \
 	  for i in $$(seq 120); do curl -sf $(PREFECT_API)/health > /dev/null && break; sleep 1; done; \
 	  curl -sf $(PREFECT_API)/health > /dev/null || { echo "Prefect server did not start: see $(PREFECT_HOME)/server.log"; exit 1; }; \
 	fi
 
+# Stops only the server `make server` started (its pid file), never another process by name.
 server-stop:
-	-pkill -f "prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)"
+	@if [ -f $(SERVER_PID) ] && kill -0 $$(cat $(SERVER_PID)) 2>/dev/null; then \
+	  kill $$(cat $(SERVER_PID)) && echo "stopped the Prefect server (pid $$(cat $(SERVER_PID)))"; \
+	else echo "no Prefect server started by make server is running"; fi
+	@rm -f $(SERVER_PID)
 
 pipeline: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline $(ARGS)
