@@ -14,6 +14,7 @@ from components.train import device
 from components.train.chat import pad_batch
 from components.train.losses import IGNORE, lm_loss, token_nll_sum
 from components.train.loop import accumulate_gradients, adamw_kernel, lr_at, make_accelerator, make_optimizer, train
+from components.train.tracking import transaction_log_records
 from tests.tiny import make_tokenizer_artifact
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=32)
@@ -264,7 +265,7 @@ def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch)
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     (records,) = run_dir.glob("run-*.wandb")
     name, history = None, []
-    for record in _wandb_records(records):
+    for record in transaction_log_records(records):
         if record.HasField("run"):
             name = record.run.display_name
         if record.HasField("history"):
@@ -273,27 +274,11 @@ def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch)
     assert name == "pretrain-0123abcd"
     losses = [row["loss"] for row in history if "loss" in row]
     assert losses == pytest.approx(_losses(out))  # every logged step, the same values as log.jsonl
-
-
-def _wandb_records(path):
-    """The protobuf records of an offline .wandb file (a LevelDB-style log: 32 KiB blocks of
-    chunks with a 7-byte header; wandb 0.31 ships no Python reader)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, chunk = path.read_bytes(), 7, b""  # 7: the file's own header (":W&B", magic, version)
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0:
-            break
-        chunk += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # full, or the last chunk of a record
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunk)
-            yield record
-            chunk = b""
+    # A log still being written (wandb-core flushes on close) reads as the records complete so far.
+    kinds = [r.WhichOneof("record_type") for r in transaction_log_records(records)]
+    assert kinds[-1] == "exit"  # the stage waited for it before its manifest
+    partial = tmp_path / "partial.wandb"
+    for cut in (0, 7, 100, len(records.read_bytes()) // 2, len(records.read_bytes()) - 1):
+        partial.write_bytes(records.read_bytes()[:cut])
+        got = [r.WhichOneof("record_type") for r in transaction_log_records(partial)]
+        assert got == kinds[: len(got)] and len(got) < len(kinds)

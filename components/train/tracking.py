@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,26 @@ class Tracker:
         for name, path in (images or {}).items():
             if Path(path).is_file():
                 self.run.log({name: wandb.Image(str(path))})
-        self.run.finish()
-        self.run = None
-
+        self._finish()
 
     def fail(self) -> None:
         """The stage raised: close the run as failed (a rerun resumes under a new run)."""
         if self.run is not None:
-            self.run.finish(exit_code=1)
-            self.run = None
+            self._finish(exit_code=1)
+
+    def _finish(self, exit_code: int = 0, timeout_s: float = 60.0) -> None:
+        # finish() returns before wandb-core has flushed the run's transaction log (it is
+        # buffered and written on close), so an artifact whose manifest follows at once could
+        # hold a .wandb file with only its header. Wait for the exit record to land.
+        log_path = Path(self.run.settings.sync_file)
+        self.run.finish(exit_code=exit_code)
+        self.run = None
+        deadline = time.monotonic() + timeout_s
+        while not any(r.HasField("exit") for r in transaction_log_records(log_path)):
+            if time.monotonic() > deadline:
+                log.warning("wandb has not written %s in %.0f s: the offline run may be incomplete", log_path, timeout_s)
+                return
+            time.sleep(0.1)
 
 
 def start(cfg: Any, out_dir: Path) -> Tracker:
@@ -61,3 +74,27 @@ def start(cfg: Any, out_dir: Path) -> Tracker:
         log.warning("wandb.init failed (%s): this stage is not tracked in wandb", error)
         return Tracker()
     return Tracker(run)
+
+
+def transaction_log_records(path: Path):
+    """The protobuf records of a run's .wandb file, as far as it is written (a LevelDB-style
+    log: 32 KiB blocks of chunks with a 7-byte header; wandb ships no Python reader)."""
+    from wandb.proto import wandb_internal_pb2
+
+    path = Path(path)
+    data = path.read_bytes() if path.is_file() else b""
+    pos, chunk = 7, b""  # 7: the file's own header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):  # padding, or a chunk not yet written
+            break
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, or the last chunk of a record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            yield record
+            chunk = b""
