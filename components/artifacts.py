@@ -2,7 +2,8 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code, plus the content of the input files its config names
+fingerprint of the stage's code (the import closure of its run and config modules,
+components/code_version.py, with the versions of the libraries it imports), plus the content of the input files its config names
 (fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
@@ -24,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from components.code_version import Closure, git_state, library_versions
 from components.config import READS_FILES, as_dict, output_relevant
 
 log = logging.getLogger(__name__)
@@ -33,17 +35,26 @@ MANIFEST = "manifest.json"
 KEY_LENGTH = 16
 _VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datatrove", "sentencepiece", "tokenizers")
 
+# In every key besides the stage's own closure: components/config.py decides which config goes into
+# the key (output_relevant), artifacts.py what an artifact is (its manifest, which files are trusted):
+# an artifact built under other rules is not this one. Its closure brings code_version.py too.
+SHARED_CODE = ("components.config", "components.artifacts")
+_key_code: dict[str, Closure] = {}  # key -> the code hashed into it, for the manifest of the build of that key
 
-def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
-    """sha256 over the Python sources under the given repo-relative paths."""
-    digest = hashlib.sha256()
-    for rel in sorted(code_paths):
-        root = REPO_ROOT / rel
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for path in files:
-            digest.update(str(path.relative_to(REPO_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+
+def stage_closure(module: str, overrides: dict[str, str] | None = None) -> Closure:
+    """The repo files and libraries that compute a stage: the import closure of `<module>.run` and
+    `<module>.config` plus SHARED_CODE. `overrides` {repo-relative path: text} stands in for files."""
+    return Closure((f"{module}.run", f"{module}.config", *SHARED_CODE), REPO_ROOT, overrides)
+
+
+def code_fingerprint(closure: Closure) -> str:
+    """sha256 over the stage's closure (each file's syntax tree without docstrings: comments and
+    layout do not count), the Python version (the stdlib is a library too: the embedded corpus is
+    its documentation) and the installed versions of the third-party libraries the closure imports."""
+    payload = {"files": closure.digest(), "python": platform.python_version(),
+               "libraries": library_versions(closure.libraries)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 _file_digests: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: each file is read once per process
@@ -106,12 +117,14 @@ def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
     return found
 
 
-def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
+def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], module: str) -> str:
+    """`module`: the stage's package (`components.sft`), whose run and config modules' closure is its code."""
+    closure = stage_closure(module)
     payload = {
         "stage": stage,
         "config": output_relevant(cfg),
         "inputs": dict(sorted(input_keys.items())),
-        "code": code_fingerprint(code_paths),
+        "code": code_fingerprint(closure),
     }
     files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
     if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
@@ -119,7 +132,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
     if files:  # only then: stages without input files keep their keys
         payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+    key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+    _key_code[key] = closure
+    return key
 
 
 def artifact_dir(root: Path, stage: str, key: str) -> Path:
@@ -146,12 +161,23 @@ def _key_lock(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _versions() -> dict[str, str]:
+def _versions(key: str) -> dict[str, str]:
+    """Python, the engines the pipeline runs on (_VERSIONED_PACKAGES, also where a stage reaches them
+    only through another library: tokenizers under transformers) and the libraries in the key's code."""
     found = {"python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-    return found
+    closure = _key_code.get(key)
+    return {**found, **(library_versions(closure.libraries) if closure else {})}
+
+
+def code_record(key: str) -> dict:
+    """For the manifest: the git commit, whether the key's code (its closure; the whole checkout
+    for a key not made in this process) differs from it, and its files; None where git is missing."""
+    closure = _key_code.get(key)
+    files = sorted(closure.files) if closure else None
+    return {**git_state(REPO_ROOT, files), "files": files}
 
 
 def _keep_only_checkpoints(partial: Path) -> None:
@@ -194,7 +220,8 @@ def build(
                 "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
                 "metrics": metrics or {},
                 "timings": {"started": started, "seconds": round(time.time() - started, 3)},
-                "versions": _versions(),
+                "versions": _versions(key),
+                "code": code_record(key),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             if final.exists():  # a directory without a manifest is never trusted
