@@ -4,7 +4,8 @@ The closure is every repo file reachable from the entry modules through `import 
 `from x import y` (y a submodule too), relative imports, imports inside functions (stages
 import lazily) and `importlib.import_module("literal")`, with each package's __init__.py on
 the way. Nothing is imported. Third-party imports are collected as top-level names so their
-installed versions can go into the key. Test files and files outside the repo never enter.
+installed versions can go into the key. Files outside the repo never enter; a stage
+that imports test code (tests/, conftest, test_*) is an error naming the line.
 
 A file counts by its bytecode without docstrings and line numbers (`parse`): editing a comment,
 a docstring or the layout of a file rebuilds nothing; editing what it does rebuilds its stages.
@@ -22,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-NOT_STAGE_CODE = frozenset({"tests", "conftest", "benchmarks"})  # top-level names the walk never enters
+TEST_CODE = frozenset({"tests", "conftest"})  # top-level names of test code: a stage importing them is an error
 
 _parsed: dict[tuple, tuple[str, tuple]] = {}  # (path, size, mtime, inode) -> (digest, imports): a file is parsed once
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")  # the fields through which statements nest
@@ -47,17 +48,17 @@ def _statements(node: ast.AST):
             yield from _statements(child)
 
 
-def _imports(tree: ast.Module, text: str) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
-    """(level, module, names) for every import anywhere in the file (`import a.b` is (0, "a.b", ()));
+def _imports(tree: ast.Module, text: str) -> tuple[tuple[int, str, tuple[str, ...], int], ...]:
+    """(level, module, names, line) for every import anywhere in the file (`import a.b` is (0, "a.b", (), line));
     strips the docstrings from `tree` as it goes."""
     found = []
     for node in _statements(tree):
         if isinstance(node, ast.Import):
-            found += [(0, alias.name, ()) for alias in node.names]
+            found += [(0, alias.name, (), node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found.append((node.level, node.module or "", tuple(alias.name for alias in node.names)))
+            found.append((node.level, node.module or "", tuple(alias.name for alias in node.names), node.lineno))
     if "import_module(" in text:  # importlib.import_module("literal"): only then walk the expressions
-        found += [(0, node.args[0].value, ()) for node in ast.walk(tree) if isinstance(node, ast.Call)
+        found += [(0, node.args[0].value, (), node.lineno) for node in ast.walk(tree) if isinstance(node, ast.Call)
                   and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
                   and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
     return tuple(found)
@@ -133,7 +134,7 @@ class Closure:
     def __init__(self, entries: Iterable[str], root: Path, overrides: dict[str, str] | None = None):
         self.root, self.overrides = Path(root).resolve(), dict(overrides or {})
         self.repo_names = {p.stem if p.suffix == ".py" else p.name for p in self.root.iterdir()
-                           if p.suffix == ".py" or (p / "__init__.py").is_file()} - NOT_STAGE_CODE
+                           if p.suffix == ".py" or (p / "__init__.py").is_file()}
         self.files: dict[str, str] = {}  # repo-relative posix path -> code digest
         self.seen: set[str] = set()  # dotted names visited (modules, packages, or neither)
         self.libraries: set[str] = set()
@@ -157,12 +158,15 @@ class Closure:
         rel = path.relative_to(self.root).as_posix()
         digest, imports = parse(path, self.overrides.get(rel))
         self.files[rel] = digest
-        for level, module, names in imports:
+        for level, module, names, line in imports:
             for candidate in _candidates(level, module, names, path, self.root):
                 top = candidate.partition(".")[0]
+                if top in TEST_CODE or (top in self.repo_names and candidate.rpartition(".")[2].startswith("test_")
+                                        and module_file(candidate, self.root)):
+                    raise ImportError(f"{rel}:{line}: imports {candidate!r}, test code: a stage must not depend on tests")
                 if top in self.repo_names:
                     self._visit(candidate)
-                elif top not in sys.stdlib_module_names and top not in NOT_STAGE_CODE and top != "__future__":
+                elif top not in sys.stdlib_module_names and top != "__future__":
                     self.libraries.add(top)
 
     def digest(self) -> str:

@@ -97,12 +97,18 @@ def test_overriding_a_file_outside_the_closure_keeps_the_fingerprint():
 
 def test_a_closure_never_holds_tests_or_files_outside_the_repo(repo):
     (repo / "tests").mkdir()
+    (repo / "tests" / "__init__.py").write_text("")
     (repo / "tests" / "helpers.py").write_text("X = 1\n")
     (repo.parent / "outside.py").write_text("Y = 1\n")  # importable only with the parent on sys.path
-    append(repo / "components/pretrain/run.py", "\n\ndef lazily():\n    from tests.helpers import X\n    import outside\n")
+    run = repo / "components/pretrain/run.py"
+    append(run, "\n\ndef lazily():\n    import outside\n")
     closure = stage_closure("components.pretrain")
-    assert not [f for f in closure.files if f.startswith("tests/") or not (repo / f).is_file()]
+    assert not [f for f in closure.files if not (repo / f).is_file()]
     assert "outside" in closure.libraries and "outside" not in library_versions(closure.libraries)
+    append(run, "    from tests.helpers import X\n")
+    line = len(run.read_text().splitlines())
+    with pytest.raises(ImportError, match=rf"components/pretrain/run.py:{line}: imports 'tests.helpers', test code"):
+        stage_closure("components.pretrain")
     for stage in STAGES.values():  # and the real repo's
         files = Closure((f"{stage.module}.run", f"{stage.module}.config"), REPO).files
         assert files and all((REPO / f).resolve().is_relative_to(REPO) and not f.startswith("tests/") for f in files)
