@@ -2,8 +2,7 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code (the import closure of its run and config modules,
-components/code_version.py, with the versions of the libraries it imports), plus the content of the input files its config names
+fingerprint of the stage's code (its import closure and libraries: code_version.py), plus the content of the input files its config names
 (fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written.
@@ -49,8 +48,8 @@ def stage_closure(module: str, overrides: dict[str, str] | None = None) -> Closu
 
 
 def code_fingerprint(closure: Closure) -> str:
-    """sha256 over the stage's closure (each file's syntax tree without docstrings: comments and
-    layout do not count), the Python version (the stdlib is a library too: the embedded corpus is
+    """sha256 over the stage's closure (each file's bytecode without docstrings or line numbers:
+    comments and layout do not count), the Python version (the stdlib is a library too: the embedded corpus is
     its documentation) and the installed versions of the third-party libraries the closure imports."""
     payload = {"files": closure.digest(), "python": platform.python_version(),
                "libraries": library_versions(closure.libraries)}
