@@ -44,6 +44,8 @@ _key_code: dict[str, Closure] = {}  # key -> the code hashed into it, for the ma
 def stage_closure(module: str, overrides: dict[str, str] | None = None) -> Closure:
     """The repo files and libraries that compute a stage: the import closure of `<module>.run` and
     `<module>.config` plus SHARED_CODE. `overrides` {repo-relative path: text} stands in for files."""
+    if not isinstance(module, str):  # the hand-kept path tuples this replaced
+        raise TypeError(f"the stage's code is its package's name (e.g. 'components.sft'), not {module!r}")
     return Closure((f"{module}.run", f"{module}.config", *SHARED_CODE), REPO_ROOT, overrides)
 
 
