@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import glob
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components.config import READS_FILES, as_dict, output_relevant
+from components.config import READS_FILES, as_dict, expand_paths, output_relevant
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +63,6 @@ def files_fingerprint(paths: list[Path]) -> str:
     for path in sorted(Path(p) for p in paths):
         digest.update(f"{path}\0{file_digest(path)}\0".encode())
     return digest.hexdigest()
-
-
-def expand_paths(patterns: list[str], key: str) -> list[Path]:
-    """The files named by paths or globs, in a stable order; a pattern matching nothing fails naming `key`."""
-    files: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
-        if not matches:
-            raise FileNotFoundError(f"{key}: no file matches {pattern!r}")
-        files += [Path(m) for m in matches]
-    return files
 
 
 LARGE_FILE = 256 << 20  # in a directory (a model checkpoint), larger files count by size and mtime

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.artifacts import expand_paths
+from components.config import expand_paths
 from components.config import check, check_choice, input_files, log_only
 from components.train.config import TrainConfig
 from components.train.formats import PREFERENCE_FORMATS
@@ -10,7 +10,7 @@ from components.train.formats import PREFERENCE_FORMATS
 SOURCE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class AlignConfig(TrainConfig):
     """DPO against the frozen sft model; its log-probs are computed once, before training."""
 
