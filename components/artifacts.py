@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components.config import READS_FILES, as_dict, expand_paths, output_relevant
+from components.config import READS_FILES, as_dict, expand_paths, output_relevant, resolved_input
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
     for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
         value, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
         if f.metadata.get(READS_FILES) and value:
-            found[key] = fingerprint_paths(expand_paths([value] if isinstance(value, str) else list(value), key))
+            found[key] = fingerprint_paths(list(resolved_input(cfg, f.name, key)))  # globbed once per config
         elif dataclasses.is_dataclass(value):
             found.update(input_file_fingerprints(value, key))
     return found

@@ -145,6 +145,17 @@ def expand_paths(patterns: list[str] | tuple[str, ...], key: str) -> list[Path]:
     return found
 
 
+def resolved_input(cfg: Any, name: str, key: str) -> tuple[Path, ...]:
+    """The paths an `input_files()` / `input_path()` field names, expanded once per config object and
+    kept with it (as functools.cached_property keeps a value: a frozen config never changes), so the
+    stage's key and its run read the same files. `key`: the dotted name, for the error."""
+    cache = cfg.__dict__.setdefault("_resolved_inputs", {})
+    if name not in cache:
+        value = getattr(cfg, name)
+        cache[name] = tuple(expand_paths([value] if isinstance(value, str) else list(value), key)) if value else ()
+    return cache[name]
+
+
 def output_relevant(cfg: Any) -> Any:
     """The part of a config dataclass that can change the output, as plain JSON data."""
     if dataclasses.is_dataclass(cfg):
