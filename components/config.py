@@ -114,16 +114,15 @@ def writable_schema(cls: type) -> Any:
     (`key=`, `+key=`, `++key=`, a yaml typo) with one message."""
     from omegaconf import DictConfig, OmegaConf
 
-    node = OmegaConf.structured(cls)
+    def open_up(node: Any) -> Any:
+        if isinstance(node, DictConfig):
+            OmegaConf.set_readonly(node, False)
+            OmegaConf.set_struct(node, False)
+            for key in node:
+                open_up(node[key])
+        return node
 
-    def open_up(container: Any) -> None:
-        if isinstance(container, DictConfig):
-            container._set_flag(["readonly", "struct"], [False, False])
-            for key in container.keys():
-                open_up(container._get_node(key))
-
-    open_up(node)
-    return node
+    return open_up(OmegaConf.structured(cls))
 
 
 def expand_paths(patterns: list[str] | tuple[str, ...], key: str) -> list[Path]:
