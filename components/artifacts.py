@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import glob
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.code_version import Closure, git_state, library_versions
-from components.config import READS_FILES, as_dict, output_relevant
+from components.config import READS_FILES, as_dict, expand_paths, output_relevant, resolved_input
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +77,6 @@ def files_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def expand_paths(patterns: list[str], key: str) -> list[Path]:
-    """The files named by paths or globs, in a stable order; a pattern matching nothing fails naming `key`."""
-    files: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
-        if not matches:
-            raise FileNotFoundError(f"{key}: no file matches {pattern!r}")
-        files += [Path(m) for m in matches]
-    return files
-
-
 LARGE_FILE = 256 << 20  # in a directory (a model checkpoint), larger files count by size and mtime
 
 
@@ -112,7 +100,7 @@ def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
     for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
         value, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
         if f.metadata.get(READS_FILES) and value:
-            found[key] = fingerprint_paths(expand_paths([value] if isinstance(value, str) else list(value), key))
+            found[key] = fingerprint_paths(list(resolved_input(cfg, f.name, key)))  # globbed once per config
         elif dataclasses.is_dataclass(value):
             found.update(input_file_fingerprints(value, key))
     return found

@@ -1,18 +1,20 @@
 """The whole pipeline's config schema: one section per stage plus run-level settings.
 
-Registered with Hydra's ConfigStore as the schema of conf/config.yaml, so an unknown
-key anywhere fails when the config is composed, and a bad value fails in the stage
-dataclass's __post_init__ when `to_pipeline_config` builds it: both before any work.
+Registered with Hydra's ConfigStore as the schema of conf/config.yaml. `to_pipeline_config`
+is the one place a composed config is validated, before any work: an unknown key in any
+form (`key=`, `+key=`, `++key=`, a yaml typo, a nested section) fails naming the dotted key
+and the nearest valid ones, a bad value fails in the stage dataclass's __post_init__.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from components.align.config import AlignConfig
-from components.config import check
+from components.config import check, check_config_keys, resolve_paths, writable_schema
 from components.data.config import DataConfig
 from components.eval.config import EvalConfig
 from components.extend.config import ExtendConfig
@@ -23,7 +25,7 @@ from components.train.config import LauncherConfig
 from tokenizer.config import TokenizerConfig
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """How the pipeline runs. Nothing here is part of any cache key."""
 
@@ -35,7 +37,7 @@ class RunConfig:
         check(self.until in STAGES, "run.until", self.until, f"choose one of {list(STAGES)}")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -60,9 +62,13 @@ class PipelineConfig:
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+    ConfigStore.instance().store(name="pipeline_schema", node=writable_schema(PipelineConfig))
 
 
 def to_pipeline_config(cfg: DictConfig) -> PipelineConfig:
-    """DictConfig -> dataclasses, running every __post_init__ check."""
+    """DictConfig -> frozen dataclasses: unknown keys rejected, input paths made absolute, then
+    every __post_init__ check. The caller's DictConfig is left as it was."""
+    check_config_keys(cfg, PipelineConfig)
+    cfg = copy.deepcopy(cfg)
+    resolve_paths(cfg, PipelineConfig)
     return OmegaConf.to_object(cfg)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from flows.config import PipelineConfig, register, to_pipeline_config
-from flows.plan import artifacts_root, describe, make_plan
+from flows.plan import Step, artifacts_root, describe, make_plan
 
 log = logging.getLogger("pipeline")
 
@@ -43,9 +43,11 @@ def configure_prefect(root: Path) -> None:
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
 
 
-def run_pipeline(cfg: PipelineConfig) -> list[dict]:
+def run_pipeline(cfg: PipelineConfig, plan: list[Step] | None = None) -> list[dict]:
+    """Run (or, with run.dry_run, describe) the plan; `plan` is `make_plan(cfg)`, computed here
+    only when the caller has none: the CLI computes it once, to fail before any work."""
     root = artifacts_root(cfg.run)
-    plan = make_plan(cfg)
+    plan = make_plan(cfg) if plan is None else plan
     if cfg.run.dry_run:
         log.info("plan (artifacts under %s):\n%s", root, describe(plan, root))
         return []
@@ -68,11 +70,11 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         pipeline_cfg = to_pipeline_config(cfg)
-        make_plan(pipeline_cfg)  # keys read the data sources' files: a missing one fails here, in one line
+        plan = make_plan(pipeline_cfg)  # keys read the data sources' files: a missing one fails here, in one line
     except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)
-    run_pipeline(pipeline_cfg)
+    run_pipeline(pipeline_cfg, plan)
 
 
 def main() -> None:

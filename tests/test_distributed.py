@@ -107,8 +107,7 @@ def test_fsdp_shards_an_moe_model_by_its_own_decoder_layer(tok_dir, tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    cfg = _cfg()
-    cfg.model = replace(TINY, moe_experts=4)
+    cfg = replace(_cfg(), model=replace(TINY, moe_experts=4))  # configs are frozen
     metrics = launch("pretrain", cfg, {"tokenizer": tok_dir}, tmp_path, LauncherConfig(strategy="fsdp", num_processes=2))
     assert metrics["world_size"] == 2 and 0.3 < metrics["param_share_per_rank"] < 0.7
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ from pathlib import Path
 from components.config import check, check_choice, input_path, log_only
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenizerConfig:
     type: str = "bpe"  # bpe | unigram (sentencepiece model type)
     vocab_size: int = 768  # small corpus (~0.8 MB): a small vocabulary generalises better
@@ -21,7 +21,7 @@ class TokenizerConfig:
     num_workers: int = log_only(2)  # processes encoding the shards (output does not depend on it)
     # an HF checkpoint (or tokenizer) dir whose tokenizer and chat template are used instead of training one
     # (the training keys above are then ignored); follows pretrain.model.init_from
-    init_from: str | None = input_path(None)
+    init_from: str | None = input_path(None, absolute=True)
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.type", self.type, ("bpe", "unigram"))
@@ -37,6 +37,5 @@ class TokenizerConfig:
         if self.init_from is not None:
             from components.model.config import missing_checkpoint_files
 
-            self.init_from = str(Path(self.init_from).expanduser().resolve())
-            missing = missing_checkpoint_files(self.init_from, weights=False)
+            missing = missing_checkpoint_files(str(Path(self.init_from).expanduser()), weights=False)
             check(not missing, "tokenizer.init_from", self.init_from, f"no tokenizer to import: {missing}")

@@ -2,15 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.artifacts import expand_paths
-from components.config import check, check_choice, input_files, log_only
+from components.config import check, check_choice, input_files, log_only, resolved_input
 from components.train.config import TrainConfig
 from components.train.formats import PREFERENCE_FORMATS
 
 SOURCE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class AlignConfig(TrainConfig):
     """DPO against the frozen sft model; its log-probs are computed once, before training."""
 
@@ -48,7 +47,7 @@ class AlignConfig(TrainConfig):
         check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
         check(self.rpo_alpha >= 0, "align.rpo_alpha", self.rpo_alpha, "must be >= 0")
         check_choice("align.format", self.format, ("auto", *PREFERENCE_FORMATS))
-        for path in expand_paths(self.sources, "align.sources"):  # a pattern matching nothing fails here
+        for path in resolved_input(self, "sources", "align.sources"):  # a pattern matching nothing fails here
             check(str(path).endswith(SOURCE_SUFFIXES), "align.sources", str(path),
                   f"preference files are {' / '.join(SOURCE_SUFFIXES)}")
         check_choice("align.rejected", self.rejected, ("auto", "generated", "on_policy", "dataset"))

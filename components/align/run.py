@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
-from components.artifacts import expand_paths
+from components.config import resolved_input
 from components.tasks import preference_pairs
 from components.train.chat import encode_chat, epoch_indices, generate
 from components.train.device import model_device, to_device
@@ -88,7 +88,7 @@ def read_sources(cfg: AlignConfig) -> tuple[list[dict], list[dict]]:
         return {**preference_record(rec, where, cfg.format), "where": where}
 
     pairs, quarantined = [], []
-    for path in expand_paths(cfg.sources, "align.sources"):
+    for path in resolved_input(cfg, "sources", "align.sources"):  # the files the key hashed
         kept, bad = read(path, convert, cfg.strict)
         pairs += kept
         quarantined += bad

@@ -1,6 +1,7 @@
 """Data stage options (mirrored by conf/data/default.yaml). Light: no datatrove import here."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,12 @@ from components.config import check, check_choice, input_path, log_only
 from components.data.sources import SourceSpec, expand_files, parse_sources
 
 EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    spec: SourceSpec
+    files: tuple[Path, ...]  # the local files it reads, sorted; () for the embedded corpus and hub ids
 
 
 def _check_rules(rules: Any, section: str) -> None:
@@ -29,7 +36,7 @@ def _check_rules(rules: Any, section: str) -> None:
 
 # The quality blocks' rules under datatrove's own parameter names (its docs apply as they are);
 # the defaults are datatrove's, except where a comment says otherwise.
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class GopherQualityRules:
     min_doc_words: int | None = 50
     max_doc_words: int | None = 100_000
@@ -42,7 +49,7 @@ class GopherQualityRules:
     min_stop_words: int | None = 2
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class GopherRepetitionRules:
     dup_line_frac: float | None = 0.3
     dup_para_frac: float | None = 0.3
@@ -52,7 +59,7 @@ class GopherRepetitionRules:
     dup_n_grams: dict[int, float] = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.1})  # n: max share in duplicated n-grams
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class C4Rules:
     split_paragraph: bool = True  # lines are split on newlines (false: on sentences)
     remove_citations: bool = True  # strip wikipedia-style [1] citations
@@ -66,7 +73,7 @@ class C4Rules:
     filter_policy: bool = True  # lines about cookies, terms of use, privacy policy are removed
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class FineWebRules:
     line_punct_thr: float = 0.12  # drop when fewer lines end in terminal punctuation
     line_punct_exclude_zero: bool = False  # keep documents with no such line at all
@@ -76,7 +83,7 @@ class FineWebRules:
     new_line_ratio: float = 0.3  # drop when newlines per word exceed this (lists, menus)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SlurmConfig:
     """datatrove's SlurmPipelineExecutor: one sbatch job array per pass (data.executor=slurm)."""
     partition: str = "cpu"  # slurm partition the jobs go to
@@ -89,7 +96,7 @@ class SlurmConfig:
     poll_seconds: int = 30  # how often the stage checks that a pass finished before starting the next
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RayConfig:
     """datatrove's RayPipelineExecutor (data.executor=ray); the cluster must already be running."""
     address: str | None = None  # ray.init(address): "auto" joins the running cluster, null starts a local one
@@ -98,7 +105,7 @@ class RayConfig:
     tasks_per_job: int = 1  # datatrove tasks run by each Ray job
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     sources: list[Any] = field(default_factory=lambda: ["embedded"])  # paths, globs, "embedded" or {type, path, weight, ...}: see components/data/sources.py
     text_key: str = "text"  # field holding the text in jsonl / parquet / hf sources (a source's own text_key wins)
@@ -138,8 +145,7 @@ class DataConfig:
     ray: RayConfig = log_only(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
-        specs = self.source_specs()
-        weighted = specs[0].weight is not None
+        weighted = self.specs[0].weight is not None
         check_choice("data.mix_by", self.mix_by, ("documents", "bytes"))
         check(self.mix_total is None or (weighted and self.mix_total > 0), "data.mix_total", self.mix_total,
               "must be null, or > 0 with weighted sources")
@@ -165,9 +171,22 @@ class DataConfig:
         check_choice("data.executor", self.executor, EXECUTORS)
         check(self.slurm.poll_seconds > 0, "data.slurm.poll_seconds", self.slurm.poll_seconds, "must be > 0")
 
+    # Derived once per config object and kept with it (a frozen config never changes, and a pickled
+    # one carries them): the plan's key and the data stage's run see the very same files.
+    @functools.cached_property
+    def specs(self) -> tuple[SourceSpec, ...]:
+        """data.sources parsed and checked (at construction, by __post_init__)."""
+        return tuple(parse_sources(self.sources))
+
+    @functools.cached_property
+    def resolved_sources(self) -> tuple[ResolvedSource, ...]:
+        """Each source with the local files it reads, globbed once: first by the plan (the cache key
+        hashes these files), then read by the data stage. A pattern matching nothing fails here."""
+        return tuple(ResolvedSource(spec=spec, files=tuple(expand_files(spec))) for spec in self.specs)
+
     def source_specs(self) -> list[SourceSpec]:
-        return parse_sources(self.sources)
+        return list(self.specs)
 
     def source_files(self) -> list[Path]:
         """Every local file the sources read: their content is part of the cache key."""
-        return [path for spec in self.source_specs() for path in expand_files(spec)]
+        return [path for source in self.resolved_sources for path in source.files]

@@ -8,14 +8,13 @@ directory is read by `hf` as a Hugging Face hub id.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import check, check_choice
+from components.config import check, check_choice, check_known_keys, expand_paths
 
 SOURCE_TYPES = ("embedded", "jsonl", "parquet", "text", "html", "hf", "warc")
 SUFFIX_TYPES = {  # longest suffix first wins
@@ -93,8 +92,7 @@ def parse_source(entry: Any, index: int) -> SourceSpec:
     if isinstance(entry, str):
         entry = {"type": "embedded"} if entry == "embedded" else {"path": entry}
     check(isinstance(entry, dict), key, entry, "give a path, a glob, 'embedded' or a mapping {type, path, ...}")
-    for name in entry:
-        check(name in SPEC_KEYS, f"{key}.{name}", entry[name], f"unknown key; valid keys: {list(SPEC_KEYS)}")
+    check_known_keys(entry, SPEC_KEYS, key)
     path = entry.get("path")
     check(path is None or (isinstance(path, str) and path.strip() != ""), f"{key}.path", path, "must be a non-empty string")
     kind = entry.get("type") or (infer_type(path) if path else None)
@@ -140,7 +138,7 @@ def expand_files(spec: SourceSpec) -> list[Path]:
     path = Path(spec.path).expanduser()
     if spec.type == "hf" and path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
-    matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
-    if not matches:
+    matches = [p for p in expand_paths([spec.path], f"{spec.key} ({spec.name})") if p.is_file()]
+    if not matches:  # a plain directory that is no saved dataset
         raise FileNotFoundError(f"{spec.key} ({spec.name}): no file matches {spec.path!r}")
     return matches

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from components.config import check, log_only
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     num_tasks: int = 200  # held-out generated instructions scored by exact match
     num_pairs: int = 200  # held-out preference pairs

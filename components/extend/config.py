@@ -7,7 +7,7 @@ from components.model.config import ROPE_SCALINGS
 from components.train.config import TrainConfig
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtendConfig(TrainConfig):
     """Context extension: continued pretraining of the pretrain model on the same shards at a longer
     context, with its RoPE scaled (position interpolation by default; Chen et al. 2023 found ~1000

@@ -40,7 +40,7 @@ def has_chat_template(root: Path) -> bool:
     return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     n_layers: int = 4
     d_model: int = 256
@@ -57,7 +57,9 @@ class ModelConfig:
     rope_scaling: str = "none"  # none | linear (position interpolation) | dynamic (NTK) | yarn
     rope_factor: float = 1.0  # context extension factor of the scaling
     rope_original_context: int = 0  # context the positions were trained at (0: context_length, or init_from's); dynamic/yarn scale past it
-    init_from: str | None = input_path(None)  # an HF checkpoint dir to start from (its weights, tokenizer, chat template)
+    # an HF checkpoint dir to start from (its weights, tokenizer, chat template); made absolute by the
+    # flow (components.config.resolve_paths): the launcher's workers run elsewhere
+    init_from: str | None = input_path(None, absolute=True)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "context_length"):
@@ -77,8 +79,7 @@ class ModelConfig:
               "pretrain.model.rope_original_context", self.rope_original_context,
               f"must be in [0, pretrain.model.context_length={self.context_length}] (any >= 0 with init_from)")
         if self.init_from is not None:
-            self.init_from = str(Path(self.init_from).expanduser().resolve())  # the launcher's workers run elsewhere
-            missing = missing_checkpoint_files(self.init_from, weights=True)
+            missing = missing_checkpoint_files(str(Path(self.init_from).expanduser()), weights=True)
             check(not missing, "pretrain.model.init_from", self.init_from, f"not a Hugging Face checkpoint: {missing}")
 
     @property

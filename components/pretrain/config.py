@@ -7,7 +7,7 @@ from components.model.config import ModelConfig
 from components.train.config import TrainConfig
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainConfig(TrainConfig):
     """Pretraining on the tokenizer's shards (next-token prediction), from scratch or from model.init_from."""
 

@@ -9,7 +9,7 @@ ADAPTERS = ("none", "lora")
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SFTConfig(TrainConfig):
     """Instruction tuning of the pretrained model: chat template, loss on assistant tokens only."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.artifacts import expand_paths
+from components.config import resolved_input
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
@@ -36,7 +36,7 @@ def load_examples(cfg: SFTConfig) -> tuple[list[tuple[dict, str]], list[dict], d
         generated = sft_examples("train", cfg.num_examples, cfg.seed)
         return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}
     examples, quarantined, per_file = [], [], {}
-    for path in expand_paths(cfg.sources, "sft.sources"):
+    for path in resolved_input(cfg, "sources", "sft.sources"):  # the files the key hashed
         kept, bad = read_located(path, lambda rec, where: sft_record(rec, where, cfg.format), cfg.strict)
         examples += kept
         quarantined += [{**q, "stage": "read"} for q in bad]

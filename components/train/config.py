@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from components.config import check, check_choice, log_only
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -52,7 +52,7 @@ class TrainConfig:
         return False
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class LauncherConfig:
     """How pretrain, sft and align are run: in this process, or by `accelerate launch`.
 

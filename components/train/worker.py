@@ -9,12 +9,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from components.config import writable_schema
 from components.stages import STAGES
 
 
 def config_from_dict(cls: type, values: dict):
     """The dataclass (nested ones too) from its asdict(), with every __post_init__ check."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+    return OmegaConf.to_object(OmegaConf.merge(writable_schema(cls), values))  # frozen dataclasses: see writable_schema
 
 
 def main(request_path: str) -> None:
