@@ -132,9 +132,9 @@ def test_one_glob_helper_double_star_is_recursive_for_every_input(tmp_path):
     assert expand_paths([pattern], "k") == expected
     assert DataConfig(sources=[pattern]).source_files() == expected  # data sources
     sft = SFTConfig(sources=[pattern])
-    key = stage_key("sft", sft, {}, ())
+    key = stage_key("sft", sft, {}, "components.sft")
     (tmp_path / "a" / "b" / "two.jsonl").write_text('{"text": "changed"}\n')
-    assert stage_key("sft", sft, {}, ()) != key  # sft.sources hash the nested file too
+    assert stage_key("sft", sft, {}, "components.sft") != key  # sft.sources hash the nested file too
     assert expand_paths([str(tmp_path / "a")], "k") == [tmp_path / "a"]  # a plain directory as it is
     with pytest.raises(FileNotFoundError, match=r"sft\.sources: no file matches"):
         expand_paths([str(tmp_path / "**" / "*.parquet")], "sft.sources")
