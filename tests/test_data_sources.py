@@ -294,7 +294,7 @@ def test_cache_key_follows_source_content(tmp_path):
     assert changed != first
     _jsonl(tmp_path / "b.jsonl", ["new file matching the glob"])
     assert key() == changed  # one config object globs once: its plan and its run read the same files
-    assert stage_key("data", DataConfig(sources=[str(tmp_path / "*.jsonl")]), {}, ("components/data",)) != changed
+    assert stage_key("data", DataConfig(sources=[str(tmp_path / "*.jsonl")]), {}, "components.data") != changed
 
 
 def test_mixed_sources_through_the_whole_stage(tmp_path, samples):
