@@ -174,7 +174,8 @@ def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict,
     seq = budget.seq_len(first_batch)
     flops = budget.flops_per_token(n_params, n_layers, d_model, seq)
     peak = budget.peak_flops(cfg.peak_tflops, accelerator.device)
-    cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None}
+    cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None,
+            "model_shape": (n_params, n_layers, d_model)}  # before sharding
     if hasattr(model, "config") and seq:
         rows = first_batch["input_ids"].numel() // seq  # sequences in a global micro-batch (pairs count twice)
         sharded = os.environ.get(STRATEGY_ENV) == "fsdp" and world > 1
@@ -301,14 +302,13 @@ def summarize(final: dict, state: TrainState, guard: SpikeGuard, cost: dict, clo
 
 
 def prepare(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict, accelerator: Accelerator):
-    """(model, optimizer, forward, cost, meter): the model wrapped by Accelerate, forward its compiled
-    wrapper where cfg.compile (same parameters), the budget logged and the throughput meter."""
+    """(model, optimizer, forward, cost): the model wrapped by Accelerate, forward its compiled wrapper
+    where cfg.compile (same parameters), and the budget, logged."""
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     cost = announce_budget(model, cfg, first_batch, accelerator)
-    meter = budget.Throughput(budget.model_shape(model), cost["peak_flops"], accelerator.num_processes)  # unsharded
     model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))
-    return model, optimizer, compiling.training_forward(model, cfg, accelerator), cost, meter
+    return model, optimizer, compiling.training_forward(model, cfg, accelerator), cost
 
 
 def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, Path] | None, ckpt_dir: Path) -> None:
@@ -328,16 +328,16 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
 
     batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank trains on
     its shard. export=(tokenizer, path) saves the trained model there. A checkpoint in out_dir is
-    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step.
-    """
+    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step."""
     accelerator = accelerator or make_accelerator(cfg, model)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    model, optimizer, forward, cost, meter = prepare(model, cfg, batch_fn(0, 0), accelerator)
+    model, optimizer, forward, cost = prepare(model, cfg, batch_fn(0, 0), accelerator)
     out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
     guard = SpikeGuard(factor=cfg.spike_factor, max_in_a_row=cfg.max_spikes_in_a_row)
     state = resume(ckpt_dir, accelerator, guard)
     attention_before = compiling.attention_for_compile(model, cfg, accelerator)  # restored in `finally`
-    steps_log, clock, final = StepLog(out_dir / "log.jsonl", state.step, enabled=main), Clock(), {}
+    steps_log, final = StepLog(out_dir / "log.jsonl", state.step, enabled=main), {}
+    clock, meter = Clock(), budget.Throughput(cost["model_shape"], cost["peak_flops"], world)
     tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
     try:
         while state.step < cfg.max_steps:

@@ -57,6 +57,7 @@ class StepLog:
 
     def __init__(self, path: Path, step: int, enabled: bool) -> None:
         self.path, self.enabled, self.file = Path(path), enabled, None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.truncate(step)
 
     def truncate(self, step: int) -> None:
@@ -64,7 +65,6 @@ class StepLog:
         if not self.enabled:
             return
         self.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = list(self.rows_up_to(step))
             tmp = self.path.with_name(f".{self.path.name}.tmp")
