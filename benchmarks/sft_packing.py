@@ -17,14 +17,15 @@ import torch
 
 
 def measure(rows, cfg, model, pad_id: int, steps: int) -> tuple[float, float]:
-    from components.sft.run import make_batch_fn, masked_loss, nonpad_fraction
+    from components.sft.run import make_batch_fn, nonpad_fraction
+    from components.train.losses import lm_loss
 
     batch_fn, bins = make_batch_fn(rows, cfg, model.config.max_position_embeddings, pad_id)
-    masked_loss(model, batch_fn(0, 0))[0].backward()  # warm-up
+    lm_loss(model, batch_fn(0, 0))[0].backward()  # warm-up
     real, started = 0, time.perf_counter()
     for step in range(1, steps + 1):
         batch = batch_fn(step, 0)
-        masked_loss(model, batch)[0].backward()
+        lm_loss(model, batch)[0].backward()
         real += batch["n_tokens"]
     return nonpad_fraction(rows, bins, cfg), real / (time.perf_counter() - started)
 

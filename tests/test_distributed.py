@@ -1,7 +1,7 @@
 """Multi-process training for real: `accelerate launch` with 2 CPU processes on gloo.
 
 Accelerate on CPU can silently run one process, or silently turn FSDP into DDP
-(STACK-NOTES), so the tests check the world size the processes saw and, for FSDP,
+(measured with accelerate 1.15), so the tests check the world size the processes saw and, for FSDP,
 that each rank holds only part of the parameters, not just that the run finished.
 """
 import json

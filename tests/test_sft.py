@@ -259,7 +259,7 @@ def test_pack_fills_sequences_without_splitting_or_losing_examples():
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_a_packed_example_sees_only_itself(tokenizer, attn):
-    from components.sft.run import masked_loss
+    from components.train.losses import lm_loss
     from components.train.chat import pad_batch
     from components.train.packing import packed_batch
 
@@ -272,8 +272,8 @@ def test_a_packed_example_sees_only_itself(tokenizer, attn):
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
         alone = model(input_ids=torch.tensor([b[0]])).logits
         torch.testing.assert_close(logits[0, len(a[0]) : len(a[0]) + len(b[0])], alone[0], atol=1e-5, rtol=0)
-        packed_loss, _ = masked_loss(model, packed)
-        unpacked_loss, _ = masked_loss(model, pad_batch([a, b, c], tokenizer.pad_token_id))
+        packed_loss, _ = lm_loss(model, packed)
+        unpacked_loss, _ = lm_loss(model, pad_batch([a, b, c], tokenizer.pad_token_id))
         n_targets = int((packed["labels"] != IGNORE).sum())
         torch.testing.assert_close(packed_loss / n_targets, unpacked_loss / n_targets, atol=1e-5, rtol=0)
         # the same rows without restarting positions: b would attend to a, and its logits change
@@ -287,18 +287,20 @@ def test_lora_trains_only_adapters_and_exports_a_merged_plain_model(tokenizer, t
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from components.sft.run import make_batch_fn, masked_loss
-    from components.train.lora import add_lora, trainable_parameters
+    from components.sft.run import make_batch_fn
+    from components.train.budget import count_parameters
+    from components.train.lora import add_lora
+    from components.train.losses import lm_loss
     from components.train.loop import save_model, train
 
     base = build_model(TINY, tokenizer, seed=0)
     original = {k: v.clone() for k, v in base.state_dict().items()}
     cfg = SFTConfig(max_steps=3, warmup_steps=1, batch_size=4, lr=5e-2, mixed_precision="no", log_every=1)
     model = add_lora(base, rank=2, alpha=4.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
-    assert 0 < trainable_parameters(model) == 2 * ((32 + 32) + (32 + 16) + (64 + 32))
+    assert 0 < count_parameters(model, trainable_only=True) == 2 * ((32 + 32) + (32 + 16) + (64 + 32))
     batch_fn, _ = make_batch_fn(_rows(tokenizer, 8), cfg, TINY.context_length, tokenizer.pad_token_id)
     accelerator = Accelerator(cpu=True)
-    train(model, cfg, batch_fn, masked_loss, tmp_path / "run", accelerator=accelerator)
+    train(model, cfg, batch_fn, lm_loss, tmp_path / "run", accelerator=accelerator)
 
     trained = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone()
                for k, v in model.state_dict().items()}

@@ -1,4 +1,5 @@
-"""The training loop's loss-spike guard: skip non-finite or spiking updates, roll back, give up."""
+"""The training loop's loss-spike guard: skip non-finite or spiking updates, roll back, give up;
+its running average survives a resume."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from components.train.config import TrainConfig
+from components.train.guard import ACCEPT, ROLL_BACK, SKIP, SpikeGuard
 from components.train.loop import MAX_ROLLBACKS, train
 
 W_TRUE = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
@@ -29,7 +31,7 @@ def squared_error(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, di
     return loss, {}
 
 
-def run(tmp_path, *, poisoned=(), nan=(), spike_factor=3.0, max_steps=30):
+def run(tmp_path, *, poisoned=(), nan=(), spike_factor=3.0, max_steps=30, crash_at=None):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1, bias=False)
     cfg = TrainConfig(lr=0.3, weight_decay=0.0, warmup_steps=1, max_steps=max_steps, batch_size=8, grad_accum=1,
@@ -39,6 +41,8 @@ def run(tmp_path, *, poisoned=(), nan=(), spike_factor=3.0, max_steps=30):
     weights: list[torch.Tensor] = []  # the weights when it was drawn
 
     def batch_fn(step: int, micro: int) -> dict:
+        if step == crash_at:  # the process dies while drawing this batch
+            raise KeyboardInterrupt("killed")
         seen.append(step)
         weights.append(model.weight.detach().clone())
         return regression_batch(step, set(poisoned), set(nan))
@@ -83,3 +87,43 @@ def test_spikes_in_a_row_roll_back_and_skip_the_bad_data(tmp_path):
 def test_endless_spikes_fail_with_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match=f"after {MAX_ROLLBACKS} rollbacks"):
         run(tmp_path, poisoned=set(range(12, 200)), max_steps=60)
+
+
+def test_guard_skips_then_asks_for_a_rollback_and_round_trips_its_state():
+    guard = SpikeGuard(factor=2.0, max_in_a_row=2, warmup=2)
+    assert [guard.observe(x) for x in (1.0, 1.0, 1.5)] == [ACCEPT] * 3  # 1.5 < 2 x average
+    assert guard.observe(9.0) == SKIP and guard.observe(float("nan")) == ROLL_BACK
+    assert guard.loss_avg == pytest.approx(0.9 * 1.0 + 0.1 * 1.5)  # spikes never enter the average
+    copy = SpikeGuard(factor=2.0, max_in_a_row=2, warmup=2)
+    copy.load_state_dict(json.loads(json.dumps(guard.state_dict())))  # as a checkpoint's state.json holds it
+    assert copy == guard
+    with pytest.raises(ValueError, match="loss_avg"):
+        copy.load_state_dict({"accepted": 3})
+
+
+def _ema(losses: list[float]) -> float:
+    avg = None
+    for loss in losses:
+        avg = loss if avg is None else 0.9 * avg + 0.1 * loss
+    return avg
+
+
+def test_resumed_guard_compares_against_the_uninterrupted_average(tmp_path):
+    """Resumed at step 10, the guard's average is the one an uninterrupted run has there (saved in
+    the checkpoint), so a poisoned batch in the very first step after the resume is caught, as in
+    the uninterrupted run; a guard rebuilt from nothing would need 10 steps to trust its average."""
+    _, straight, straight_rows, _, _ = run(tmp_path / "straight", poisoned={10})
+    assert straight["skipped_steps"] == 1
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(resumed_dir, poisoned={10}, crash_at=10)  # dies in step 11, after step 10's checkpoint
+    saved = json.loads((resumed_dir / "checkpoints" / "step_00000010" / "state.json").read_text())["guard"]
+    assert saved["accepted"] == 10
+    assert saved["loss_avg"] == pytest.approx(_ema([r["loss"] for r in straight_rows[:10]]), rel=1e-12)
+
+    _, metrics, rows, seen, weights = run(resumed_dir, poisoned={10})
+    assert metrics["skipped_steps"] == 1 and metrics["steps"] == 30
+    at = seen.index(10)  # the first batch the resumed loop draws
+    assert torch.equal(weights[at], weights[at + 1])  # no update from the poisoned batch
+    assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]  # 1..30 without step 11
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(rows, straight_rows)) <= 1e-6

@@ -7,9 +7,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from components.train.chat import END, encode_chat, generate, pad_batch  # noqa: F401 (generate: eval's API)
+from components.train.chat import encode_chat, generate, pad_batch
 from components.train.device import model_device, to_device
-from components.train.losses import sequence_logps, token_nll_sum
+from components.train.losses import mean_token_nll, sequence_logps
 
 def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int) -> float:
     """Add-one smoothed unigram model from the train shard, on the tokens the models predict."""
@@ -19,15 +19,9 @@ def unigram_ppl(train_tokens: np.ndarray, windows: torch.Tensor, vocab_size: int
     return float(math.exp(-logp[targets].mean()))
 
 
-@torch.no_grad()
 def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
     """exp(mean next-token NLL) over the windows (each scores its seq_len - 1 targets)."""
-    total, count, where = 0.0, 0, model_device(model)
-    for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size].to(where)
-        total += float(token_nll_sum(model, ids, ids))
-        count += ids.numel() - len(ids)
-    return math.exp(total / count)
+    return math.exp(mean_token_nll(model, windows, batch_size))
 
 
 def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[float, dict, list]:

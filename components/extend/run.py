@@ -16,9 +16,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from components.extend.config import ExtendConfig
 from components.model.build import load_checkpoint
 from components.model.config import ModelConfig
-from components.pretrain.run import train_next_token, validation_loss
+from components.pretrain.run import train_next_token
 from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
+from components.train.losses import mean_token_nll
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def perplexity(model: torch.nn.Module, shards: Path, context: int, max_tokens: i
     windows = fixed_windows(load_shard(shards, "validation"), context, max_tokens)
     model.eval()
     with torch.no_grad():
-        return math.exp(validation_loss(model, windows, batch_size))
+        return math.exp(mean_token_nll(model, windows, batch_size))
 
 
 def run(cfg: ExtendConfig, inputs: dict[str, Path], out_dir: Path) -> dict:

@@ -84,7 +84,3 @@ def load_checkpoint(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
         raise ValueError(f"pretrain.model.init_from={cfg.init_from}: the tokenizer has {len(tokenizer)} tokens but the "
                          f"model only {model.get_input_embeddings().num_embeddings} embeddings")
     return model
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -8,24 +8,15 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from components.model.build import build_model, count_parameters, load_checkpoint
+from components.model.build import build_model, load_checkpoint
 from components.pretrain.config import PretrainConfig
-from components.train.device import model_device
+from components.train.budget import count_parameters
 from components.train.data import fixed_windows, load_shard, random_windows
-from components.train.losses import lm_loss, token_nll_sum
+from components.train.losses import lm_loss, mean_token_nll
 from components.train.config import TrainConfig
 from components.train.loop import train
 
 log = logging.getLogger(__name__)
-
-
-def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> float:
-    total, count, where = 0.0, 0, model_device(model)
-    for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size].to(where)
-        total += float(token_nll_sum(model, ids, ids))
-        count += ids.numel() - len(ids)
-    return total / count
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -52,7 +43,7 @@ def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, contex
         return random_windows(train_tokens, context, cfg.batch_size, cfg.seed, step, micro)
 
     def evaluate(model: torch.nn.Module) -> dict:
-        loss = validation_loss(model, val_windows, cfg.batch_size)
+        loss = mean_token_nll(model, val_windows, cfg.batch_size)
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))

@@ -19,6 +19,7 @@ from components.config import resolved_input
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
+from components.train.budget import count_parameters
 from components.train.chat import encode_chat, epoch_indices, pad_batch
 from components.train.device import model_device, to_device
 from components.train.formats import read_located, sft_record
@@ -70,10 +71,6 @@ def write_quarantine(out_dir: Path, quarantined: list[dict]) -> None:
             f.writelines(json.dumps(q) + "\n" for q in quarantined)
 
 
-def masked_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    return lm_loss(model, batch)  # labels mask all but the assistant's tokens; MoE adds its router loss
-
-
 def make_batch_fn(rows: list[Row], cfg: SFTConfig, max_len: int, pad_id: int):
     """batch_fn(step, micro) for the loop, and the number of sequences it samples from.
 
@@ -89,9 +86,7 @@ def make_batch_fn(rows: list[Row], cfg: SFTConfig, max_len: int, pad_id: int):
         else:
             batch = pad_batch([rows[b] for b in idx], pad_id)
             batch["n_tokens"] = int(batch["attention_mask"].sum())
-        batch["n_targets"] = int((batch["labels"] != IGNORE).sum())
-        if batch["n_targets"] == 0:  # cannot happen after encode_examples; never train on nothing silently
-            raise RuntimeError(f"sft: micro-batch {micro} of step {step} has no trainable token")
+        batch["n_targets"] = int((batch["labels"] != IGNORE).sum())  # >= 1: encode_examples refuses examples with none
         return batch
 
     return batch_fn, bins
@@ -128,7 +123,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     if cfg.adapter == "lora":
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
-    n_params, n_trainable = sum(p.numel() for p in model.parameters()), lora.trainable_parameters(model)
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
     fill = nonpad_fraction(train_rows, bins, cfg)
     log.info("sft: %d training examples in %d sequences (%.1f%% real tokens), %d steps of %d; "
@@ -136,10 +131,10 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
              cfg.batch_size * cfg.grad_accum, n_trainable, n_params, cfg.adapter)
 
     def evaluate(model: torch.nn.Module) -> dict:
-        loss, _ = masked_loss(model, to_device(val_batch, model_device(model)))
+        loss, _ = lm_loss(model, to_device(val_batch, model_device(model)))  # labels: the assistant's tokens only
         return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
 
-    metrics = train(model, cfg, batch_fn, masked_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
+    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
             "nonpad_fraction": round(fill, 4), "records_read": per_file, "quarantined": len(quarantined),
             "quarantined_unreadable": len(quarantined) - len(too_long), "quarantined_too_long": len(too_long),

@@ -29,7 +29,7 @@ def accelerate_args(launcher: LauncherConfig, on_gpu: bool) -> list[str]:
     if launcher.main_process_ip:
         args += ["--main_process_ip", launcher.main_process_ip]
     if world > 1:
-        # on CPU too: `--cpu` with 2 processes silently runs one (STACK-NOTES); the code passes cpu=True
+        # on CPU too: `--cpu` with 2 processes silently runs one (accelerate 1.15); the code passes cpu=True
         args.append("--multi_gpu")
     if not on_gpu:
         args += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // launcher.num_processes))]

@@ -8,12 +8,10 @@ the targets of the whole accumulated batch, so accumulation 4 x 2 equals batch 8
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +22,8 @@ from accelerate.utils import DistributedType
 
 from components.train import budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
+from components.train.guard import ACCEPT, SKIP, SpikeGuard
+from components.train.state import Clock, StepLog, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> 
             state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, fsdp_plugin=fsdp_plugin)
     if fsdp_plugin and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
-        # Accelerate silently falls back to DDP on CPU (STACK-NOTES); FSDP2 itself works there on gloo
+        # Accelerate 1.15 silently falls back to DDP on CPU (measured); FSDP2 itself works there on gloo
         if precision != "no":
             fsdp_plugin.set_mixed_precision(precision)
         accelerator.state.distributed_type = DistributedType.FSDP
@@ -146,13 +146,14 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict], loss_fn: L
 def local_parameter_share(model: torch.nn.Module) -> float:
     """Share of the parameters held by this rank: 1.0 unless the model is sharded (FSDP)."""
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
-    return local / max(1, sum(p.numel() for p in model.parameters()))
+    return local / max(1, budget.count_parameters(model))
 
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it).
-    A LoRA model is merged in place first: call it once training is over."""
-    if accelerator.distributed_type == DistributedType.FSDP:
+    A LoRA model is merged in place first (lora.exportable): call it once training is over."""
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         # gathered onto rank 0's CPU (our checkpoints stay sharded; the export is one plain file)
@@ -160,32 +161,21 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if accelerator.distributed_type == DistributedType.FSDP:
-            # save_pretrained inspects the module's own (sharded) parameters, a collective the
-            # other ranks never join: save an unsharded copy instead
-            unwrapped = lora.blank_like(unwrapped)
-            unwrapped.load_state_dict(state_dict)
-            state_dict = None  # the copy's own, so tied weights are recognised as one
-        if lora.is_adapted(unwrapped):  # LoRA: adapters merged into the weights, a plain HF model
-            unwrapped, state_dict = lora.merged(unwrapped), None
-        unwrapped.save_pretrained(path, state_dict=state_dict)
+        plain, state_dict = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded)
+        plain.save_pretrained(path, state_dict=state_dict)
         tokenizer.save_pretrained(path)
     accelerator.wait_for_everyone()
-
-
-def seq_len(batch: dict) -> int:
-    return int(batch["input_ids"].shape[-1]) if "input_ids" in batch else 0
 
 
 def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict, accelerator: Accelerator) -> dict:
     """Log and return FLOPs per token, the per-rank memory estimate and the device's peak FLOP/s."""
     world = accelerator.num_processes
     n_params, n_layers, d_model = budget.model_shape(model)
-    seq = seq_len(first_batch)
+    seq = budget.seq_len(first_batch)
     flops = budget.flops_per_token(n_params, n_layers, d_model, seq)
     peak = budget.peak_flops(cfg.peak_tflops, accelerator.device)
-    cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None}
+    cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None,
+            "model_shape": (n_params, n_layers, d_model)}  # before sharding
     if hasattr(model, "config") and seq:
         rows = first_batch["input_ids"].numel() // seq  # sequences in a global micro-batch (pairs count twice)
         sharded = os.environ.get(STRATEGY_ENV) == "fsdp" and world > 1
@@ -210,158 +200,97 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.config.use_cache = False  # a KV cache is useless in training and incompatible with recomputation
 
 
-def truncate_log(log_path: Path, step: int) -> None:
-    """Drop log rows after `step` (a resume or rollback redoes them)."""
-    if log_path.exists():
-        rows = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= step]
-        log_path.write_text("".join(r + "\n" for r in rows))
+# --- the pieces of one step, in the order train() uses them -------------------------------------
+
+CHECKPOINTED = ("train", "guard")  # state.json's parts besides Accelerate's files
 
 
-def train(
-    model: torch.nn.Module,
-    cfg: TrainConfig,
-    batch_fn: BatchFn,
-    loss_fn: LossFn,
-    out_dir: Path,
-    evaluate: Callable[[torch.nn.Module], dict] | None = None,
-    accelerator: Accelerator | None = None,
-    export: tuple[Any, Path] | None = None,
-) -> dict:
-    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
+def resume(ckpt_dir: Path, accelerator: Accelerator, guard: SpikeGuard) -> TrainState:
+    """The latest checkpoint's state (model, optimizer, RNG and the guard restored in place), or a fresh one."""
+    last = checkpoint.latest(ckpt_dir)
+    if last is None:
+        return TrainState()
+    saved = checkpoint.load(last, accelerator, CHECKPOINTED)
+    guard.load_state_dict(saved["guard"])
+    state = TrainState.from_state_dict(saved["train"])
+    log.info("resumed from step %d (%.1f s trained before)", state.step, state.train_seconds)
+    return state
 
-    batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank
-    trains on its shard. export=(tokenizer, path) saves the trained model there.
-    """
-    accelerator = accelerator or make_accelerator(cfg, model)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    shape = budget.model_shape(model)  # before sharding
-    cost = announce_budget(model, cfg, batch_fn(0, 0), accelerator)
-    optimizer = make_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    forward = compiling.training_forward(model, cfg, accelerator)  # the model, or its compiled wrapper (same parameters)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ckpt_dir = Path(out_dir) / "checkpoints"
-    log_path = Path(out_dir) / "log.jsonl"
-    # data_offset: batches skipped after a rollback, so training does not replay the window that spiked
-    state = {"step": 0, "tokens": 0, "skipped_steps": 0, "rollbacks": 0, "data_offset": 0}
-    if checkpoint.latest(ckpt_dir) is not None:
-        state = {**state, **checkpoint.load(checkpoint.latest(ckpt_dir), accelerator)}
-        log.info("resumed from step %d", state["step"])
-        if main:
-            truncate_log(log_path, state["step"])
-    final: dict = {}
-    loss_avg, spikes_in_a_row, accepted = None, 0, 0
-    started, window_tokens, window_flops, window_start = time.time(), 0, 0.0, time.time()
-    first_step_seconds = None  # compile's one-off cost shows here
-    log_file = open(log_path, "a") if main else None
-    tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
-    attention_before = None
-    try:
-        attention_before = compiling.attention_for_compile(model, cfg, accelerator)
-        while state["step"] < cfg.max_steps:
-            step = state["step"]
-            # --- one optimizer step over cfg.grad_accum micro-batches ---
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batches = [shard(batch_fn(step + state["data_offset"], micro), rank, world) for micro in range(cfg.grad_accum)]
-            forward.train()  # the compiled wrapper's flag too, which loss functions read
-            loss_total, n_targets, extras = accumulate_gradients(forward, batches, loss_fn, accelerator)
-            loss = loss_total / max(1, n_targets)
-            # --- loss-spike guard: a non-finite or far-above-average loss skips the update ---
-            warm = accepted >= 10  # a running average worth comparing against
-            if not math.isfinite(loss) or (cfg.spike_factor and warm and loss > cfg.spike_factor * loss_avg):
-                optimizer.zero_grad(set_to_none=True)
-                state["skipped_steps"] += 1
-                spikes_in_a_row += 1
-                log.warning("step %d: loss %.4g (running average %s): update skipped", step + 1, loss, loss_avg)
-                if spikes_in_a_row >= cfg.max_spikes_in_a_row:
-                    last = checkpoint.latest(ckpt_dir)
-                    if last is None or state["rollbacks"] >= MAX_ROLLBACKS:
-                        raise RuntimeError(f"{spikes_in_a_row} loss spikes in a row at step {step + 1} after "
-                                           f"{state['rollbacks']} rollbacks ({'no checkpoint' if last is None else last.name}): "
-                                           "lower the learning rate or inspect the data")
-                    kept = {k: state[k] for k in ("skipped_steps", "rollbacks", "data_offset")}
-                    state = {**state, **checkpoint.load(last, accelerator), **kept}
-                    # resume past the batches that spiked (PaLM's remedy): the same data would spike again
-                    state["data_offset"] += step + 1 - state["step"]
-                    state["rollbacks"] += 1
-                    spikes_in_a_row = 0
-                    if log_file:
-                        log_file.close()
-                        truncate_log(log_path, state["step"])
-                        log_file = open(log_path, "a")
-                    log.warning("rolled back to %s; skipping %d batches of data", last.name, state["data_offset"])
-                else:
-                    state["step"] += 1  # the data of a skipped step is not retried
-                continue
-            spikes_in_a_row, accepted = 0, accepted + 1
-            loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_tokens = sum(int(b.get("n_tokens", b["n_targets"])) for b in batches)
-            state = {**state, "step": step + 1, "tokens": state["tokens"] + step_tokens}
-            if first_step_seconds is None:
-                first_step_seconds = time.time() - started
-                log.info("first step: %.1f s%s", first_step_seconds,
-                         " (torch.compile: tracing and code generation, once per run)" if cfg.compile else "")
-            window_tokens += step_tokens
-            window_flops += sum(int(b.get("n_tokens", b["n_targets"])) * budget.flops_per_token(*shape, seq_len(b))
-                                for b in batches)
-            # --- logging, validation, checkpoints ---
-            row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-                   "tokens": state["tokens"], **extras}
-            done = state["step"] == cfg.max_steps
-            if step % cfg.log_every == 0 or done:
-                now = time.time()
-                row["tokens_per_s"] = window_tokens / max(1e-9, now - window_start)
-                if cost["peak_flops"]:
-                    row["mfu"] = window_flops / max(1e-9, now - window_start) / (cost["peak_flops"] * world)
-                window_tokens, window_flops, window_start = 0, 0.0, now
-                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", row["step"], cfg.max_steps,
-                         row["loss"], lr, row["tokens_per_s"], f" MFU {row['mfu']:.1%}" if "mfu" in row else "")
-            if evaluate is not None and (done or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
-                model.eval()
-                with torch.no_grad(), accelerator.autocast():
-                    row.update(evaluate(model))
-                log.info("step %d validation %s", state["step"], {k: round(v, 4) for k, v in row.items() if k.startswith("val")})
-            if log_file:
-                log_file.write(json.dumps(row) + "\n")
-                log_file.flush()
-            tracker.log(row, row["step"])
-            if state["step"] % cfg.save_every == 0 and not done:
-                checkpoint.save(ckpt_dir, accelerator, state, cfg.keep_checkpoints)
-            final = row
-        if export is not None:
-            save_model(accelerator, model, export[0], export[1])
-        accelerator.wait_for_everyone()
-        if main:  # finished: resuming is no longer needed (a failed build keeps them, see artifacts.py)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    except BaseException:
-        tracker.fail()
-        raise
-    finally:
-        if log_file:
-            log_file.close()
-        if attention_before is not None:
-            accelerator.unwrap_model(model).set_attn_implementation(attention_before)
-    seconds = time.time() - started
-    metrics = {
+
+def save_checkpoint(ckpt_dir: Path, accelerator: Accelerator, state: TrainState, guard: SpikeGuard, keep: int) -> None:
+    checkpoint.save(ckpt_dir, accelerator, state.step, {"train": state.state_dict(), "guard": guard.state_dict()}, keep)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
+                  max_norm: float) -> float:
+    """Clip the gradients, update, clear; return the gradient norm before clipping."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def skip_update(verdict: str, loss: float, state: TrainState, guard: SpikeGuard, ckpt_dir: Path,
+                accelerator: Accelerator, steps_log: StepLog) -> TrainState:
+    """The spike guard refused the update: drop it, and after too many in a row roll back."""
+    log.warning("step %d: loss %.4g (running average %s): update skipped", state.step + 1, loss, guard.loss_avg)
+    if verdict == SKIP:
+        state.step += 1  # the data of a skipped step is not retried
+        return state
+    last = checkpoint.latest(ckpt_dir)
+    if last is None or guard.rollbacks >= MAX_ROLLBACKS:
+        raise RuntimeError(f"{guard.in_a_row} loss spikes in a row at step {state.step + 1} after "
+                           f"{guard.rollbacks} rollbacks ({'no checkpoint' if last is None else last.name}): "
+                           "lower the learning rate or inspect the data")
+    # the guard keeps its counters and average (checkpoint.load only restores in place what Accelerate saved)
+    back = TrainState.from_state_dict(checkpoint.load(last, accelerator, CHECKPOINTED)["train"])
+    # resume past the batches that spiked (PaLM's remedy): the same data would spike again
+    back.data_offset = state.data_offset + state.step + 1 - back.step
+    back.train_seconds = state.train_seconds  # the time spent on the abandoned steps was spent
+    guard.rolled_back()
+    steps_log.truncate(back.step)
+    log.warning("rolled back to %s; skipping %d batches of data", last.name, back.data_offset)
+    return back
+
+
+def validate(model: torch.nn.Module, evaluate: Callable[[torch.nn.Module], dict], accelerator: Accelerator,
+             step: int) -> dict:
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        metrics = evaluate(model)
+    log.info("step %d validation %s", step, {k: round(v, 4) for k, v in metrics.items() if k.startswith("val")})
+    return metrics
+
+
+def log_progress(row: dict, cfg: TrainConfig) -> None:
+    log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", row["step"], cfg.max_steps, row["loss"], row["lr"],
+             row["tokens_per_s"], f" MFU {row['mfu']:.1%}" if "mfu" in row else "")
+
+
+def summarize(final: dict, state: TrainState, guard: SpikeGuard, cost: dict, clock: Clock, model: torch.nn.Module,
+              accelerator: Accelerator) -> dict:
+    """The run's metrics; counters and rates over the whole run, across restarts (TrainState)."""
+    world, seconds = accelerator.num_processes, max(1e-9, state.train_seconds)
+    tokens_per_second = state.tokens / seconds
+    return {
         "final_loss": final.get("loss", float("nan")),
-        "steps": state["step"],
-        "skipped_steps": state["skipped_steps"],
-        "rollbacks": state["rollbacks"],
-        "tokens_trained": state["tokens"],
-        "train_seconds": round(seconds, 2),
-        "first_step_seconds": round(first_step_seconds or 0.0, 2),
-        "tokens_per_second": round(state["tokens"] / max(1e-9, seconds), 1),
+        "steps": state.step,
+        "skipped_steps": guard.skipped,
+        "rollbacks": guard.rollbacks,
+        "tokens_trained": state.tokens,
+        "train_seconds": round(state.train_seconds, 2),
+        "first_step_seconds": round(clock.first_step_seconds or 0.0, 2),
+        "tokens_per_second": round(tokens_per_second, 1),
         "flops_per_token": cost["flops_per_token"],
         "memory_estimate_mb": cost["memory_estimate_mb"],
-        **({"mfu": float(f'{budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
+        **({"mfu": float(f'{budget.mfu(tokens_per_second, cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
            if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
         "strategy": os.environ.get(STRATEGY_ENV, "single"),
@@ -370,5 +299,85 @@ def train(
         "param_share_per_rank": round(local_parameter_share(model), 4),
         **{k: v for k, v in final.items() if k.startswith("val")},
     }
+
+
+def prepare(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict, accelerator: Accelerator):
+    """(model, optimizer, forward, cost): the model wrapped by Accelerate, forward its compiled wrapper
+    where cfg.compile (same parameters), and the budget, logged."""
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    cost = announce_budget(model, cfg, first_batch, accelerator)
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))
+    return model, optimizer, compiling.training_forward(model, cfg, accelerator), cost
+
+
+def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, Path] | None, ckpt_dir: Path) -> None:
+    """Export the model; then the checkpoints go: resuming is no longer needed (a failed build keeps them,
+    see artifacts.py)."""
+    if export is not None:
+        save_model(accelerator, model, export[0], export[1])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, out_dir: Path,
+          evaluate: Callable[[torch.nn.Module], dict] | None = None, accelerator: Accelerator | None = None,
+          export: tuple[Any, Path] | None = None) -> dict:
+    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
+
+    batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank trains on
+    its shard. export=(tokenizer, path) saves the trained model there. A checkpoint in out_dir is
+    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step."""
+    accelerator = accelerator or make_accelerator(cfg, model)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    model, optimizer, forward, cost = prepare(model, cfg, batch_fn(0, 0), accelerator)
+    out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
+    guard = SpikeGuard(factor=cfg.spike_factor, max_in_a_row=cfg.max_spikes_in_a_row)
+    state = resume(ckpt_dir, accelerator, guard)
+    attention_before = compiling.attention_for_compile(model, cfg, accelerator)  # restored in `finally`
+    steps_log, final = StepLog(out_dir / "log.jsonl", state.step, enabled=main), {}
+    clock, meter = Clock(), budget.Throughput(cost["model_shape"], cost["peak_flops"], world)
+    tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
+    try:
+        while state.step < cfg.max_steps:
+            # --- one optimizer step over cfg.grad_accum micro-batches ---
+            lr = set_lr(optimizer, lr_at(state.step, cfg))
+            batches = [shard(batch_fn(state.step + state.data_offset, micro), rank, world) for micro in range(cfg.grad_accum)]
+            forward.train()  # the compiled wrapper's flag too, which loss functions read
+            loss_total, n_targets, extras = accumulate_gradients(forward, batches, loss_fn, accelerator)
+            loss = loss_total / max(1, n_targets)
+            verdict = guard.observe(loss)  # a non-finite or far-above-average loss skips the update
+            if verdict != ACCEPT:
+                optimizer.zero_grad(set_to_none=True)
+                state = skip_update(verdict, loss, state, guard, ckpt_dir, accelerator, steps_log)
+                clock.tick(state, updated=False)
+                continue
+            grad_norm = clip_and_step(model, optimizer, accelerator, cfg.grad_clip)
+            state.step, state.tokens = state.step + 1, state.tokens + meter.add(batches)
+            clock.tick(state)
+            # --- logging, validation, checkpoints ---
+            row = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens, **extras}
+            done = state.step == cfg.max_steps
+            if (state.step - 1) % cfg.log_every == 0 or done:
+                row.update(meter.read())
+                log_progress(row, cfg)
+            if evaluate is not None and (done or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                row.update(validate(model, evaluate, accelerator, state.step))
+            steps_log.write(row)
+            tracker.log(row, row["step"])
+            if state.step % cfg.save_every == 0 and not done:
+                save_checkpoint(ckpt_dir, accelerator, state, guard, cfg.keep_checkpoints)
+            final = row
+        finish(accelerator, model, export, ckpt_dir)
+        clock.tick(state, updated=False)  # the last validation and the export count too
+    except BaseException:
+        tracker.fail()
+        raise
+    finally:
+        steps_log.close()
+        if attention_before is not None:
+            accelerator.unwrap_model(model).set_attn_implementation(attention_before)
+    metrics = summarize(final, state, guard, cost, clock, model, accelerator)
     tracker.finish(metrics)
     return metrics

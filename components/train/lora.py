@@ -51,5 +51,18 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload() if is_adapted(model) else model
 
 
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def exportable(model: torch.nn.Module, state_dict: dict | None, sharded: bool) -> tuple[torch.nn.Module, dict | None]:
+    """(model, state_dict) for save_pretrained to write a plain Hugging Face model.
+
+    sharded (FSDP): state_dict is the gathered full one, loaded into an unsharded copy, since
+    save_pretrained inspects the module's own (sharded) parameters, a collective the other ranks
+    never join. A LoRA model is merged in place first. A None state_dict means the model's own, so
+    tied weights are recognised as one.
+    """
+    if sharded:
+        model = blank_like(model)
+        model.load_state_dict(state_dict)
+        state_dict = None
+    if is_adapted(model):  # LoRA: adapters merged into the weights, a plain HF model
+        return merged(model), None
+    return model, state_dict

@@ -1,10 +1,11 @@
-"""Objectives: each returns (sum of losses over the batch's targets, metrics)."""
+"""Objectives: each returns (sum of losses over the batch's targets, metrics); and the one
+validation measure built on them, the mean next-token loss over fixed windows."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
+
+from components.train.device import model_device
 
 IGNORE = -100
 
@@ -35,6 +36,18 @@ def token_nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch
                   attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids)."""
     return nll_and_router_aux(model, input_ids, labels, attention_mask, position_ids)[0]
+
+
+@torch.no_grad()
+def mean_token_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token NLL over token windows (each scores its seq_len - 1 targets), batch by batch:
+    pretrain's and extend's validation loss, and eval's log-perplexity."""
+    total, count, where = 0.0, 0, model_device(model)
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i : i + batch_size].to(where)
+        total += float(token_nll_sum(model, ids, ids))
+        count += ids.numel() - len(ids)
+    return total / count
 
 
 def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -87,5 +100,3 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
         raise ValueError(f"unknown preference loss {kind!r}: choose sigmoid, ipo or hinge")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
-
-LN2 = math.log(2.0)
