@@ -338,9 +338,7 @@ def train(
             final = row
         if export is not None:
             save_model(accelerator, model, export[0], export[1])
-        accelerator.wait_for_everyone()
-        if main:  # finished: resuming is no longer needed (a failed build keeps them, see artifacts.py)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        accelerator.wait_for_everyone()  # checkpoints stay: artifacts.build() removes them after the rename
     except BaseException:
         tracker.fail()
         raise
