@@ -207,11 +207,11 @@ def _read_owner(fd: int) -> dict | None:
     return owner if isinstance(owner, dict) else None
 
 
-def describe_owner(owner: dict | None) -> str:
+def describe_owner(owner: dict | None, holding: bool = True) -> str:
     if not owner:
         return "an unknown owner"
     where = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
-    if owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid")):
+    if holding and owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid")):
         where += " (no such process here: another pid namespace? delete the lock file if no run is active)"
     return f"{where} ({owner.get('command', '')})"
 
@@ -279,7 +279,7 @@ def _acquire(fd: int, lock_path: Path, what: str) -> None:
     previous = _read_owner(fd)
     if previous:  # its owner ended without releasing it: killed (SIGKILL, OOM) or crashed hard
         log.warning("%s: took over the lock of %s, which ended without releasing it", lock_path,
-                    describe_owner(previous))
+                    describe_owner(previous, holding=False))
 
 
 def _versions() -> dict[str, str]:
@@ -314,8 +314,9 @@ def _restart(partial: Path) -> None:
     for child in aside.iterdir():
         if child.name in RESUME_STATE:
             os.rename(child, partial / child.name)
-    log.warning("%s: a previous build did not finish; resuming from %s, its other files kept in %s", partial,
-                sorted(p.name for p in partial.iterdir()) or "nothing", aside)
+    kept = sorted(p.name for p in partial.iterdir())
+    log.warning("%s: a previous build did not finish; %s; its other files are kept in %s", partial,
+                f"resuming with {', '.join(kept)}" if kept else "starting again", aside)
 
 
 def build(
