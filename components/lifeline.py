@@ -30,7 +30,8 @@ def ensure_watchdog() -> subprocess.Popen | None:
     if _watchdog is not None or not Path("/proc/self/stat").exists():
         return _watchdog
     _watchdog = subprocess.Popen([sys.executable, "-m", "components.lifeline", str(os.getpid())],
-                                 stdin=subprocess.PIPE, close_fds=True)
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+                                 cwd=Path(__file__).resolve().parents[1])  # the repo: importable from anywhere
     atexit.register(_say_goodbye, _watchdog)
     return _watchdog
 

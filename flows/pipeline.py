@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -17,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from components.lifeline import ensure_watchdog
 from flows.config import PipelineConfig, register, to_pipeline_config
+from flows.failure import engine_errors_in_one_line, failure_report
 from flows.plan import artifacts_root, describe, make_plan
 
 log = logging.getLogger("pipeline")
@@ -75,64 +75,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)
-    _engine_errors_in_one_line()
+    engine_errors_in_one_line()
     try:
         run_pipeline(pipeline_cfg)
     except Exception as err:  # a stage raised: the reason, the traceback once, the reason again
         sys.stderr.write(failure_report(err))
         sys.exit(1)
-
-
-def failure_reason(err: BaseException) -> str:
-    """One line: the stage that failed (build() notes it) and the error's first line."""
-    where = next((n.split(" failed;")[0] for n in getattr(err, "__notes__", []) if n.startswith("stage ")), "")
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"pipeline failed: {where + ': ' if where else ''}{type(err).__name__}: {first}"
-
-
-def failure_report(err: BaseException) -> str:
-    """The reason, the traceback without Prefect's engine frames, the reason again."""
-    trace = traceback.TracebackException.from_exception(err)
-    for exc in _chain(trace):
-        exc.stack = traceback.StackSummary.from_list(
-            [f for f in exc.stack if f"{os.sep}prefect{os.sep}" not in f.filename])
-    reason = failure_reason(err)
-    return f"{reason}\n{''.join(trace.format())}{reason}\n"
-
-
-def _chain(trace: traceback.TracebackException):
-    seen = []
-    while trace is not None and trace not in seen:
-        seen.append(trace)
-        yield trace
-        trace = trace.__cause__ or trace.__context__
-
-
-class _WithoutEngineTracebacks(logging.Formatter):
-    """Prefect logs a failed task's and flow's traceback (three with ours): on the console keep
-    its one-line message; the CLI prints the traceback once (failure_report). The Prefect API
-    (UI) handler is not wrapped and keeps them."""
-
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not (record.exc_info and record.name.startswith("prefect.")):
-            return self.inner.format(record)
-        saved = record.exc_info, record.exc_text
-        record.exc_info = record.exc_text = None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
-
-
-def _engine_errors_in_one_line() -> None:
-    for handler in logging.getLogger().handlers:
-        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if console and not isinstance(handler.formatter, _WithoutEngineTracebacks):  # Hydra's log file keeps them
-            handler.setFormatter(_WithoutEngineTracebacks(handler.formatter))
 
 
 def main() -> None:

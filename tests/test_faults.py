@@ -302,25 +302,37 @@ def _config(root: Path, *overrides: str):
     return to_pipeline_config(cfg)
 
 
+@pytest.fixture
+def artifact_warnings():
+    """Warnings of components.artifacts, caught at the logger itself: in a flow, Prefect's
+    PREFECT_LOGGING_EXTRA_LOGGERS setting stops `components` loggers propagating to caplog."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("components.artifacts")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
 @pytest.mark.slow
-def test_damaged_artifacts_are_rebuilt_through_the_flow(tmp_path, caplog):
+def test_damaged_artifacts_are_rebuilt_through_the_flow(tmp_path, artifact_warnings):
     from flows.pipeline import run_pipeline
 
     cfg = _config(tmp_path, "run.until=pretrain")
     paths = {r["stage"]: Path(r["path"]) for r in run_pipeline(cfg)}
     manifest = paths["pretrain"] / "manifest.json"
     manifest.write_text(manifest.read_text()[:100])  # truncated
-    caplog.set_level(logging.WARNING, logger="components.artifacts")
     rows = run_pipeline(cfg)
     assert {r["stage"]: r["status"] for r in rows} == {"data": "cached", "tokenizer": "cached", "pretrain": "built"}
-    assert any(str(manifest) in r.getMessage() for r in caplog.records)
+    assert any(str(manifest) in r.getMessage() for r in artifact_warnings)
 
     weights = paths["pretrain"] / "model" / "model.safetensors"
     weights.unlink()  # the manifest kept: once "cached", and sft failed later
-    caplog.clear()
+    artifact_warnings.clear()
     rows = run_pipeline(cfg)
     assert {r["stage"]: r["status"] for r in rows}["pretrain"] == "built" and weights.is_file()
-    assert any(str(weights) in r.getMessage() for r in caplog.records)
+    assert any(str(weights) in r.getMessage() for r in artifact_warnings)
     assert len(list((tmp_path / "pretrain").glob(".*.damaged-*"))) == 2  # both kept as evidence
 
 
