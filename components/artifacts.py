@@ -2,7 +2,7 @@
 
 This is the one place that computes cache keys. A key is the sha256 of the stage
 name, the output-relevant part of its config, its input artifacts' keys and a
-fingerprint of the stage's code, plus the content of the input files its config names
+fingerprint of the stage's code (its import closure and libraries: code_version.py), plus the content of the input files its config names
 (fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
 renamed into place after the manifest is written. It is trusted only while the files its
@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from components.code_version import Closure, git_state, library_versions
 from components.config import READS_FILES, as_dict, output_relevant
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,28 @@ MANIFEST = "manifest.json"
 KEY_LENGTH = 16
 _VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datatrove", "sentencepiece", "tokenizers")
 
+# In every key besides the stage's own closure: components/config.py decides which config goes into
+# the key (output_relevant), artifacts.py what an artifact is (its manifest, which files are trusted):
+# an artifact built under other rules is not this one. Its closure brings code_version.py too.
+SHARED_CODE = ("components.config", "components.artifacts")
+_key_code: dict[str, Closure] = {}  # key -> the code hashed into it, for the manifest of the build of that key
 
-def code_fingerprint(code_paths: tuple[str, ...] | list[str]) -> str:
-    """sha256 over the Python sources under the given repo-relative paths."""
-    digest = hashlib.sha256()
-    for rel in sorted(code_paths):
-        root = REPO_ROOT / rel
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for path in files:
-            digest.update(str(path.relative_to(REPO_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+
+def stage_closure(module: str, overrides: dict[str, str] | None = None) -> Closure:
+    """The repo files and libraries that compute a stage: the import closure of `<module>.run` and
+    `<module>.config` plus SHARED_CODE. `overrides` {repo-relative path: text} stands in for files."""
+    if not isinstance(module, str):  # the hand-kept path tuples this replaced
+        raise TypeError(f"the stage's code is its package's name (e.g. 'components.sft'), not {module!r}")
+    return Closure((f"{module}.run", f"{module}.config", *SHARED_CODE), REPO_ROOT, overrides)
+
+
+def code_fingerprint(closure: Closure) -> str:
+    """sha256 over the stage's closure (each file's bytecode without docstrings or line numbers:
+    comments and layout do not count), the Python version (the stdlib is a library too: the embedded corpus is
+    its documentation) and the installed versions of the third-party libraries the closure imports."""
+    payload = {"files": closure.digest(), "python": platform.python_version(),
+               "libraries": library_versions(closure.libraries)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 _file_digests: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: each file is read once per process
@@ -112,12 +124,14 @@ def input_file_fingerprints(cfg: Any, prefix: str) -> dict[str, str]:
     return found
 
 
-def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tuple[str, ...]) -> str:
+def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], module: str) -> str:
+    """`module`: the stage's package (`components.sft`), whose run and config modules' closure is its code."""
+    closure = stage_closure(module)
     payload = {
         "stage": stage,
         "config": output_relevant(cfg),
         "inputs": dict(sorted(input_keys.items())),
-        "code": code_fingerprint(code_paths),
+        "code": code_fingerprint(closure),
     }
     files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
     if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
@@ -125,7 +139,9 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], code_paths: tupl
     if files:  # only then: stages without input files keep their keys
         payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+    key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+    _key_code[key] = closure
+    return key
 
 
 def artifact_dir(root: Path, stage: str, key: str) -> Path:
@@ -282,12 +298,23 @@ def _acquire(fd: int, lock_path: Path, what: str) -> None:
                     describe_owner(previous, holding=False))
 
 
-def _versions() -> dict[str, str]:
+def _versions(key: str) -> dict[str, str]:
+    """Python, the engines the pipeline runs on (_VERSIONED_PACKAGES, also where a stage reaches them
+    only through another library: tokenizers under transformers) and the libraries in the key's code."""
     found = {"python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-    return found
+    closure = _key_code.get(key)
+    return {**found, **(library_versions(closure.libraries) if closure else {})}
+
+
+def code_record(key: str) -> dict:
+    """For the manifest: the git commit, whether the key's code (its closure; the whole checkout
+    for a key not made in this process) differs from it, and its files; None where git is missing."""
+    closure = _key_code.get(key)
+    files = sorted(closure.files) if closure else None
+    return {**git_state(REPO_ROOT, files), "files": files}
 
 
 def _set_aside(path: Path, kind: str) -> Path:
@@ -353,7 +380,8 @@ def build(
                 "files": file_records(tmp),
                 "metrics": metrics or {},
                 "timings": {"started": started, "seconds": round(time.time() - started, 3)},
-                "versions": _versions(),
+                "versions": _versions(key),
+                "code": code_record(key),
             }
             _write_atomically(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.rename(tmp, final)

@@ -1,7 +1,7 @@
 """The stages as data: what each one needs, which config class it takes, which code it is.
 
-The flow walks this table in order; `components.artifacts.stage_key` hashes the
-`code` paths into each key, so editing a stage's code rebuilds it and what follows.
+The flow walks this table in order; `components.artifacts.stage_key` hashes the import
+closure of each stage's `module` into its key, so editing a stage's code rebuilds it and what follows.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ class Stage:
     module: str  # its package; `<module>.run:run` is the entry point, `<module>.config` the config
     config_class: str
     needs: tuple[str, ...]
-    code: tuple[str, ...]  # repo-relative source paths fingerprinted into the key
     trains: bool = False  # runs the training loop: `accelerate launch` when the launcher says so
     # optional stage (its config has `enabled`): when enabled, the stages after it that need
     # `stands_in_for` read this stage's artifact in its place (extend: a longer-context pretrain model)
@@ -33,9 +32,6 @@ class Stage:
 
             return functools.partial(launch, self.name, launcher=launcher)
         return importlib.import_module(f"{self.module}.run").run
-
-
-_TRAIN = ("components/train", "components/model")
 
 
 def enabled(stage: Stage, cfg: Any) -> bool:
@@ -57,19 +53,12 @@ def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("data", "components.data", "DataConfig", (), ("components/data",)),
-        Stage("tokenizer", "tokenizer", "TokenizerConfig", ("data",), ("tokenizer",)),
-        Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), ("components/pretrain", *_TRAIN), True),
-        Stage("extend", "components.extend", "ExtendConfig", ("pretrain", "tokenizer"),
-              ("components/extend", "components/pretrain", *_TRAIN), True, stands_in_for="pretrain"),
-        Stage("sft", "components.sft", "SFTConfig", ("pretrain",), ("components/sft", "components/tasks", *_TRAIN), True),
-        Stage("align", "components.align", "AlignConfig", ("sft",), ("components/align", "components/tasks", *_TRAIN), True),
-        Stage(
-            "eval",
-            "components.eval",
-            "EvalConfig",
-            ("data", "tokenizer", "pretrain", "sft", "align"),
-            ("components/eval", "components/tasks", "components/train"),
-        ),
+        Stage("data", "components.data", "DataConfig", ()),
+        Stage("tokenizer", "tokenizer", "TokenizerConfig", ("data",)),
+        Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), True),
+        Stage("extend", "components.extend", "ExtendConfig", ("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
+        Stage("sft", "components.sft", "SFTConfig", ("pretrain",), True),
+        Stage("align", "components.align", "AlignConfig", ("sft",), True),
+        Stage("eval", "components.eval", "EvalConfig", ("data", "tokenizer", "pretrain", "sft", "align")),
     )
 }

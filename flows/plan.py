@@ -45,7 +45,7 @@ def make_plan(cfg: Any) -> list[Step]:
         if name not in wanted or not enabled(spec, stage_cfgs[name]):
             continue
         inputs = {role: keys[src] for role, src in sources[name].items()}
-        keys[name] = stage_key(name, stage_cfgs[name], inputs, spec.code)
+        keys[name] = stage_key(name, stage_cfgs[name], inputs, spec.module)
         steps.append(Step(name, keys[name], stage_cfgs[name], inputs, sources[name]))
     return steps
 

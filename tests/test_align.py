@@ -321,7 +321,7 @@ def test_source_content_is_in_the_cache_key(tmp_path):
     from components.stages import STAGES
 
     src = _write_jsonl(tmp_path / "p.jsonl", MIXED[:1])
-    key = lambda: stage_key("align", AlignConfig(sources=[str(src)]), {"sft": "k"}, STAGES["align"].code)  # noqa: E731
+    key = lambda: stage_key("align", AlignConfig(sources=[str(src)]), {"sft": "k"}, STAGES["align"].module)  # noqa: E731
     before = key()
     assert key() == before
     _write_jsonl(src, [{**MIXED[0], "chosen": "seven"}])  # same name and size class, new content

@@ -22,7 +22,7 @@ class Toy:
         check(self.lr > 0, "toy.lr", self.lr, "must be > 0")
 
 
-CODE = ("components/tasks",)
+CODE = "components.sft"  # a stage's package: its code is the import closure of its run and config modules
 
 
 def test_key_changes_with_output_relevant_config_only():
@@ -37,15 +37,17 @@ def test_key_changes_with_inputs_stage_and_code(tmp_path, monkeypatch):
     base = stage_key("toy", Toy(), {"up": "a"}, CODE)
     assert stage_key("toy", Toy(), {"up": "b"}, CODE) != base
     assert stage_key("other", Toy(), {"up": "a"}, CODE) != base
-    assert stage_key("toy", Toy(), {"up": "a"}, ("components/eval",)) != base
+    assert stage_key("toy", Toy(), {"up": "a"}, "components.eval") != base
+    import shutil
+
     import components.artifacts as artifacts
 
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    shutil.copytree(artifacts.REPO_ROOT / "components", tmp_path / "components")  # never edit the real repo
     monkeypatch.setattr(artifacts, "REPO_ROOT", tmp_path)
-    before = stage_key("toy", Toy(), {}, ("pkg",))
-    (tmp_path / "pkg" / "m.py").write_text("x = 2\n")
-    assert stage_key("toy", Toy(), {}, ("pkg",)) != before
+    before = stage_key("toy", Toy(), {}, CODE)
+    with open(tmp_path / "components" / "sft" / "run.py", "a") as run:
+        run.write("\nADDED = 2\n")
+    assert stage_key("toy", Toy(), {}, CODE) != before
 
 
 def test_bad_value_names_the_key():

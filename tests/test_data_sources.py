@@ -284,7 +284,7 @@ def test_cache_key_follows_source_content(tmp_path):
     cfg = DataConfig(sources=[str(tmp_path / "*.jsonl")])
 
     def key():
-        return stage_key("data", cfg, {}, ("components/data",))
+        return stage_key("data", cfg, {}, "components.data")
 
     first = key()
     _jsonl(src, ["one", "two"])  # rewritten, same content

@@ -107,14 +107,14 @@ def test_cache_key_follows_the_checkpoints_content_not_only_its_path(checkpoint,
     shutil.copytree(checkpoint, copy)
     spec = STAGES["pretrain"]
     cfg = PretrainConfig(model=ModelConfig(init_from=str(copy)), max_steps=0)
-    key = stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.code)
-    assert stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.code) == key
+    key = stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.module)
+    assert stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.module) == key
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
-    assert stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.code) != key
-    tok_key = stage_key("tokenizer", TokenizerConfig(init_from=str(copy)), {"data": "d"}, STAGES["tokenizer"].code)
+    assert stage_key("pretrain", cfg, {"tokenizer": "t"}, spec.module) != key
+    tok_key = stage_key("tokenizer", TokenizerConfig(init_from=str(copy)), {"data": "d"}, STAGES["tokenizer"].module)
     (copy / "tokenizer_config.json").write_text((copy / "tokenizer_config.json").read_text() + " ")
-    assert stage_key("tokenizer", TokenizerConfig(init_from=str(copy)), {"data": "d"}, STAGES["tokenizer"].code) != tok_key
+    assert stage_key("tokenizer", TokenizerConfig(init_from=str(copy)), {"data": "d"}, STAGES["tokenizer"].module) != tok_key
 
 
 def test_bad_checkpoints_fail_in_the_config(checkpoint, tmp_path):
@@ -190,12 +190,12 @@ def test_large_checkpoint_files_count_by_size_and_mtime(checkpoint, tmp_path, mo
     weights = copy / "model.safetensors"
     monkeypatch.setattr(artifacts, "LARGE_FILE", weights.stat().st_size - 1)
     cfg = PretrainConfig(model=ModelConfig(init_from=str(copy)), max_steps=0)
-    key = stage_key("pretrain", cfg, {}, ())
+    key = stage_key("pretrain", cfg, {}, "components.pretrain")
     stat = weights.stat()
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # same size; mtime restored: not seen (the documented trade-off)
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert stage_key("pretrain", cfg, {}, ()) == key
+    assert stage_key("pretrain", cfg, {}, "components.pretrain") == key
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten: a new key
-    assert stage_key("pretrain", cfg, {}, ()) != key
+    assert stage_key("pretrain", cfg, {}, "components.pretrain") != key

@@ -338,7 +338,7 @@ def test_sft_key_follows_the_content_of_its_sources(tmp_path):
     from components.stages import STAGES
 
     path = _chat_file(tmp_path)
-    key = lambda: stage_key("sft", SFTConfig(sources=[str(path)]), {"pretrain": "p"}, STAGES["sft"].code)
+    key = lambda: stage_key("sft", SFTConfig(sources=[str(path)]), {"pretrain": "p"}, STAGES["sft"].module)
     before = key()
     assert key() == before
     path.write_text(path.read_text().replace('"5"', '"6"'))  # same file, one answer edited
