@@ -5,12 +5,15 @@ name, the output-relevant part of its config, its input artifacts' keys and a
 fingerprint of the stage's code (its import closure and libraries: code_version.py), plus the content of the input files its config names
 (fields declared with `input_files()`, or a config's own `source_files()`). An artifact is `<root>/<stage>/<key>/` and counts
 only once its manifest.json exists: stages write into a temporary sibling that is
-renamed into place after the manifest is written.
+renamed into place after the manifest is written. It is trusted only while the files its
+manifest lists are intact (damage()); a damaged one is moved aside and rebuilt. One builder
+per key holds a lock that names its owner (key_lock()).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,6 +21,9 @@ import logging
 import os
 import platform
 import shutil
+import socket
+import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -130,24 +136,154 @@ def artifact_dir(root: Path, stage: str, key: str) -> Path:
     return Path(root) / stage / key
 
 
+HASH_LIMIT = 1 << 20  # files up to this size get a sha256 in the manifest; larger ones (weights) count by size
+HASH_BUDGET = 32 << 20  # bytes hashed per artifact at most (smallest files first): a cached rerun stays ~seconds
+RESUME_STATE = ("checkpoints", "log.jsonl", "wandb")  # kept when a build restarts: training resumes, history continues
+UNLISTED = ("checkpoints", "wandb")  # not in "files": checkpoints leave after the rename; wandb's service writes late
+
+
+def file_records(directory: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256" where cheap}} for the regular files an artifact ships."""
+    directory = Path(directory)
+    files = [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()]
+    names = sorted(str(p.relative_to(directory)) for p in files
+                   if p.relative_to(directory).parts[0] not in UNLISTED and p.name != MANIFEST)
+    records = {name: {"size": (directory / name).stat().st_size} for name in names}
+    budget = HASH_BUDGET
+    for name, record in sorted(records.items(), key=lambda item: item[1]["size"]):
+        if record["size"] > min(HASH_LIMIT, budget):
+            break
+        record["sha256"] = file_digest(directory / name)
+        budget -= record["size"]
+    return records
+
+
+def damage(path: Path) -> str | None:
+    """Why the artifact at `path` cannot be trusted (naming the file), or None when it can: its
+    manifest parses and every file it lists is there with its recorded size (and sha256)."""
+    manifest_file = Path(path) / MANIFEST
+    if not manifest_file.is_file():
+        return f"{manifest_file}: missing"
+    try:
+        files = json.loads(manifest_file.read_text()).get("files", {})
+    except (ValueError, UnicodeDecodeError, AttributeError) as err:
+        return f"{manifest_file}: not a valid manifest ({err})"
+    if isinstance(files, list):  # manifests written before sizes were recorded: names only
+        files = {name: {} for name in files}
+    for name, record in files.items():
+        file = Path(path) / name
+        if not file.is_file():
+            return f"{file}: listed in the manifest, missing"
+        size = file.stat().st_size
+        if "size" in record and size != record["size"]:
+            return f"{file}: {size} bytes, the manifest says {record['size']}"
+        if "sha256" in record and file_digest(file) != record["sha256"]:
+            return f"{file}: content differs from the manifest's sha256"
+    return None
+
+
 def is_complete(path: Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    """The artifact exists and is intact (see damage())."""
+    return damage(path) is None
 
 
 def read_manifest(path: Path) -> dict:
-    return json.loads((Path(path) / MANIFEST).read_text())
+    file = Path(path) / MANIFEST
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: no manifest (the artifact is incomplete or was deleted)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: damaged manifest ({err}); rerun the pipeline to rebuild {path}") from None
+
+
+def _owner_record() -> bytes:
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since,
+                       "command": " ".join(sys.argv)[:300]}).encode()
+
+
+def _read_owner(fd: int) -> dict | None:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except ValueError:  # being written by its owner
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def describe_owner(owner: dict | None, holding: bool = True) -> str:
+    if not owner:
+        return "an unknown owner"
+    where = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+    if holding and owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid")):
+        where += " (no such process here: another pid namespace? delete the lock file if no run is active)"
+    return f"{where} ({owner.get('command', '')})"
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+LOCK_POLL_SECONDS = 0.2
+LOCK_REMIND_SECONDS = 60.0
 
 
 @contextlib.contextmanager
-def _key_lock(lock_path: Path):
-    """One builder per key, across processes (parallel Hydra sweeps share the cache)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def key_lock(lock_path: Path, what: str = ""):
+    """One builder per key, across processes (parallel Hydra sweeps share the cache) and threads.
+
+    A POSIX record lock (lockf), not flock: a forked child (a datatrove worker) does not inherit
+    it, and the kernel drops it when its owner dies, so a killed run never blocks the next. The
+    file names the owner (pid, host, start) so a waiting run says what it waits for.
+    """
+    lock_path = Path(lock_path)
+    with _thread_locks_guard:
+        in_process = _thread_locks.setdefault(str(lock_path.resolve()), threading.Lock())
+    with in_process:  # lockf does not exclude threads of one process, and closing any fd of the file drops it
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield
+            _acquire(fd, lock_path, what)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _owner_record(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # no owner: a later run sees a clean release
+                fcntl.lockf(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _acquire(fd: int, lock_path: Path, what: str) -> None:
+    """Take the lock, saying at once (and every LOCK_REMIND_SECONDS) whom we wait for."""
+    waiting_since = noted = None
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+        now = time.monotonic()
+        waiting_since = waiting_since or now
+        if noted is None or now - noted >= LOCK_REMIND_SECONDS:
+            log.warning("%swaiting for %s, held by %s (waited %.0f s)", f"{what}: " if what else "", lock_path,
+                        describe_owner(_read_owner(fd)), now - waiting_since)
+            noted = now
+        time.sleep(LOCK_POLL_SECONDS)
+    previous = _read_owner(fd)
+    if previous:  # its owner ended without releasing it: killed (SIGKILL, OOM) or crashed hard
+        log.warning("%s: took over the lock of %s, which ended without releasing it", lock_path,
+                    describe_owner(previous, holding=False))
 
 
 def _versions(key: str) -> dict[str, str]:
@@ -169,15 +305,33 @@ def code_record(key: str) -> dict:
     return {**git_state(REPO_ROOT, files), "files": files}
 
 
-def _keep_only_checkpoints(partial: Path) -> None:
-    """Clear a partial build, keeping checkpoints/ so training resumes after a crash or kill."""
+def _set_aside(path: Path, kind: str) -> Path:
+    """Move `path` to a hidden sibling `.<name>.<kind>-<UTC time>`: out of the way, kept as evidence."""
+    base = f".{path.name.lstrip('.').removesuffix('.partial')}.{kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside, n = path.parent / base, 1
+    while aside.exists():  # two in one second
+        aside, n = path.parent / f"{base}-{n}", n + 1
+    os.rename(path, aside)
+    return aside
+
+
+def _restart(partial: Path) -> None:
+    """Prepare a partial build left by a failed or killed run: its resume state (checkpoints,
+    log.jsonl, wandb runs) stays so training resumes with its history; everything else moves to
+    a `.<key>.failed-<time>` sibling (evidence; a half-written model must not ship)."""
     if not partial.exists():
         return
-    for child in partial.iterdir():
-        if child.name != "checkpoints":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    if not any(partial.iterdir()):
-        partial.rmdir()
+    stale = [child for child in partial.iterdir() if child.name not in RESUME_STATE]
+    if not stale:
+        return
+    aside = _set_aside(partial, "failed")
+    partial.mkdir()
+    for child in aside.iterdir():
+        if child.name in RESUME_STATE:
+            os.rename(child, partial / child.name)
+    kept = sorted(p.name for p in partial.iterdir())
+    log.warning("%s: a previous build did not finish; %s; its other files are kept in %s", partial,
+                f"resuming with {', '.join(kept)}" if kept else "starting again", aside)
 
 
 def build(
@@ -188,15 +342,20 @@ def build(
     inputs: dict[str, Path],
     run: Callable[[Any, dict[str, Path], Path], dict],
 ) -> tuple[Path, bool]:
-    """Return (artifact dir, built). Runs `run` only when no complete artifact exists."""
+    """Return (artifact dir, built). Runs `run` only when no intact artifact exists; a damaged one
+    (see damage()) is moved aside as `.<key>.damaged-<time>` and rebuilt."""
     final = artifact_dir(root, stage, key)
     if is_complete(final):
         return final, False
-    with _key_lock(final.parent / f".{key}.lock"):
-        if is_complete(final):  # another process built it while we waited
+    with key_lock(final.parent / f".{key}.lock", f"{stage} {key}"):
+        reason = damage(final)
+        if reason is None:  # another process built it while we waited
             return final, False
+        if final.exists():
+            log.warning("%s: artifact %s is damaged (%s): moved to %s, rebuilding", stage, final, reason,
+                        _set_aside(final, "damaged"))
         tmp = final.parent / f".{key}.partial"  # fixed name: a rerun finds the training checkpoints
-        _keep_only_checkpoints(tmp)
+        _restart(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             started = time.time()
@@ -206,18 +365,26 @@ def build(
                 "key": key,
                 "config": as_dict(cfg),
                 "inputs": {name: {"key": Path(p).name, "path": str(p)} for name, p in inputs.items()},
-                "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+                "files": file_records(tmp),
                 "metrics": metrics or {},
                 "timings": {"started": started, "seconds": round(time.time() - started, 3)},
                 "versions": _versions(key),
                 "code": code_record(key),
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-            if final.exists():  # a directory without a manifest is never trusted
-                shutil.rmtree(final)
+            _write_atomically(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.rename(tmp, final)
-        except BaseException:
-            _keep_only_checkpoints(tmp)
+        except BaseException as err:  # the partial stays: evidence, and the checkpoints a rerun resumes from
+            err.add_note(f"stage {stage} ({key}) failed; its files are kept in {tmp}")
             raise
+        shutil.rmtree(final / "checkpoints", ignore_errors=True)  # only now: a kill before the rename resumes
     log.info("%s: built %s", stage, final)
     return final, True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    scratch = path.with_name(f".{path.name}.tmp")
+    with open(scratch, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)

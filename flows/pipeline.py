@@ -14,7 +14,9 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from components.lifeline import ensure_watchdog
 from flows.config import PipelineConfig, register, to_pipeline_config
+from flows.failure import engine_errors_in_one_line, failure_report
 from flows.plan import Step, artifacts_root, describe, make_plan
 
 log = logging.getLogger("pipeline")
@@ -53,6 +55,7 @@ def run_pipeline(cfg: PipelineConfig, plan: list[Step] | None = None) -> list[di
         return []
     root.mkdir(parents=True, exist_ok=True)
     configure_prefect(root)
+    ensure_watchdog()  # if this process is killed, its children (datatrove, Prefect's server) go too
     for noisy in ("httpx", "matplotlib", "accelerate"):  # accelerate: a line per checkpoint file
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.dag import pipeline_flow  # imports prefect, after its settings are in place
@@ -74,7 +77,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)
-    run_pipeline(pipeline_cfg, plan)
+    engine_errors_in_one_line()
+    try:
+        run_pipeline(pipeline_cfg, plan)
+    except Exception as err:  # a stage raised: the reason, the traceback once, the reason again
+        sys.stderr.write(failure_report(err))
+        sys.exit(1)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """The cache key and the atomic artifact contract, without Prefect or ML."""
+import hashlib
 import json
 import multiprocessing as mp
 import time
@@ -64,7 +65,8 @@ def test_build_writes_manifest_last_and_reuses(tmp_path):
     assert built and is_complete(path)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["metrics"] == {"loss": 1.5} and manifest["key"] == "k1"
-    assert manifest["files"] == ["weights.txt"]
+    digest = hashlib.sha256(b"0.001").hexdigest()
+    assert manifest["files"] == {"weights.txt": {"size": 5, "sha256": digest}}
     assert manifest["config"]["log_every"] == 10
     again, built = build(tmp_path, "toy", "k1", Toy(), {}, _write)
     assert again == path and not built
@@ -75,11 +77,15 @@ def test_a_stage_that_raises_leaves_nothing_trusted(tmp_path):
         (out / "half.bin").write_bytes(b"partial")
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(RuntimeError, match="boom") as raised:
         build(tmp_path, "toy", "k2", Toy(), {}, crash)
-    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [".k2.lock"]
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [".k2.lock", ".k2.partial"]  # nothing trusted
+    assert (tmp_path / "toy" / ".k2.partial" / "half.bin").read_bytes() == b"partial"  # the evidence stays
+    assert "kept in" in raised.value.__notes__[0] and ".k2.partial" in raised.value.__notes__[0]
     path, built = build(tmp_path, "toy", "k2", Toy(), {}, _write)
-    assert built and is_complete(path)
+    assert built and is_complete(path) and not (path / "half.bin").exists()
+    (aside,) = (tmp_path / "toy").glob(".k2.failed-*")  # the failed attempt's files, out of the way
+    assert (aside / "half.bin").read_bytes() == b"partial"
 
 
 def test_directory_without_manifest_is_rebuilt(tmp_path):
@@ -88,6 +94,8 @@ def test_directory_without_manifest_is_rebuilt(tmp_path):
     (stale / "weights.txt").write_text("stale")
     path, built = build(tmp_path, "toy", "k3", Toy(lr=0.5), {}, _write)
     assert built and (path / "weights.txt").read_text() == "0.5"
+    (aside,) = (tmp_path / "toy").glob(".k3.damaged-*")
+    assert (aside / "weights.txt").read_text() == "stale"
 
 
 def _slow_write(cfg, inputs, out: Path) -> dict:
@@ -130,6 +138,8 @@ def test_checkpoints_of_an_interrupted_build_survive_for_resume(tmp_path):
 
     path, built = build(tmp_path, "toy", "k5", Toy(), {}, resumed)
     assert built and seen["files"] == ["checkpoints/step_00000003.pt"]
+    assert not (path / "checkpoints").exists()  # removed only after the rename
+    assert "checkpoints/step_00000003.pt" not in json.loads((path / "manifest.json").read_text())["files"]
 
 
 @dataclass(kw_only=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -311,14 +310,12 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict, acceler
     return model, optimizer, compiling.training_forward(model, cfg, accelerator), cost
 
 
-def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, Path] | None, ckpt_dir: Path) -> None:
-    """Export the model; then the checkpoints go: resuming is no longer needed (a failed build keeps them,
-    see artifacts.py)."""
+def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, Path] | None) -> None:
+    """Export the model. The checkpoints stay: artifacts.build() removes them once the artifact is renamed in
+    place, so a kill before that resumes instead of restarting from step 0."""
     if export is not None:
         save_model(accelerator, model, export[0], export[1])
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, out_dir: Path,
@@ -369,7 +366,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
             if state.step % cfg.save_every == 0 and not done:
                 save_checkpoint(ckpt_dir, accelerator, state, guard, cfg.keep_checkpoints)
             final = row
-        finish(accelerator, model, export, ckpt_dir)
+        finish(accelerator, model, export)
         clock.tick(state, updated=False)  # the last validation and the export count too
     except BaseException:
         tracker.fail()

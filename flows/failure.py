@@ -1,0 +1,63 @@
+"""How the CLI reports a stage that raised: one line, the traceback once, the line again.
+
+Without this, a failing stage printed three tracebacks (Prefect's task engine, its flow
+engine, then Hydra's), 180-230 lines, before the reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: the stage that failed (build() notes it) and the error's first line."""
+    where = next((n.split(" failed;")[0] for n in getattr(err, "__notes__", []) if n.startswith("stage ")), "")
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"pipeline failed: {where + ': ' if where else ''}{type(err).__name__}: {first}"
+
+
+def failure_report(err: BaseException) -> str:
+    """The reason, the traceback without Prefect's engine frames, the reason again."""
+    trace = traceback.TracebackException.from_exception(err)
+    for exc in _chain(trace):
+        exc.stack = traceback.StackSummary.from_list(
+            [f for f in exc.stack if f"{os.sep}prefect{os.sep}" not in f.filename])
+    reason = failure_reason(err)
+    return f"{reason}\n{''.join(trace.format())}{reason}\n"
+
+
+def _chain(trace: traceback.TracebackException):
+    seen = []
+    while trace is not None and trace not in seen:
+        seen.append(trace)
+        yield trace
+        trace = trace.__cause__ or trace.__context__
+
+
+class _WithoutEngineTracebacks(logging.Formatter):
+    """Prefect logs a failed task's and flow's traceback (three with ours): on the console keep
+    its one-line message; the CLI prints the traceback once (failure_report). The Prefect API
+    (UI) handler is not wrapped and keeps them."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info and record.name.startswith("prefect.")):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def engine_errors_in_one_line() -> None:
+    """Wrap the console handlers (not log files) of the root logger; call once logging is set up."""
+    for handler in logging.getLogger().handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not isinstance(handler.formatter, _WithoutEngineTracebacks):  # Hydra's log file keeps them
+            handler.setFormatter(_WithoutEngineTracebacks(handler.formatter))
