@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.config import READS_FILES, as_dict, output_relevant
+from components.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,10 @@ def build(
     key: str,
     cfg: Any,
     inputs: dict[str, Path],
-    run: Callable[[Any, dict[str, Path], Path], dict],
+    run: Callable[[Any, dict[str, Path], StageContext], dict],
 ) -> tuple[Path, bool]:
-    """Return (artifact dir, built). Runs `run` only when no complete artifact exists."""
+    """Return (artifact dir, built). Runs `run(cfg, inputs, ctx)` only when no complete artifact exists;
+    ctx.out_dir is the temporary sibling renamed into place once the manifest is written."""
     final = artifact_dir(root, stage, key)
     if is_complete(final):
         return final, False
@@ -185,7 +187,7 @@ def build(
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             started = time.time()
-            metrics = run(cfg, dict(inputs), tmp)
+            metrics = run(cfg, dict(inputs), StageContext(stage=stage, key=key, out_dir=tmp))
             manifest = {
                 "stage": stage,
                 "key": key,

@@ -40,9 +40,10 @@ class StageContext:
         """For library use and tests: one process writing into out_dir (key: the directory's name)."""
         return cls(stage=stage, key=key or Path(out_dir).name, out_dir=Path(out_dir))
 
-    def in_process(self, strategy: str, rank: int, world_size: int) -> StageContext:
+    def in_process(self, rank: int, world_size: int) -> StageContext:
         """This context as seen by one of the processes a launcher started."""
-        return dataclasses.replace(self, strategy=strategy, rank=rank, world_size=world_size)
+        return dataclasses.replace(self, rank=rank, world_size=world_size)
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "key": self.key, "out_dir": str(self.out_dir)}
+        """What travels to a launched process (its rank and world size are its own)."""
+        return {"stage": self.stage, "key": self.key, "out_dir": str(self.out_dir), "strategy": self.strategy}

@@ -24,6 +24,9 @@ class Stage:
     # a stand-in (its config has `enabled`): when enabled, it fills the role `stands_in_for` of
     # every other stage that reads that role (extend: a longer-context pretrain model)
     stands_in_for: str | None = None
+    # may run in the flow's process beside other stages: it touches no process-wide state (torch's
+    # RNG, Accelerate's singletons, a launcher's port); the others take turns (flows/dag.py)
+    concurrent: bool = False
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
@@ -78,8 +81,8 @@ def register_stage(stage: Stage) -> Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("data", "components.data", "DataConfig", by_role(), ("components/data",)),
-        Stage("tokenizer", "tokenizer", "TokenizerConfig", by_role("data"), ("tokenizer",)),
+        Stage("data", "components.data", "DataConfig", by_role(), ("components/data",), concurrent=True),
+        Stage("tokenizer", "tokenizer", "TokenizerConfig", by_role("data"), ("tokenizer",), concurrent=True),
         Stage("pretrain", "components.pretrain", "PretrainConfig", by_role("tokenizer"), ("components/pretrain", *_TRAIN), True),
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"),
               ("components/extend", "components/pretrain", *_TRAIN), True, stands_in_for="pretrain"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 
+from components.context import StageContext
 from components.train import budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 BatchFn = Callable[[int, int], dict]
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 MAX_ROLLBACKS = 3  # then the run fails: repeated divergence needs a person, not more retries
-STRATEGY_ENV = "PIPELINE_TRAIN_STRATEGY"  # set by launch.py for the processes it starts
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -65,8 +64,8 @@ def decoder_layer_classes(model: torch.nn.Module | None) -> list[str]:
     return sorted(getattr(model, "_no_split_modules", None) or ["LlamaDecoderLayer"])
 
 
-def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> Accelerator:
-    """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py).
+def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None, strategy: str = "single") -> Accelerator:
+    """Single process, DDP or FSDP2: the stage context's strategy (the launcher's, launch.py).
 
     Each call starts from a fresh AcceleratorState: Accelerate keeps one per process and
     refuses a second Accelerator with another precision, yet stages (and tests) run one
@@ -75,7 +74,6 @@ def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> 
     """
     precision = device.resolve_precision(cfg.mixed_precision)
     reset_accelerator_state()
-    strategy = os.environ.get(STRATEGY_ENV, "single")
     fsdp_plugin = None
     if strategy == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
@@ -188,7 +186,7 @@ def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict,
     cost = {"flops_per_token": flops, "peak_flops": peak, "memory_estimate_mb": None}
     if hasattr(model, "config") and seq:
         rows = first_batch["input_ids"].numel() // seq  # sequences in a global micro-batch (pairs count twice)
-        sharded = os.environ.get(STRATEGY_ENV) == "fsdp" and world > 1
+        sharded = accelerator.distributed_type == DistributedType.FSDP and world > 1
         act_bytes = 2 if accelerator.mixed_precision in ("bf16", "fp16") else 4
         mem = budget.memory_estimate(model, -(-rows // world), seq, world, sharded, act_bytes)
         cost["memory_estimate_mb"] = round(mem["total"] / 2**20, 1)
@@ -226,13 +224,16 @@ def train(
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     accelerator: Accelerator | None = None,
     export: tuple[Any, Path] | None = None,
+    ctx: StageContext | None = None,
 ) -> dict:
     """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
 
     batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank
-    trains on its shard. export=(tokenizer, path) saves the trained model there.
+    trains on its shard. export=(tokenizer, path) saves the trained model there. ctx: the stage's
+    context (strategy, wandb run name); by default a local one writing into out_dir.
     """
-    accelerator = accelerator or make_accelerator(cfg, model)
+    ctx = ctx or StageContext.local(out_dir, stage="train")
+    accelerator = accelerator or make_accelerator(cfg, model, ctx.strategy)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
@@ -256,7 +257,7 @@ def train(
     started, window_tokens, window_flops, window_start = time.time(), 0, 0.0, time.time()
     first_step_seconds = None  # compile's one-off cost shows here
     log_file = open(log_path, "a") if main else None
-    tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
+    tracker = tracking.start(ctx, cfg) if main else tracking.Tracker()
     attention_before = None
     try:
         attention_before = compiling.attention_for_compile(model, cfg, accelerator)
@@ -364,7 +365,7 @@ def train(
         **({"mfu": float(f'{budget.mfu(state["tokens"] / max(1e-9, seconds), cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
            if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
-        "strategy": os.environ.get(STRATEGY_ENV, "single"),
+        "strategy": ctx.strategy,
         "precision": accelerator.mixed_precision,  # as resolved on this machine (bf16 falls back to fp32 on some CPUs)
         "device": accelerator.device.type,
         "param_share_per_rank": round(local_parameter_share(model), 4),
