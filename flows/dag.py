@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from components.artifacts import build, is_complete, read_manifest
 from components.stages import STAGES
@@ -62,11 +62,9 @@ def key_metric(stage: str, manifest: dict) -> str:
     return ""
 
 
-@flow(name="llm-pipeline", validate_parameters=False)
-def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
-    logger = get_run_logger()
-    paths = {step.stage: str(step.path(Path(root))) for step in plan}  # not the cached path: the root may have moved
-    started, futures = time.time(), {}
+def submit_stages(plan: list[Step], root: str, launcher: Any, paths: dict[str, str]) -> dict[str, PrefectFuture]:
+    """One task run per step, started once the steps filling its inputs are done."""
+    futures: dict[str, PrefectFuture] = {}
     for step in plan:  # in topological order: every input's future exists already
         refresh = not is_complete(step.path(Path(root)))
         task_run = run_stage.with_options(refresh_cache=refresh, task_run_name=f"{step.stage}-{step.key}")
@@ -79,20 +77,28 @@ def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dic
             launcher=launcher,
             wait_for=[futures[src] for src in dict.fromkeys(step.sources.values())],
         )
-    finished = {}
-    for future in as_completed(list(futures.values())):
-        finished[future.task_run_id] = time.time()
+    return futures
+
+
+@flow(name="llm-pipeline", validate_parameters=False)
+def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
+    logger = get_run_logger()
+    paths = {step.stage: str(step.path(Path(root))) for step in plan}  # not the cached path: the root may have moved
+    started = time.time()
+    futures = submit_stages(plan, root, launcher, paths)
+    finished = {future.task_run_id: time.time() for future in as_completed(list(futures.values()))}
     rows = []
     for step in plan:
+        futures[step.stage].wait()  # done already; this makes `state` the final one, not the API's last record
         state = futures[step.stage].state
-        if state.is_pending():  # NotReady: an input failed, and raised below in its own row
+        if state.is_pending():  # NotReady: an input failed (and raised at its own row, earlier in the plan)
             continue
         result = state.result()  # re-raises the stage's error, failing the flow
         ready = max((finished[futures[src].task_run_id] for src in step.sources.values()), default=started)
         row = {
             "stage": step.stage,
             "status": "cached" if state.name == "Cached" else ("built" if result["built"] else "reused"),
-            "seconds": round(finished[futures[step.stage].task_run_id] - ready, 1),
+            "seconds": round(finished[futures[step.stage].task_run_id] - ready, 1),  # since its inputs were ready
             "metric": key_metric(step.stage, read_manifest(Path(paths[step.stage]))),
             "path": paths[step.stage],
         }
