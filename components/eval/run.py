@@ -29,7 +29,6 @@ def _bits_per_byte(ppl: float, bytes_per_token: float | None) -> float | None:
 
 def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
-    out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     tasks = sft_examples("heldout", cfg.num_tasks, cfg.seed)
     pairs = preference_pairs("heldout", cfg.num_pairs, cfg.seed)
