@@ -97,6 +97,16 @@ def test_an_added_stage_is_planned_after_its_input_with_its_key(toy_home):
         assert "toy" not in {s.stage for s in make_plan(pipeline_config("+toy=default", conf=toy_home / "conf"))}
 
 
+def test_a_role_is_named_apart_from_the_stage_filling_it(toy_home):
+    with registered(Stage("judge", "toy_stage", "ToyConfig", by_role("tokenizer", model="sft"), ())):
+        steps = {s.stage: s for s in make_plan(pipeline_config("run.until=judge"))}
+        assert list(steps) == ["data", "tokenizer", "pretrain", "sft", "judge"]
+        assert steps["judge"].sources == {"tokenizer": "tokenizer", "model": "sft"}
+        assert steps["judge"].inputs == {"tokenizer": steps["tokenizer"].key, "model": steps["sft"].key}
+        on = {s.stage: s for s in make_plan(pipeline_config("run.until=judge", "extend.enabled=true"))}
+        assert on["judge"].sources["model"] == "sft" and on["sft"].sources == {"pretrain": "extend"}
+
+
 def test_the_flow_runs_added_stages_and_independent_branches_at_once(toy_home, tmp_path):
     """seed -> (left, right) -> join: left and right each wait for the other at a barrier, so the
     run passes only if Prefect runs them concurrently; join reads both."""
