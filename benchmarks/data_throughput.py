@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from components.context import StageContext
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's components, run as a script
@@ -61,7 +62,7 @@ def run_stage(src: Path, out: Path, cfg_kwargs: dict) -> list[Path]:
     from components.data.config import DataConfig
     from components.data.run import run
 
-    run(DataConfig(sources=[str(src)], **cfg_kwargs), {}, out)
+    run(DataConfig(sources=[str(src)], **cfg_kwargs), {}, StageContext.local(out))
     return [out / "train", out / "validation"]
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from components.code_version import Closure, git_state, library_versions
 from components.config import READS_FILES, as_dict, expand_paths, output_relevant, resolved_input
+from components.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +341,10 @@ def build(
     key: str,
     cfg: Any,
     inputs: dict[str, Path],
-    run: Callable[[Any, dict[str, Path], Path], dict],
+    run: Callable[[Any, dict[str, Path], StageContext], dict],
 ) -> tuple[Path, bool]:
-    """Return (artifact dir, built). Runs `run` only when no intact artifact exists; a damaged one
+    """Return (artifact dir, built). Runs `run(cfg, inputs, ctx)` only when no intact artifact exists
+    (ctx.out_dir: the temporary sibling renamed into place once the manifest is written); a damaged one
     (see damage()) is moved aside as `.<key>.damaged-<time>` and rebuilt."""
     final = artifact_dir(root, stage, key)
     if is_complete(final):
@@ -359,7 +361,7 @@ def build(
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             started = time.time()
-            metrics = run(cfg, dict(inputs), tmp)
+            metrics = run(cfg, dict(inputs), StageContext(stage=stage, key=key, out_dir=tmp))
             manifest = {
                 "stage": stage,
                 "key": key,

@@ -1,14 +1,17 @@
-"""The stages as data: what each one needs, which config class it takes, which code it is.
+"""The stages as data: which inputs each one reads (by role), its config class, its code.
 
-The flow walks this table in order; `components.artifacts.stage_key` hashes the import
-closure of each stage's `module` into its key, so editing a stage's code rebuilds it and what follows.
+`flows/plan.py` builds the DAG from this table: each role is an edge from the stage that
+fills it; `components.artifacts.stage_key` hashes the import closure of each stage's
+`module` into its key, so editing a stage's code rebuilds it and what follows. Adding a
+stage is a folder in components/ (config.py + run.py), a group in conf/ and a row here
+(or `register_stage`).
 """
 from __future__ import annotations
 
 import functools
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -16,49 +19,71 @@ class Stage:
     name: str
     module: str  # its package; `<module>.run:run` is the entry point, `<module>.config` the config
     config_class: str
-    needs: tuple[str, ...]
+    needs: Mapping[str, str]  # input role -> the stage that fills it by default (`by_role`)
     trains: bool = False  # runs the training loop: `accelerate launch` when the launcher says so
-    # optional stage (its config has `enabled`): when enabled, the stages after it that need
-    # `stands_in_for` read this stage's artifact in its place (extend: a longer-context pretrain model)
+    # a stand-in (its config has `enabled`): when enabled, it fills the role `stands_in_for` of
+    # every other stage that reads that role (extend: a longer-context pretrain model)
     stands_in_for: str | None = None
+    # may run in the flow's process beside other stages: it touches no process-wide state (torch's
+    # RNG, Accelerate's singletons, a launcher's port); the others take turns (flows/dag.py)
+    concurrent: bool = False
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
 
     def runner(self, launcher: Any = None) -> Callable[[Any, dict, Any], dict]:
-        """`run(cfg, inputs, out_dir)`: in this process, or in the launcher's processes."""
+        """`run(cfg, inputs, ctx)`: in this process, or in the launcher's processes."""
         if self.trains and launcher is not None and launcher.strategy != "single":
             from components.train.launch import launch
 
-            return functools.partial(launch, self.name, launcher=launcher)
+            return functools.partial(launch, launcher=launcher)
         return importlib.import_module(f"{self.module}.run").run
 
 
+def by_role(*stages: str, **fillers: str) -> dict[str, str]:
+    """{input role: the stage filling it by default}: a bare name is a role filled by that stage."""
+    return {**{name: name for name in stages}, **fillers}
+
+
 def enabled(stage: Stage, cfg: Any) -> bool:
-    """Optional stages run only when their config says `enabled: true`; the others always."""
-    return stage.stands_in_for is None or bool(getattr(cfg, "enabled", False))
+    """A stage whose config has `enabled` runs only when it is true (optional); the others always."""
+    return bool(getattr(cfg, "enabled", True))
 
 
 def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
-    """{input role (a stage in `needs`): the stage whose artifact fills it}. An enabled optional
-    stage before `name` fills the role it stands in for (stages are listed in order)."""
-    sources = {dep: dep for dep in STAGES[name].needs}
-    for other in STAGES.values():
-        if other.name == name:
-            break
-        if other.stands_in_for in sources and enabled(other, stage_cfgs.get(other.name)):
-            sources[other.stands_in_for] = other.name
+    """{input role: the stage whose artifact fills it}, the config's choice of edges: the role's
+    default filler, or an enabled stand-in for it (never for the stand-in's own input)."""
+    sources = dict(STAGES[name].needs)
+    for role, default in sources.items():
+        stand_ins = [s.name for s in STAGES.values() if s.stands_in_for == default and s.name != name
+                     and enabled(s, stage_cfgs.get(s.name))]
+        if len(stand_ins) > 1:
+            raise ValueError(f"stage {name!r}: input {role!r} has more than one enabled stand-in for "
+                             f"{default!r}: {stand_ins}; enable one of them")
+        if stand_ins:
+            sources[role] = stand_ins[0]
     return sources
+
+
+def register_stage(stage: Stage) -> Stage:
+    """Add a stage to the table (a plugin, or a test's toy stage); its name must be new."""
+    if stage.name in STAGES:
+        raise ValueError(f"stage {stage.name!r} is already in the stage table ({STAGES[stage.name].module})")
+    if stage.name in ("run", "launcher"):  # the pipeline config's own sections
+        raise ValueError(f"stage name {stage.name!r} is reserved for the pipeline config's {stage.name} section")
+    STAGES[stage.name] = stage
+    return stage
+
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("data", "components.data", "DataConfig", ()),
-        Stage("tokenizer", "tokenizer", "TokenizerConfig", ("data",)),
-        Stage("pretrain", "components.pretrain", "PretrainConfig", ("tokenizer",), True),
-        Stage("extend", "components.extend", "ExtendConfig", ("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
-        Stage("sft", "components.sft", "SFTConfig", ("pretrain",), True),
-        Stage("align", "components.align", "AlignConfig", ("sft",), True),
-        Stage("eval", "components.eval", "EvalConfig", ("data", "tokenizer", "pretrain", "sft", "align")),
+        Stage("data", "components.data", "DataConfig", by_role(), concurrent=True),
+        Stage("tokenizer", "tokenizer", "TokenizerConfig", by_role("data"), concurrent=True),
+        Stage("pretrain", "components.pretrain", "PretrainConfig", by_role("tokenizer"), True),
+        Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
+        Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
+        Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
+        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align")),
     )
 }

@@ -8,21 +8,14 @@ and the nearest valid ones, a bad value fails in the stage dataclass's __post_in
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from components.align.config import AlignConfig
 from components.config import check, check_config_keys, resolve_paths, writable_schema
-from components.data.config import DataConfig
-from components.eval.config import EvalConfig
-from components.extend.config import ExtendConfig
-from components.pretrain.config import PretrainConfig
-from components.sft.config import SFTConfig
 from components.stages import STAGES
 from components.train.config import LauncherConfig
-from tokenizer.config import TokenizerConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,16 +31,8 @@ class RunConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    extend: ExtendConfig = field(default_factory=ExtendConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    align: AlignConfig = field(default_factory=AlignConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+class CrossStageChecks:
+    """The checks that read more than one stage's section (the base of PipelineConfig)."""
 
     def __post_init__(self) -> None:
         init = self.pretrain.model.init_from  # its weights need its own tokenizer (the yaml links the two)
@@ -61,14 +46,30 @@ class PipelineConfig:
                   f"must be longer than pretrain.model.context_length={short}")
 
 
+def pipeline_config_class() -> type:
+    """PipelineConfig from the stage table: one section per stage (its config class), then
+    launcher and run; a stage added to STAGES (`register_stage`) gets its section here."""
+    sections = [(name, stage.config_type(), field(default_factory=stage.config_type())) for name, stage in STAGES.items()]
+    sections += [("launcher", LauncherConfig, field(default_factory=LauncherConfig)),
+                 ("run", RunConfig, field(default_factory=RunConfig))]
+    schema = make_dataclass("PipelineConfig", sections, bases=(CrossStageChecks,), frozen=True, kw_only=True)
+    schema.__module__ = __name__  # python 3.11's make_dataclass has no `module=`
+    return schema
+
+
+PipelineConfig = pipeline_config_class()
+
+
 def register() -> None:
-    ConfigStore.instance().store(name="pipeline_schema", node=writable_schema(PipelineConfig))
+    """The schema of conf/config.yaml, from the stage table as it is now."""
+    ConfigStore.instance().store(name="pipeline_schema", node=writable_schema(pipeline_config_class()))
 
 
 def to_pipeline_config(cfg: DictConfig) -> PipelineConfig:
     """DictConfig -> frozen dataclasses: unknown keys rejected, input paths made absolute, then
     every __post_init__ check. The caller's DictConfig is left as it was."""
-    check_config_keys(cfg, PipelineConfig)
+    schema = pipeline_config_class()  # the stage table as it is now (a stage may have been registered)
+    check_config_keys(cfg, schema)
     cfg = copy.deepcopy(cfg)
-    resolve_paths(cfg, PipelineConfig)
+    resolve_paths(cfg, schema)
     return OmegaConf.to_object(cfg)

@@ -3,15 +3,24 @@
 Prefect's cache record says "this key was built"; the manifest on disk says "and it
 is still there". A task is read from Prefect's cache only while its artifact is
 complete; otherwise `refresh_cache` makes it run again and rebuild.
+
+Each stage is submitted once, waiting for the stages that fill its inputs, so branches
+of the plan that do not read each other run at the same time (Prefect's thread pool).
+Stages not marked `concurrent` in the stage table (training, eval: torch's RNG and
+Accelerate's state belong to the process; a launcher's port and devices too) take
+turns through one lock.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture, as_completed
 
 from components.artifacts import build, is_complete, read_manifest
 from components.stages import STAGES
@@ -33,10 +42,14 @@ def _cache_key(context: Any, parameters: dict) -> str:
     return f"{parameters['stage']}-{parameters['key']}"
 
 
+_ONE_AT_A_TIME = threading.Lock()  # held by a stage that is not `concurrent` while it runs
+
+
 @task(cache_key_fn=_cache_key, persist_result=True)
 def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str, launcher: Any = None) -> dict:
-    runner = STAGES[stage].runner(launcher)
-    path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, runner)
+    spec = STAGES[stage]
+    with contextlib.nullcontext() if spec.concurrent else _ONE_AT_A_TIME:
+        path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher))
     return {"path": str(path), "built": built}
 
 
@@ -49,32 +62,44 @@ def key_metric(stage: str, manifest: dict) -> str:
     return ""
 
 
-@flow(name="llm-pipeline", validate_parameters=False)
-def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
-    logger = get_run_logger()
-    paths: dict[str, str] = {}
-    rows = []
-    for step in plan:
-        started = time.time()
+def submit_stages(plan: list[Step], root: str, launcher: Any, paths: dict[str, str]) -> dict[str, PrefectFuture]:
+    """One task run per step, started once the steps filling its inputs are done."""
+    futures: dict[str, PrefectFuture] = {}
+    for step in plan:  # in topological order: every input's future exists already
         refresh = not is_complete(step.path(Path(root)))
-        state = run_stage.with_options(refresh_cache=refresh, task_run_name=f"{step.stage}-{step.key}")(
+        task_run = run_stage.with_options(refresh_cache=refresh, task_run_name=f"{step.stage}-{step.key}")
+        futures[step.stage] = task_run.submit(
             stage=step.stage,
             key=step.key,
             cfg=step.cfg,
             inputs={role: paths[src] for role, src in step.sources.items()},
             root=root,
             launcher=launcher,
-            return_state=True,
+            wait_for=[futures[src] for src in dict.fromkeys(step.sources.values())],
         )
+    return futures
+
+
+@flow(name="llm-pipeline", validate_parameters=False)
+def pipeline_flow(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
+    logger = get_run_logger()
+    paths = {step.stage: str(step.path(Path(root))) for step in plan}  # not the cached path: the root may have moved
+    started = time.time()
+    futures = submit_stages(plan, root, launcher, paths)
+    finished = {future.task_run_id: time.time() for future in as_completed(list(futures.values()))}
+    rows = []
+    for step in plan:
+        futures[step.stage].wait()  # done already; this makes `state` the final one, not the API's last record
+        state = futures[step.stage].state
+        if state.is_pending():  # NotReady: an input failed (and raised at its own row, earlier in the plan)
+            continue
         result = state.result()  # re-raises the stage's error, failing the flow
-        paths[step.stage] = str(step.path(Path(root)))  # not the cached path: the root may have moved
-        status = "cached" if state.name == "Cached" else ("built" if result["built"] else "reused")
-        manifest = read_manifest(Path(paths[step.stage]))
+        ready = max((finished[futures[src].task_run_id] for src in step.sources.values()), default=started)
         row = {
             "stage": step.stage,
-            "status": status,
-            "seconds": round(time.time() - started, 1),
-            "metric": key_metric(step.stage, manifest),
+            "status": "cached" if state.name == "Cached" else ("built" if result["built"] else "reused"),
+            "seconds": round(finished[futures[step.stage].task_run_id] - ready, 1),  # since its inputs were ready
+            "metric": key_metric(step.stage, read_manifest(Path(paths[step.stage]))),
             "path": paths[step.stage],
         }
         logger.info("%-9s %-6s %6.1fs  %s", row["stage"], row["status"], row["seconds"], row["metric"])

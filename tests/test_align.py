@@ -8,6 +8,7 @@ import torch
 from components.align.config import AlignConfig
 from components.align.batches import shared_pairs_batch
 from components.align.run import dpo_objective, encode_pair, pair_logps, pairs_batch
+from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
@@ -163,7 +164,7 @@ def test_prefix_sharing_changes_no_result(sft_dir, tmp_path):
     for shared in (True, False):
         out = tmp_path / str(shared)
         out.mkdir()
-        metrics = run(AlignConfig(prefix_sharing=shared, **base), {"sft": sft_dir}, out)
+        metrics = run(AlignConfig(prefix_sharing=shared, **base), {"sft": sft_dir}, StageContext.local(out))
         results[shared] = (metrics, torch.load(out / "ref_logps.pt"),
                            [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()])
     (m_on, ref_on, loss_on), (m_off, ref_off, loss_off) = results[True], results[False]
@@ -189,7 +190,7 @@ def test_loss_starts_at_ln2_and_moves(sft_dir, tmp_path):
 
     cfg = AlignConfig(max_steps=8, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=64, num_val_pairs=16, rpo_alpha=0.0,
                       mixed_precision="no", log_every=1, rejected="generated")
-    metrics = run(cfg, {"sft": sft_dir}, tmp_path)
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path))
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert abs(rows[-1]["loss"] - math.log(2)) > 1e-3  # the policy moved away from the reference
@@ -214,8 +215,8 @@ def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
     base = dict(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no", log_every=1,
                 rejected="generated")
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    run(AlignConfig(rpo_alpha=0.0, **base), {"sft": sft_dir}, tmp_path / "a")
-    run(AlignConfig(rpo_alpha=0.5, **base), {"sft": sft_dir}, tmp_path / "b")
+    run(AlignConfig(rpo_alpha=0.0, **base), {"sft": sft_dir}, StageContext.local(tmp_path / "a"))
+    run(AlignConfig(rpo_alpha=0.5, **base), {"sft": sft_dir}, StageContext.local(tmp_path / "b"))
     pure = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])["loss"]
     mixed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["loss"]
     assert pure == pytest.approx(math.log(2), abs=1e-4)
@@ -269,7 +270,7 @@ def test_sources_strict_fails_naming_file_line_and_field(sft_dir, tmp_path):
     cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1)
     (tmp_path / "out").mkdir()
     with pytest.raises(FormatError, match=r"prefs\.jsonl:4: field 'rejected'"):
-        run(cfg, {"sft": sft_dir}, tmp_path / "out")
+        run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
 
 
 def test_sources_quarantine_and_train(sft_dir, tmp_path):
@@ -280,7 +281,7 @@ def test_sources_quarantine_and_train(sft_dir, tmp_path):
                       mixed_precision="no", rpo_alpha=0.0, log_every=1)
     assert cfg.rejected_from == "dataset"  # auto: the sources' own rejected answers, never replaced
     (tmp_path / "out").mkdir()
-    metrics = run(cfg, {"sft": sft_dir}, tmp_path / "out")
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
     assert (metrics["source_pairs"], metrics["quarantined_pairs"], metrics["too_long_pairs"]) == (4, 2, 0)
     assert (metrics["train_pairs"], metrics["val_pairs"]) == (3, 1)
     rows = [json.loads(l) for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
@@ -297,7 +298,7 @@ def test_sources_too_long_pairs_are_left_out_with_a_reason(sft_dir, tmp_path):
     src = _write_jsonl(tmp_path / "p.jsonl", [MIXED[0], MIXED[1], long, MIXED[5]])
     cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, batch_size=2, num_val_pairs=1, mixed_precision="no")
     (tmp_path / "out").mkdir()
-    metrics = run(cfg, {"sft": sft_dir}, tmp_path / "out")
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
     assert (metrics["too_long_pairs"], metrics["quarantined_pairs"], metrics["train_pairs"]) == (1, 0, 2)
     [row] = [json.loads(l) for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert row["where"] == f"{src}:3" and "context of 64" in row["reason"]
@@ -362,7 +363,7 @@ def test_real_preference_samples_train(samples, sft_dir_256, tmp_path):
 
     cfg = AlignConfig(sources=[str(samples / "preference" / "*.json*")], max_steps=2, warmup_steps=0, batch_size=4,
                       num_val_pairs=16, lr=5e-3, rpo_alpha=0.0, mixed_precision="no", log_every=1)
-    metrics = run(cfg, {"sft": sft_dir_256}, tmp_path)
+    metrics = run(cfg, {"sft": sft_dir_256}, StageContext.local(tmp_path))
     # 274 well-formed pairs; the one malformed record (an HH pair with an empty chosen answer) quarantined
     assert (metrics["source_pairs"], metrics["quarantined_pairs"]) == (274, 1)
     assert metrics["train_pairs"] + metrics["val_pairs"] + metrics["too_long_pairs"] == 274

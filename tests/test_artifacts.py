@@ -1,5 +1,6 @@
 """The cache key and the atomic artifact contract, without Prefect or ML."""
 import hashlib
+import dataclasses
 import json
 import multiprocessing as mp
 import time
@@ -55,8 +56,8 @@ def test_bad_value_names_the_key():
         Toy(lr=-1)
 
 
-def _write(cfg, inputs, out: Path) -> dict:
-    (out / "weights.txt").write_text(str(cfg.lr))
+def _write(cfg, inputs, ctx) -> dict:
+    (ctx.out_dir / "weights.txt").write_text(str(cfg.lr))
     return {"loss": 1.5}
 
 
@@ -73,8 +74,8 @@ def test_build_writes_manifest_last_and_reuses(tmp_path):
 
 
 def test_a_stage_that_raises_leaves_nothing_trusted(tmp_path):
-    def crash(cfg, inputs, out):
-        (out / "half.bin").write_bytes(b"partial")
+    def crash(cfg, inputs, ctx):
+        (ctx.out_dir / "half.bin").write_bytes(b"partial")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom") as raised:
@@ -98,11 +99,11 @@ def test_directory_without_manifest_is_rebuilt(tmp_path):
     assert (aside / "weights.txt").read_text() == "stale"
 
 
-def _slow_write(cfg, inputs, out: Path) -> dict:
-    with open(out.parents[1] / "calls.txt", "a") as f:
+def _slow_write(cfg, inputs, ctx) -> dict:
+    with open(ctx.out_dir.parents[1] / "calls.txt", "a") as f:
         f.write("call\n")
     time.sleep(1.0)
-    return _write(cfg, inputs, out)
+    return _write(cfg, inputs, ctx)
 
 
 def _build_in_child(root: str) -> None:
@@ -121,7 +122,8 @@ def test_concurrent_builders_of_one_key_build_once(tmp_path):
 
 
 def test_checkpoints_of_an_interrupted_build_survive_for_resume(tmp_path):
-    def killed(cfg, inputs, out):
+    def killed(cfg, inputs, ctx):
+        out = ctx.out_dir
         (out / "checkpoints").mkdir()
         (out / "checkpoints" / "step_00000003.pt").write_text("state")
         (out / "model.bin").write_text("half")
@@ -132,9 +134,9 @@ def test_checkpoints_of_an_interrupted_build_survive_for_resume(tmp_path):
     assert not (tmp_path / "toy" / "k5").exists()
     seen = {}
 
-    def resumed(cfg, inputs, out):
-        seen["files"] = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-        return _write(cfg, inputs, out)
+    def resumed(cfg, inputs, ctx):
+        seen["files"] = sorted(str(p.relative_to(ctx.out_dir)) for p in ctx.out_dir.rglob("*") if p.is_file())
+        return _write(cfg, inputs, ctx)
 
     path, built = build(tmp_path, "toy", "k5", Toy(), {}, resumed)
     assert built and seen["files"] == ["checkpoints/step_00000003.pt"]
@@ -172,3 +174,18 @@ def test_fingerprint_of_a_directory_covers_every_file(tmp_path):
     before = fingerprint_paths([tmp_path / "model"])
     (tmp_path / "model" / "sub" / "w.bin").write_bytes(b"\x00\x02")
     assert fingerprint_paths([tmp_path / "model"]) != before
+
+
+def test_build_hands_the_stage_its_context(tmp_path):
+    seen = {}
+
+    def record(cfg, inputs, ctx):
+        seen["ctx"] = ctx
+        return _write(cfg, inputs, ctx)
+
+    path, _ = build(tmp_path, "toy", "k6", Toy(), {}, record)
+    ctx = seen["ctx"]
+    assert (ctx.stage, ctx.key, ctx.strategy, ctx.rank, ctx.world_size, ctx.is_main) == ("toy", "k6", "single", 0, 1, True)
+    assert ctx.out_dir == path.parent / ".k6.partial" and not ctx.out_dir.exists()  # renamed into place
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.rank = 1

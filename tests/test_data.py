@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from components.context import StageContext
 from components.data.blocks import PIIScrubber, normalise
 from components.data.pii import find_pii
 from components.data.config import DataConfig
@@ -75,7 +76,7 @@ def test_normalise_folds_case_punctuation_and_space():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    metrics = run(DataConfig(max_documents=60, validation_fraction=0.2, workers=1), {}, out)
+    metrics = run(DataConfig(max_documents=60, validation_fraction=0.2, workers=1), {}, StageContext.local(out))
     return out, metrics
 
 
@@ -111,7 +112,7 @@ def test_runs_are_deterministic(small_run, tmp_path):
     out, _ = small_run
     again = tmp_path / "again"
     again.mkdir()
-    run(DataConfig(max_documents=60, validation_fraction=0.2, workers=2), {}, again)
+    run(DataConfig(max_documents=60, validation_fraction=0.2, workers=2), {}, StageContext.local(again))
     for split in ("train", "validation"):
         a = sorted(p.name for p in (out / split).glob("*.jsonl.gz"))
         assert a == sorted(p.name for p in (again / split).glob("*.jsonl.gz"))
@@ -121,7 +122,7 @@ def test_runs_are_deterministic(small_run, tmp_path):
 
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        run(DataConfig(sources=[str(tmp_path / "nope.jsonl")]), {}, tmp_path)
+        run(DataConfig(sources=[str(tmp_path / "nope.jsonl")]), {}, StageContext.local(tmp_path))
 
 
 def test_real_ccnet_sample_is_read(samples, tmp_path):
@@ -130,7 +131,7 @@ def test_real_ccnet_sample_is_read(samples, tmp_path):
     assert len(results) == 10 and all(doc is not None for doc, _ in results)
     out = tmp_path / "out"
     out.mkdir()
-    m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, out)
+    m = run(DataConfig(sources=[str(src)], minhash=False, validation_fraction=0.3, workers=1), {}, StageContext.local(out))
     assert m["docs_in"] == 10 and m["quarantined"] == 0
     assert m["docs_out"] + sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS) == 10
 
@@ -164,6 +165,6 @@ def test_stage_keeps_the_documents_datatrove_fineweb_order_keeps(small_run, tmp_
 def test_stage_keeps_the_documents_datatrove_fineweb_order_keeps_on_the_whole_embedded_default(tmp_path):
     cfg = DataConfig(workers=2)
     (tmp_path / "stage").mkdir()
-    m = run(cfg, {}, tmp_path / "stage")
+    m = run(cfg, {}, StageContext.local(tmp_path / "stage"))
     assert m["docs_out"] > 300
     _assert_same_as_datatrove_fineweb_order(cfg, tmp_path / "stage", m, tmp_path / "reference")

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import pytest
 from datatrove.data import Document
 
+from components.context import StageContext
 from components.data.config import C4Rules, DataConfig, FineWebRules, GopherQualityRules, GopherRepetitionRules, SlurmConfig
 from components.data.executors import make_executor
 from components.data.filters import LocalLanguageFilter, URLBlocklistFilter, read_blocklist
@@ -145,7 +146,7 @@ def _chain_run(tmp_path, guard):
                      fineweb=False, pii=False, tasks=1, workers=1, validation_fraction=0.01,
                      minhash_buckets=16, minhash_hashes_per_bucket=2,  # links pairs at Jaccard 0.4 surely
                      minhash_guard_jaccard=guard)
-    m = run(cfg, {}, out)
+    m = run(cfg, {}, StageContext.local(out))
     kept = {json.loads(line)["id"] for split in ("train", "validation")
             for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}
     return m, kept
@@ -386,7 +387,8 @@ def test_a_task_left_empty_by_the_filters_keeps_the_numbering(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     m = run(DataConfig(sources=[str(src)], tasks=3, workers=1, gopher_repetition=False, c4=False, fineweb=False,
-                       pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {}, out)
+                       pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {},
+            StageContext.local(out))
     kept = {json.loads(line)["id"] for split in ("train", "validation")
             for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}
     assert kept == {"d0", "d2", "d3"}  # read as d0 d3 d6 | d1 d4 d7 | d2 d5 d8: d5 copies d0, d6 is near d3

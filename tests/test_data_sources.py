@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from components.artifacts import stage_key
+from components.context import StageContext
 from components.data.config import DataConfig
 from components.data.mix import plan_mix
 from components.data.readers import read_jsonl, read_parquet, read_source, read_text
@@ -303,7 +304,7 @@ def test_mixed_sources_through_the_whole_stage(tmp_path, samples):
     warc = samples / "web" / "cc_whirlwind.warc.gz"
     cfg = DataConfig(sources=[str(docs), str(warc)], gopher_repetition=False, gopher_quality=False, c4=False, fineweb=False,
                      minhash=False, validation_fraction=0.2, tasks=1, workers=1)
-    m = run(cfg, {}, tmp_path / "out")
+    m = run(cfg, {}, StageContext.local(tmp_path / "out"))
     sources = m["sources"]
     assert sources[str(docs)]["docs_in"] == 20 and sources[str(warc)]["docs_in"] == 1
     assert m["skipped"] == 3 and m["skipped_not_a_page"] == 3 and m["quarantined"] == 0

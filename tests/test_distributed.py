@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from components.context import StageContext
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
 from components.pretrain.run import run as pretrain
@@ -38,12 +39,13 @@ def tok_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tok_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    return out, pretrain(_cfg(), {"tokenizer": tok_dir}, out)
+    return out, pretrain(_cfg(), {"tokenizer": tok_dir}, StageContext.local(out))
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_like_one(strategy, single, tok_dir, tmp_path):
-    metrics = launch("pretrain", _cfg(), {"tokenizer": tok_dir}, tmp_path, LauncherConfig(strategy=strategy, num_processes=2))
+    metrics = launch(_cfg(), {"tokenizer": tok_dir}, StageContext.local(tmp_path, stage="pretrain"),
+                     LauncherConfig(strategy=strategy, num_processes=2))
     assert metrics["world_size"] == 2 and metrics["strategy"] == strategy
     if strategy == "fsdp":  # really sharded: each rank holds about half of the parameters
         assert 0.3 < metrics["param_share_per_rank"] < 0.7
@@ -75,8 +77,9 @@ def test_dpo_two_processes_train_like_one(tok_dir, tmp_path):
     cfg = AlignConfig(max_steps=3, warmup_steps=1, batch_size=7, grad_accum=2, lr=5e-3, num_pairs=40, num_val_pairs=9,
                       loss="ipo", mixed_precision="no", log_every=1, save_every=100, rejected="generated")
     (tmp_path / "one").mkdir()
-    one = align(cfg, {"sft": sft}, tmp_path / "one")
-    two = launch("align", cfg, {"sft": sft}, tmp_path / "two", LauncherConfig(strategy="ddp", num_processes=2))
+    one = align(cfg, {"sft": sft}, StageContext.local(tmp_path / "one"))
+    two = launch(cfg, {"sft": sft}, StageContext.local(tmp_path / "two", stage="align"),
+                 LauncherConfig(strategy="ddp", num_processes=2))
     assert two["world_size"] == 2
     assert max(abs(a - b) for a, b in zip(_losses(tmp_path / "one"), _losses(tmp_path / "two"))) < 1e-4
     for key in ("val_reward_accuracy", "val_reward_margin", "val_preference_accuracy"):
@@ -85,7 +88,8 @@ def test_dpo_two_processes_train_like_one(tok_dir, tmp_path):
 
 def test_a_failing_launch_raises_with_the_exit_code_and_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"exited with code [1-9].*launch\.log"):
-        launch("pretrain", _cfg(), {"tokenizer": tmp_path / "missing"}, tmp_path, LauncherConfig(strategy="ddp", num_processes=2))
+        launch(_cfg(), {"tokenizer": tmp_path / "missing"}, StageContext.local(tmp_path, stage="pretrain"),
+               LauncherConfig(strategy="ddp", num_processes=2))
 
 
 def test_launcher_arguments_and_checks():
@@ -108,7 +112,8 @@ def test_fsdp_shards_an_moe_model_by_its_own_decoder_layer(tok_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     cfg = replace(_cfg(), model=replace(TINY, moe_experts=4))  # configs are frozen
-    metrics = launch("pretrain", cfg, {"tokenizer": tok_dir}, tmp_path, LauncherConfig(strategy="fsdp", num_processes=2))
+    metrics = launch(cfg, {"tokenizer": tok_dir}, StageContext.local(tmp_path, stage="pretrain"),
+                     LauncherConfig(strategy="fsdp", num_processes=2))
     assert metrics["world_size"] == 2 and 0.3 < metrics["param_share_per_rank"] < 0.7
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] and all(r["moe_aux_loss"] > 0 for r in rows)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from components.context import StageContext
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.run import run
@@ -67,7 +68,7 @@ def inputs(tmp_path_factory):
 
 def _run(inputs, out_dir: Path, batch_size: int) -> tuple[dict, dict]:
     out_dir.mkdir()
-    flat = run(EvalConfig(batch_size=batch_size, **CFG), inputs, out_dir)
+    flat = run(EvalConfig(batch_size=batch_size, **CFG), inputs, StageContext.local(out_dir))
     return flat, json.loads((out_dir / "metrics.json").read_text())
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from components.context import StageContext
 from components.extend.config import ExtendConfig
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
@@ -68,7 +69,7 @@ def pretrained(tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("pretrain")
     model = ModelConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, ffn_hidden=128, context_length=32)
     pretrain(PretrainConfig(model=model, max_steps=150, warmup_steps=10, batch_size=8, max_val_tokens=4096,
-                            mixed_precision="no", save_every=1000), {"tokenizer": tok}, out)
+                            mixed_precision="no", save_every=1000), {"tokenizer": tok}, StageContext.local(out))
     return tok, out
 
 
@@ -80,7 +81,7 @@ def test_extend_trains_at_the_longer_context_and_measures_it(pretrained, tmp_pat
     tok, pre = pretrained
     cfg = ExtendConfig(enabled=True, context_length=64, max_steps=60, warmup_steps=5, batch_size=4,
                        max_val_tokens=4096, mixed_precision="no", save_every=1000)
-    m = extend(cfg, {"pretrain": pre, "tokenizer": tok}, tmp_path)
+    m = extend(cfg, {"pretrain": pre, "tokenizer": tok}, StageContext.local(tmp_path))
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["max_position_embeddings"] == 64
     assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2.0
@@ -99,7 +100,7 @@ def test_the_no_interpolation_baseline_still_declares_the_new_context(pretrained
     tok, pre = pretrained
     cfg = ExtendConfig(enabled=True, context_length=64, rope_scaling="none", max_steps=3, warmup_steps=1,
                        batch_size=4, max_val_tokens=1024, mixed_precision="no", save_every=1000)
-    extend(cfg, {"pretrain": pre, "tokenizer": tok}, tmp_path)
+    extend(cfg, {"pretrain": pre, "tokenizer": tok}, StageContext.local(tmp_path))
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["max_position_embeddings"] == 64 and config["rope_parameters"]["rope_type"] == "default"
 
@@ -109,4 +110,4 @@ def test_extend_refuses_a_context_the_model_already_has(pretrained, tmp_path):
 
     tok, pre = pretrained
     with pytest.raises(ValueError, match=r"extend\.context_length=32"):
-        extend(ExtendConfig(enabled=True, context_length=32), {"pretrain": pre, "tokenizer": tok}, tmp_path)
+        extend(ExtendConfig(enabled=True, context_length=32), {"pretrain": pre, "tokenizer": tok}, StageContext.local(tmp_path))

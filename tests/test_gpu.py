@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from components.align.config import AlignConfig
+from components.context import StageContext
 from components.eval import metrics as m
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
@@ -50,7 +51,7 @@ def run_chain(root: Path, precision: str) -> dict:
          {"sft": root / "sft"}),
     ):
         (root / name).mkdir()
-        out[name] = fn(cfg, inputs, root / name)
+        out[name] = fn(cfg, inputs, StageContext.local(root / name))
     model_dir = root / "align" / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device.default_device()).eval()

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from components.artifacts import stage_key
+from components.context import StageContext
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
 from components.stages import STAGES
@@ -51,7 +52,7 @@ def imported_tokenizer(checkpoint, data_dir, tmp_path_factory) -> tuple[Path, di
     from tokenizer.run import run
 
     out = tmp_path_factory.mktemp("tokenizer")
-    metrics = run(TokenizerConfig(init_from=str(checkpoint), num_workers=1), {"data": data_dir}, out)
+    metrics = run(TokenizerConfig(init_from=str(checkpoint), num_workers=1), {"data": data_dir}, StageContext.local(out))
     return out, metrics
 
 
@@ -76,7 +77,7 @@ def test_max_steps_0_imports_the_weights_unchanged(checkpoint, imported_tokenize
     from components.pretrain.run import run
 
     cfg = PretrainConfig(model=ModelConfig(init_from=str(checkpoint), context_length=32), max_steps=0, **SMALL)
-    metrics = run(cfg, {"tokenizer": imported_tokenizer[0]}, tmp_path)
+    metrics = run(cfg, {"tokenizer": imported_tokenizer[0]}, StageContext.local(tmp_path))
     saved = AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
     assert saved.keys() == exported.keys()
@@ -91,7 +92,7 @@ def test_continued_pretraining_starts_from_the_checkpoint(checkpoint, imported_t
     # shape keys that disagree with the checkpoint are ignored, not applied
     cfg = PretrainConfig(model=ModelConfig(init_from=str(checkpoint), context_length=32, n_layers=7), max_steps=3,
                          warmup_steps=1, lr=1e-3, **SMALL)
-    metrics = run(cfg, {"tokenizer": imported_tokenizer[0]}, tmp_path)
+    metrics = run(cfg, {"tokenizer": imported_tokenizer[0]}, StageContext.local(tmp_path))
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     saved = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert trained.config.num_hidden_layers == 2 and metrics["steps"] == 3
@@ -170,7 +171,7 @@ def test_rope_scaling_extends_an_imported_model(checkpoint, imported_tokenizer, 
     from components.pretrain.run import run
 
     model = ModelConfig(init_from=str(checkpoint), context_length=32, rope_scaling="linear", rope_factor=2.0)
-    run(PretrainConfig(model=model, max_steps=0, **SMALL), {"tokenizer": imported_tokenizer[0]}, tmp_path)
+    run(PretrainConfig(model=model, max_steps=0, **SMALL), {"tokenizer": imported_tokenizer[0]}, StageContext.local(tmp_path))
     extended = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert extended.config.rope_parameters["rope_type"] == "linear" and extended.config.rope_parameters["factor"] == 2.0
     assert extended.config.max_position_embeddings == 128  # the checkpoint's context (64) x factor

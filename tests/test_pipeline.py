@@ -100,7 +100,8 @@ def test_deleted_artifact_is_rebuilt_and_nothing_else(root):
 def test_stage_that_raises_midway_leaves_no_trusted_directory(root, monkeypatch):
     import components.align.run as align_run
 
-    def crash(cfg, inputs, out_dir):
+    def crash(cfg, inputs, ctx):
+        out_dir = ctx.out_dir
         (out_dir / "model").mkdir()
         (out_dir / "model" / "half.safetensors").write_bytes(b"partial")
         raise RuntimeError("killed midway")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from components.align.config import AlignConfig
+from components.context import StageContext
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
 from components.sft.config import SFTConfig
@@ -33,8 +34,8 @@ def base(tmp_path_factory):
     """A tokenizer artifact and a tiny pretrained model (the input of sft and align)."""
     tok = make_tokenizer_artifact(tmp_path_factory.mktemp("tok"))
     pre = tmp_path_factory.mktemp("pretrain")
-    run_worker(str(write_request("pretrain", PretrainConfig(model=TINY, **{**COMMON, "max_steps": 4}),
-                                 {"tokenizer": tok}, pre)))
+    run_worker(str(write_request(PretrainConfig(model=TINY, **{**COMMON, "max_steps": 4}),
+                                 {"tokenizer": tok}, StageContext.local(pre, stage="pretrain"))))
     return {"tokenizer": tok, "pretrain": pre, "sft": pre}
 
 
@@ -69,9 +70,9 @@ def test_sigkill_then_rerun_continues_the_same_curve(stage, base, tmp_path):
     make_cfg, needs = CASES[stage]
     inputs = {k: base[k] for k in needs}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _finish(_start(write_request(stage, make_cfg(), inputs, straight)))  # in a process too: same threads
+    _finish(_start(write_request(make_cfg(), inputs, StageContext.local(straight, stage=stage))))  # in a process too: same threads
 
-    proc = _start(write_request(stage, make_cfg(), inputs, killed))
+    proc = _start(write_request(make_cfg(), inputs, StageContext.local(killed, stage=stage)))
     deadline = time.time() + 300
     while len(_rows(killed)) < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -81,7 +82,7 @@ def test_sigkill_then_rerun_continues_the_same_curve(stage, base, tmp_path):
     done_before = len(_rows(killed))
     assert 8 <= done_before < 16 and not (killed / "model").exists()
 
-    out = _finish(_start(write_request(stage, make_cfg(), inputs, killed)))  # the same command again
+    out = _finish(_start(write_request(make_cfg(), inputs, StageContext.local(killed, stage=stage))))  # the same command again
     assert "resumed from step" in out
     a, b = _rows(straight), _rows(killed)
     assert [r["step"] for r in b] == list(range(1, 17))  # each step once: nothing replayed, nothing lost

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.sft.config import SFTConfig
@@ -91,7 +92,7 @@ def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_pat
     out.mkdir()
     cfg = SFTConfig(max_steps=25, warmup_steps=2, batch_size=16, lr=5e-3, num_examples=200, num_val_examples=20,
                     mixed_precision="no", log_every=5)
-    metrics = run(cfg, {"pretrain": pre}, out)
+    metrics = run(cfg, {"pretrain": pre}, StageContext.local(out))
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] * 0.8
     assert metrics["val_loss"] < rows[0]["loss"]
@@ -133,12 +134,12 @@ def test_strict_sources_raise_naming_file_line_and_field(tok_dir, tokenizer, tmp
     path = _chat_file(tmp_path)
     pre = _pretrain_dir(tmp_path, tokenizer)
     with pytest.raises(FormatError, match=r"chat\.jsonl:3: invalid JSON"):
-        run(SFTConfig(sources=[str(path)], strict=True, **FEW), {"pretrain": pre}, tmp_path / "out")
+        run(SFTConfig(sources=[str(path)], strict=True, **FEW), {"pretrain": pre}, StageContext.local(tmp_path / "out"))
     path.write_text("\n".join(l for i, l in enumerate(path.read_text().splitlines(), 1) if i != 3) + "\n")
     with pytest.raises(FormatError, match=r"chat\.jsonl:4: field 'output' must be a non-empty string"):
-        run(SFTConfig(sources=[str(path)], strict=True, **FEW), {"pretrain": pre}, tmp_path / "out")
+        run(SFTConfig(sources=[str(path)], strict=True, **FEW), {"pretrain": pre}, StageContext.local(tmp_path / "out"))
     with pytest.raises(FormatError, match=r"chat\.jsonl:1: format dolly needs field\(s\) instruction, response"):
-        run(SFTConfig(sources=[str(path)], strict=True, format="dolly", **FEW), {"pretrain": pre}, tmp_path / "out")
+        run(SFTConfig(sources=[str(path)], strict=True, format="dolly", **FEW), {"pretrain": pre}, StageContext.local(tmp_path / "out"))
 
 
 def test_lenient_sources_quarantine_bad_lines_and_train_with_lora_and_packing(tok_dir, tokenizer, tmp_path):
@@ -151,7 +152,7 @@ def test_lenient_sources_quarantine_bad_lines_and_train_with_lora_and_packing(to
     out = tmp_path / "out"
     out.mkdir()
     cfg = SFTConfig(sources=[str(tmp_path / "*.jsonl")], packing=True, adapter="lora", lora_rank=2, **FEW)
-    metrics = run(cfg, {"pretrain": _pretrain_dir(tmp_path, tokenizer)}, out)
+    metrics = run(cfg, {"pretrain": _pretrain_dir(tmp_path, tokenizer)}, StageContext.local(out))
     bad = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
     assert [q["where"] for q in bad] == [f"{path}:3", f"{path}:5"]
     assert "invalid JSON" in bad[0]["reason"] and "'output'" in bad[1]["reason"]
@@ -174,7 +175,7 @@ def test_real_samples_train_and_overlong_examples_are_quarantined(samples, tok_d
     out = tmp_path / "out"
     out.mkdir()
     cfg = SFTConfig(sources=[str(samples / "sft" / "*.json"), str(bad)], packing=True, **FEW)
-    metrics = run(cfg, {"pretrain": _pretrain_dir(tmp_path, tokenizer, long_ctx)}, out)
+    metrics = run(cfg, {"pretrain": _pretrain_dir(tmp_path, tokenizer, long_ctx)}, StageContext.local(out))
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False)
              for name in ("alpaca_tiny_100_torchtune.json", "lima_30_llamafactory.json")
              for r in read_sft(samples / "sft" / name)[0]]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from components.context import StageContext
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import encode_documents
 from tokenizer.run import run
@@ -50,7 +51,7 @@ def _texts(data_dir, split):
 @pytest.fixture(scope="module", params=["bpe", "unigram"])
 def artifact(request, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
-    metrics = run(TokenizerConfig(type=request.param, vocab_size=800, num_workers=2), {"data": data_dir}, out)
+    metrics = run(TokenizerConfig(type=request.param, vocab_size=800, num_workers=2), {"data": data_dir}, StageContext.local(out))
     return out, metrics
 
 
@@ -138,8 +139,8 @@ def test_shards_decode_back_to_documents(artifact, data_dir):
 def test_stage_is_deterministic_whatever_the_workers(data_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    run(TokenizerConfig(vocab_size=600, num_workers=1), {"data": data_dir}, a)
-    run(TokenizerConfig(vocab_size=600, num_workers=2), {"data": data_dir}, b)
+    run(TokenizerConfig(vocab_size=600, num_workers=1), {"data": data_dir}, StageContext.local(a))
+    run(TokenizerConfig(vocab_size=600, num_workers=2), {"data": data_dir}, StageContext.local(b))
     for name in ("spm.model", "hf/tokenizer.json", "shards/train.bin", "shards/train.idx.npy", "shards/validation.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

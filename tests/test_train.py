@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
@@ -76,7 +77,7 @@ def _run(cfg, tok_dir, out, crash_at=None):
     from components.pretrain import run as pretrain_run
 
     if crash_at is None:
-        return pretrain_run.run(cfg, {"tokenizer": tok_dir}, out)
+        return pretrain_run.run(cfg, {"tokenizer": tok_dir}, StageContext.local(out))
     original = pretrain_run.random_windows
 
     def crashing(tokens, seq_len, batch_size, seed, step, micro):
@@ -87,7 +88,7 @@ def _run(cfg, tok_dir, out, crash_at=None):
     pretrain_run.random_windows = crashing
     try:
         with pytest.raises(KeyboardInterrupt):
-            pretrain_run.run(cfg, {"tokenizer": tok_dir}, out)
+            pretrain_run.run(cfg, {"tokenizer": tok_dir}, StageContext.local(out))
     finally:
         pretrain_run.random_windows = original
 
@@ -259,9 +260,11 @@ def test_bad_values_name_their_key(make, key):
 
 def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    out = tmp_path / "pretrain" / ".0123abcd.partial"  # where artifacts.build trains a stage
-    out.mkdir(parents=True)
-    _run(_cfg(), tok_dir, out)
+    from components.pretrain.run import run
+
+    out = tmp_path / "anywhere"  # the run's name comes from the stage's context, not from the path
+    out.mkdir()
+    run(_cfg(), {"tokenizer": tok_dir}, StageContext(stage="pretrain", key="0123abcd", out_dir=out))
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     (records,) = run_dir.glob("run-*.wandb")
     name, history = None, []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from components.context import StageContext
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import encode_documents, encode_split, read_texts, shard_dtype
 from tokenizer.train import export_hf, train_sentencepiece
@@ -67,7 +68,8 @@ def train_tokenizer(cfg: TokenizerConfig, train_texts: list[str], val_texts: lis
     return tok, {"hf_spm_mismatch_rate": round(mismatched / len(val_texts), 6)}
 
 
-def run(cfg: TokenizerConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: TokenizerConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     data = Path(inputs["data"])
     train_texts, val_texts = list(read_texts(data / "train")), list(read_texts(data / "validation"))
     if not train_texts or not val_texts:

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
 from components.config import resolved_input
+from components.context import StageContext
 from components.tasks import preference_pairs
 from components.train.chat import encode_chat, epoch_indices, generate
 from components.train.device import model_device, to_device
@@ -183,19 +184,20 @@ def dpo_objective(cfg: AlignConfig):
     return loss_fn
 
 
-def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     pad = tokenizer.pad_token_id
-    accelerator = make_accelerator(cfg, model)
+    accelerator = make_accelerator(cfg, model, ctx.strategy)
     model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
     train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
     log.info("align: %s", counts)
     ref_train = all_logps(model, train_pairs, pad, cfg, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg, accelerator)
-    if accelerator.is_main_process:
+    if ctx.is_main:
         torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
             f.writelines(json.dumps(row) + "\n" for row in quarantine)
@@ -215,6 +217,6 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         }
 
     metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
-                    export=(tokenizer, out_dir / "model"))
+                    export=(tokenizer, out_dir / "model"), ctx=ctx)
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
     return {**metrics, **counts, "val_preference_accuracy_before": before}

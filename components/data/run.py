@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from components.context import StageContext
 from components.data import embedded
 from components.data.config import DataConfig
 from components.data.mix import plan_mix
@@ -124,7 +125,8 @@ def stderr_to(path: Path):
             os.close(saved)
 
 
-def run(cfg: DataConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: DataConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     from components.data.executors import make_executor, run_to_completion
     from components.data.pipelines import build_passes
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.context import StageContext
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
@@ -26,8 +27,8 @@ def _bits_per_byte(ppl: float, bytes_per_token: float | None) -> float | None:
     return math.log2(ppl) / bytes_per_token if bytes_per_token else None
 
 
-def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
-    out_dir = Path(out_dir)
+def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     torch.manual_seed(cfg.seed)
     tasks = sft_examples("heldout", cfg.num_tasks, cfg.seed)
     pairs = preference_pairs("heldout", cfg.num_pairs, cfg.seed)
@@ -71,5 +72,5 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items()})
     flat = {k: v for k, v in flat.items() if v is not None}
-    tracking.start(cfg, out_dir).finish(flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")})
+    tracking.start(ctx, cfg).finish(flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")})
     return flat

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from components.context import StageContext
 from components.extend.config import ExtendConfig
 from components.model.build import load_checkpoint
 from components.model.config import ModelConfig
@@ -37,7 +38,8 @@ def perplexity(model: torch.nn.Module, shards: Path, context: int, max_tokens: i
         return math.exp(mean_token_nll(model, windows, batch_size))
 
 
-def run(cfg: ExtendConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: ExtendConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     source = Path(inputs["pretrain"]) / "model"
     shards = Path(inputs["tokenizer"])
     original = AutoConfig.from_pretrained(source).max_position_embeddings
@@ -56,7 +58,7 @@ def run(cfg: ExtendConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     before["val_ppl_long_scaled_untrained"] = ppl(model.to(default_device()), cfg.context_length)
     log.info("extend: %d -> %d tokens, RoPE %s x%.3g; before training: %s", original, cfg.context_length,
              cfg.rope_scaling, cfg.context_length / original, {k: round(v, 2) for k, v in before.items()})
-    metrics = train_next_token(model, tokenizer, cfg, cfg.context_length, cfg.max_val_tokens, shards, out_dir)
+    metrics = train_next_token(model, tokenizer, cfg, cfg.context_length, cfg.max_val_tokens, shards, ctx)
     exported = AutoModelForCausalLM.from_pretrained(out_dir / "model", dtype=torch.float32).to(default_device())  # as sft will load it
     after = {"val_ppl_long": ppl(exported, cfg.context_length), "val_ppl_short": ppl(exported, original)}
     log.info("extend: after %d steps: %s", cfg.max_steps, {k: round(v, 2) for k, v in after.items()})

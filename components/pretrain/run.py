@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from components.context import StageContext
 from components.model.build import build_model, load_checkpoint
 from components.pretrain.config import PretrainConfig
 from components.train.budget import count_parameters
@@ -19,20 +20,22 @@ from components.train.loop import train
 log = logging.getLogger(__name__)
 
 
-def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: PretrainConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     tokenizer = AutoTokenizer.from_pretrained(Path(inputs["tokenizer"]) / "hf")
     model = load_checkpoint(cfg.model, tokenizer) if cfg.model.init_from else build_model(cfg.model, tokenizer, cfg.seed)
-    metrics = train_next_token(model, tokenizer, cfg, cfg.model.context_length, cfg.max_val_tokens, inputs["tokenizer"], out_dir)
+    metrics = train_next_token(model, tokenizer, cfg, cfg.model.context_length, cfg.max_val_tokens, inputs["tokenizer"], ctx)
     if cfg.max_steps == 0:
         log.info("pretrain: %s imported unchanged, validation loss %.4f", cfg.model.init_from, metrics["val_loss"])
     return metrics
 
 
 def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, context: int, max_val_tokens: int,
-                     shards: Path, out_dir: Path) -> dict:
+                     shards: Path, ctx: StageContext) -> dict:
     """Next-token training on the tokenizer artifact's shards in random windows of `context` tokens,
     validation perplexity on fixed windows; exports the model with its tokenizer to out_dir/model.
     Pretrain and extend (the same at a longer context) share it."""
+    out_dir = ctx.out_dir
     train_tokens = load_shard(shards, "train")
     val_windows = fixed_windows(load_shard(shards, "validation"), context, max_val_tokens)
     n_params = count_parameters(model)
@@ -46,7 +49,7 @@ def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, contex
         loss = mean_token_nll(model, val_windows, cfg.batch_size)
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
-    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
+    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     if cfg.max_steps == 0:  # imported unchanged: still report how well it predicts this corpus
         model.eval()
         with torch.no_grad():

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import resolved_input
+from components.context import StageContext
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
@@ -65,9 +65,9 @@ def encode_examples(tokenizer, examples: list[tuple[dict, str]], max_len: int) -
     return rows, too_long
 
 
-def write_quarantine(out_dir: Path, quarantined: list[dict]) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # every rank reads the same data; one writes
-        with open(Path(out_dir) / "quarantine.jsonl", "w") as f:
+def write_quarantine(ctx: StageContext, quarantined: list[dict]) -> None:
+    if ctx.is_main:  # every rank reads the same data; one writes
+        with open(ctx.out_dir / "quarantine.jsonl", "w") as f:
             f.writelines(json.dumps(q) + "\n" for q in quarantined)
 
 
@@ -101,7 +101,8 @@ def nonpad_fraction(rows: list[Row], bins: list[list[int]], cfg: SFTConfig) -> f
     return real / total
 
 
-def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     src = Path(inputs["pretrain"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
@@ -111,7 +112,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     examples, quarantined, per_file = load_examples(cfg)
     train_rows, too_long = encode_examples(tokenizer, examples, max_len)
     quarantined += too_long
-    write_quarantine(out_dir, quarantined)
+    write_quarantine(ctx, quarantined)
     if quarantined:
         log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
                     len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
@@ -134,7 +135,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         loss, _ = lm_loss(model, to_device(val_batch, model_device(model)))  # labels: the assistant's tokens only
         return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
 
-    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"))
+    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
             "nonpad_fraction": round(fill, 4), "records_read": per_file, "quarantined": len(quarantined),
             "quarantined_unreadable": len(quarantined) - len(too_long), "quarantined_too_long": len(too_long),

@@ -1,7 +1,8 @@
 """Run a training stage through `accelerate launch`: the same code on 1 CPU, 8 GPUs or many nodes.
 
-The request (stage, config, inputs) is written to <out_dir>/launch/request.json; every
-process runs components.train.worker on it; rank 0 writes metrics.json. The processes'
+The request (the stage's context, strategy, config, inputs) is written to
+<out_dir>/launch/request.json; every process runs components.train.worker on it, which
+rebuilds the context with its own rank; rank 0 writes metrics.json. The processes'
 output streams to our log and to launch/launch.log; a non-zero exit raises with its tail.
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.context import StageContext
 from components.train.config import LauncherConfig
-from components.train.loop import STRATEGY_ENV
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -36,24 +37,26 @@ def accelerate_args(launcher: LauncherConfig, on_gpu: bool) -> list[str]:
     return [*args, *launcher.extra_args]
 
 
-def write_request(stage: str, cfg, inputs: dict[str, Path], out_dir: Path) -> Path:
+def write_request(cfg, inputs: dict[str, Path], ctx: StageContext) -> Path:
     """<out_dir>/launch/request.json: all a worker needs (`python -m components.train.worker PATH`)."""
-    work = Path(out_dir) / "launch"
+    work = ctx.out_dir / "launch"
     work.mkdir(parents=True, exist_ok=True)
     (work / "metrics.json").unlink(missing_ok=True)
-    request = {"stage": stage, "config": dataclasses.asdict(cfg), "out_dir": str(out_dir),
+    request = {"context": ctx.to_dict(), "config": dataclasses.asdict(cfg),
                "inputs": {k: str(v) for k, v in inputs.items()}}
     (work / "request.json").write_text(json.dumps(request, indent=2))
     return work / "request.json"
 
 
-def launch(stage: str, cfg, inputs: dict[str, Path], out_dir: Path, launcher: LauncherConfig) -> dict:
+def launch(cfg, inputs: dict[str, Path], ctx: StageContext, launcher: LauncherConfig) -> dict:
+    """`run(cfg, inputs, ctx)` of ctx.stage in the launcher's processes; rank 0's metrics."""
     import torch
 
-    work = write_request(stage, cfg, inputs, out_dir).parent
+    stage = ctx.stage
+    work = write_request(cfg, inputs, dataclasses.replace(ctx, strategy=launcher.strategy)).parent
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(launcher, torch.cuda.is_available()),
            "-m", "components.train.worker", str(work / "request.json")]
-    env = {**os.environ, STRATEGY_ENV: launcher.strategy,
+    env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     log.info("%s: %s", stage, " ".join(cmd))
     tail: list[str] = []

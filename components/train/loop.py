@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 
+from components.context import StageContext
 from components.train import budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
 from components.train.guard import ACCEPT, SKIP, SpikeGuard
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 BatchFn = Callable[[int, int], dict]
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 MAX_ROLLBACKS = 3  # then the run fails: repeated divergence needs a person, not more retries
-STRATEGY_ENV = "PIPELINE_TRAIN_STRATEGY"  # set by launch.py for the processes it starts
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -64,8 +63,8 @@ def decoder_layer_classes(model: torch.nn.Module | None) -> list[str]:
     return sorted(getattr(model, "_no_split_modules", None) or ["LlamaDecoderLayer"])
 
 
-def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> Accelerator:
-    """Single process, DDP or FSDP2, from the strategy `accelerate launch` was given (launch.py).
+def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None, strategy: str = "single") -> Accelerator:
+    """Single process, DDP or FSDP2: the stage context's strategy (the launcher's, launch.py).
 
     Each call starts from a fresh AcceleratorState: Accelerate keeps one per process and
     refuses a second Accelerator with another precision, yet stages (and tests) run one
@@ -74,7 +73,6 @@ def make_accelerator(cfg: TrainConfig, model: torch.nn.Module | None = None) -> 
     """
     precision = device.resolve_precision(cfg.mixed_precision)
     reset_accelerator_state()
-    strategy = os.environ.get(STRATEGY_ENV, "single")
     fsdp_plugin = None
     if strategy == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
@@ -177,7 +175,7 @@ def announce_budget(model: torch.nn.Module, cfg: TrainConfig, first_batch: dict,
             "model_shape": (n_params, n_layers, d_model)}  # before sharding
     if hasattr(model, "config") and seq:
         rows = first_batch["input_ids"].numel() // seq  # sequences in a global micro-batch (pairs count twice)
-        sharded = os.environ.get(STRATEGY_ENV) == "fsdp" and world > 1
+        sharded = accelerator.distributed_type == DistributedType.FSDP and world > 1
         act_bytes = 2 if accelerator.mixed_precision in ("bf16", "fp16") else 4
         mem = budget.memory_estimate(model, -(-rows // world), seq, world, sharded, act_bytes)
         cost["memory_estimate_mb"] = round(mem["total"] / 2**20, 1)
@@ -274,7 +272,7 @@ def log_progress(row: dict, cfg: TrainConfig) -> None:
 
 
 def summarize(final: dict, state: TrainState, guard: SpikeGuard, cost: dict, clock: Clock, model: torch.nn.Module,
-              accelerator: Accelerator) -> dict:
+              accelerator: Accelerator, strategy: str) -> dict:
     """The run's metrics; counters and rates over the whole run, across restarts (TrainState)."""
     world, seconds = accelerator.num_processes, max(1e-9, state.train_seconds)
     tokens_per_second = state.tokens / seconds
@@ -292,7 +290,7 @@ def summarize(final: dict, state: TrainState, guard: SpikeGuard, cost: dict, clo
         **({"mfu": float(f'{budget.mfu(tokens_per_second, cost["flops_per_token"], world, cost["peak_flops"]):.4g}')}
            if cost["peak_flops"] else {}),  # 4 significant digits: a tiny model's MFU is below 1e-4
         "world_size": world,
-        "strategy": os.environ.get(STRATEGY_ENV, "single"),
+        "strategy": strategy,
         "precision": accelerator.mixed_precision,  # as resolved on this machine (bf16 falls back to fp32 on some CPUs)
         "device": accelerator.device.type,
         "param_share_per_rank": round(local_parameter_share(model), 4),
@@ -320,13 +318,15 @@ def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, 
 
 def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, out_dir: Path,
           evaluate: Callable[[torch.nn.Module], dict] | None = None, accelerator: Accelerator | None = None,
-          export: tuple[Any, Path] | None = None) -> dict:
+          export: tuple[Any, Path] | None = None, ctx: StageContext | None = None) -> dict:
     """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
 
     batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank trains on
     its shard. export=(tokenizer, path) saves the trained model there. A checkpoint in out_dir is
-    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step."""
-    accelerator = accelerator or make_accelerator(cfg, model)
+    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step.
+    ctx: the stage's context (strategy, wandb run name); by default a local one writing into out_dir."""
+    ctx = ctx or StageContext.local(out_dir, stage="train")
+    accelerator = accelerator or make_accelerator(cfg, model, ctx.strategy)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     model, optimizer, forward, cost = prepare(model, cfg, batch_fn(0, 0), accelerator)
     out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
@@ -335,7 +335,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
     attention_before = compiling.attention_for_compile(model, cfg, accelerator)  # restored in `finally`
     steps_log, final = StepLog(out_dir / "log.jsonl", state.step, enabled=main), {}
     clock, meter = Clock(), budget.Throughput(cost["model_shape"], cost["peak_flops"], world)
-    tracker = tracking.start(cfg, out_dir) if main else tracking.Tracker()
+    tracker = tracking.start(ctx, cfg) if main else tracking.Tracker()
     try:
         while state.step < cfg.max_steps:
             # --- one optimizer step over cfg.grad_accum micro-batches ---
@@ -375,6 +375,6 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
         steps_log.close()
         if attention_before is not None:
             accelerator.unwrap_model(model).set_attn_implementation(attention_before)
-    metrics = summarize(final, state, guard, cost, clock, model, accelerator)
+    metrics = summarize(final, state, guard, cost, clock, model, accelerator, ctx.strategy)
     tracker.finish(metrics)
     return metrics

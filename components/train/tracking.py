@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.context import StageContext
+
 log = logging.getLogger(__name__)
 
 
@@ -57,19 +59,18 @@ class Tracker:
             time.sleep(0.1)
 
 
-def start(cfg: Any, out_dir: Path) -> Tracker:
-    """A wandb run named `<stage>-<key>` (from the artifact's directory), or a no-op tracker."""
+def start(ctx: StageContext, cfg: Any) -> Tracker:
+    """A wandb run named `<stage>-<key>` (from the stage's context) in its output dir, or a no-op tracker."""
     mode = os.environ.get("WANDB_MODE", "disabled")
     if mode == "disabled":
         return Tracker()
     import wandb
 
-    out_dir = Path(out_dir)
-    stage, key = out_dir.parent.name, out_dir.name.lstrip(".").split(".")[0]  # <root>/<stage>/.<key>.partial
+    stage, key = ctx.stage, ctx.key
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
     try:
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "llm-pipeline"), name=f"{stage}-{key}", group=stage,
-                         job_type=stage, dir=str(out_dir), config=config, mode=mode, reinit="finish_previous")
+                         job_type=stage, dir=str(ctx.out_dir), config=config, mode=mode, reinit="finish_previous")
     except Exception as error:  # a tracker must never fail the stage it watches
         log.warning("wandb.init failed (%s): this stage is not tracked in wandb", error)
         return Tracker()

@@ -1,4 +1,4 @@
-"""Entry point of each process started by launch.py: rebuild the stage's config, run it."""
+"""Entry point of each process started by launch.py: rebuild the stage's config and context, run it."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from components.config import writable_schema
+from components.context import StageContext
 from components.stages import STAGES
 
 
@@ -18,16 +19,26 @@ def config_from_dict(cls: type, values: dict):
     return OmegaConf.to_object(OmegaConf.merge(writable_schema(cls), values))  # frozen dataclasses: see writable_schema
 
 
+def process_context(request: dict) -> StageContext:
+    """The launching stage's context (strategy included) as this process sees it: accelerate's rank
+    and world size (its process group, which the stage's Accelerator then joins)."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # as make_accelerator's Accelerator(cpu=...)
+    return StageContext(**request["context"]).in_process(state.process_index, state.num_processes)
+
+
 def main(request_path: str) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout,
-                        format=f"[rank {rank}] %(asctime)s %(name)s %(levelname)s %(message)s")
     request = json.loads(Path(request_path).read_text())
-    stage = STAGES[request["stage"]]
+    ctx = process_context(request)
+    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, stream=sys.stdout,
+                        format=f"[rank {ctx.rank}] %(asctime)s %(name)s %(levelname)s %(message)s")
+    stage = STAGES[ctx.stage]
     cfg = config_from_dict(stage.config_type(), request["config"])
     inputs = {k: Path(v) for k, v in request["inputs"].items()}
-    metrics = stage.runner()(cfg, inputs, Path(request["out_dir"]))
-    if rank == 0:
+    metrics = stage.runner()(cfg, inputs, ctx)
+    if ctx.is_main:
         out = Path(request_path).with_name("metrics.json")
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics))
