@@ -370,3 +370,16 @@ def test_cli_missing_source_fails_before_any_work(tmp_path):
                           f"run.artifacts_dir={tmp_path / 'a'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "data.sources[0]" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr and not (tmp_path / "a").exists()
+
+
+def test_format_readers_import_no_sibling_but_records():
+    """One module per format, each importing only records.py from the package: no import cycle
+    (readers, hf and web imported each other before)."""
+    import ast
+
+    folder = REPO / "components" / "data" / "ingest"
+    for name in ("jsonl", "parquet", "text", "web", "hf"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        siblings = {m for m in imported if m.startswith("components.data.ingest")}
+        assert siblings == {"components.data.ingest.records"}, name

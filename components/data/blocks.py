@@ -212,7 +212,7 @@ class TrainValidationSplit(PipelineStep):
         counts: Counter = Counter()  # the report's figures: it reads these stats, not the output
         with JsonlWriter(f"{self.output_folder}/train") as train, JsonlWriter(f"{self.output_folder}/validation") as val:
             for doc in data:
-                doc.metadata.pop("file_path", None)  # datatrove's staging path: would tie outputs to the build dir
+                doc.metadata.pop("file_path", None)  # a JsonlReader's input path (the reference's): would tie outputs to the build dir
                 held_out = is_validation(doc.id, self.fraction)
                 (val if held_out else train).write(doc, rank)
                 split, size = "validation" if held_out else "train", len(doc.text.encode("utf-8"))
