@@ -129,12 +129,11 @@ def build_passes(cfg: DataConfig, reader: PipelineStep, out_dir: Path, sources: 
     task t of the quality pass wrote (TaskFileReader): documents keep one numbering per task, in the
     order one task would read the tasks' files, for exact dedup, the signatures, the guard and the
     MinHash filter alike."""
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.writers import JsonlWriter
 
     from components.data.blocks import (Chain, ExactDedupHashes, ExactDedupIndex, ExactDedupRemove, PIIScrubber,
                                         SignaturesWithoutDuplicates, TaskFileReader, TrainValidationSplit)
-    from components.data.minhash_guard import MinhashClusterGuard
     from components.data.words import WarmSpaCyTokenizer
 
     work = out_dir / "work"
@@ -172,19 +171,29 @@ def build_passes(cfg: DataConfig, reader: PipelineStep, out_dir: Path, sources: 
 
     final = []
     if cfg.minhash:
-        passes += [
-            Pass("3_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
-                 tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
-            Pass("4_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
-                                                            save_cluster_id=True)]),
-            Pass("5_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"),
-                                                         Chain(*deduplicated()), signature_tasks=tasks,
-                                                         n_grams=cfg.minhash_ngrams,
-                                                         guard_jaccard=cfg.minhash_guard_jaccard)]),
-        ]
+        passes += minhash_passes(cfg, work, Chain(*deduplicated()))
         final.append(("minhash", MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash"))))
     if cfg.pii:
         final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips)))
     passes.append(Pass("6_final", [TaskFileReader(str(work / "quality")), *tallied(exact), *tallied(final),
                                    TrainValidationSplit(str(out_dir), cfg.validation_fraction, sources)], tasks, workers))
     return passes
+
+
+def minhash_passes(cfg: DataConfig, work: Path, guard_reader) -> list[Pass]:
+    """MinHash's buckets and clusters (datatrove's passes), then the cluster guard, which reads each task's
+    documents through `guard_reader` (the quality pass's output without exact duplicates)."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster
+
+    from components.data.minhash_guard import MinhashClusterGuard
+
+    mh = minhash_config(cfg)
+    return [
+        Pass("3_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
+             tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
+        Pass("4_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
+                                                        save_cluster_id=True)]),
+        Pass("5_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"), guard_reader,
+                                                     signature_tasks=cfg.tasks, n_grams=cfg.minhash_ngrams,
+                                                     guard_jaccard=cfg.minhash_guard_jaccard)]),
+    ]
