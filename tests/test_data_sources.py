@@ -383,3 +383,41 @@ def test_format_readers_import_no_sibling_but_records():
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         siblings = {m for m in imported if m.startswith("components.data.ingest")}
         assert siblings == {"components.data.ingest.records"}, name
+
+
+def _stripes_of(spec, stripes: int, embedded_file: Path) -> list:
+    from dataclasses import replace
+
+    from components.data.ingest.records import Stripe
+    from components.data.ingest.units import plan_units, read_unit
+    from components.data.ingest.web import HtmlExtractor
+
+    out = []
+    with HtmlExtractor() as extract:
+        for unit in plan_units([spec], 1, embedded_file):
+            for s in range(stripes):
+                out += list(read_unit(replace(unit, stripe=Stripe(s, stripes)), "text", 10_000_000, extract))
+    return out
+
+
+def test_stripes_of_a_file_together_read_it_once(tmp_path, samples):
+    """Every format split into 3 stripes yields exactly the outcomes of one whole read: each document
+    once, each issue (a cut gzip, a damaged WARC, a bad row, a missing column) once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    whole = gzip.compress(b"".join(json.dumps({"text": f"line {i}"}).encode() + b"\n" for i in range(200)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    warc = (samples / "web" / "cc_whirlwind.warc.gz").read_bytes()
+    (tmp_path / "cut.warc.gz").write_bytes(warc[: len(warc) // 2])
+    pq.write_table(pa.table({"text": ["a", None, "", "b", "c"]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"body": ["a"]}), tmp_path / "nocol.parquet")
+    Dataset.from_dict({"text": ["x", "", "y", "z"]}).save_to_disk(str(tmp_path / "saved"))
+    paths = ["cut.jsonl.gz", "cut.warc.gz", "t.parquet", "nocol.parquet", "saved"]
+    for path in [str(tmp_path / p) for p in paths] + [str(samples / "web" / "cc_whirlwind.warc.gz")]:
+        (spec,) = parse_sources([path])
+        one = list(read_source(spec, "text", 10_000_000, tmp_path))
+        assert one, path
+        key = lambda o: json.dumps(o, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, _stripes_of(spec, 3, tmp_path))) == sorted(map(key, one)), path
