@@ -11,6 +11,7 @@ in quarantine.jsonl with file, line and reason (per task in quarantine/ while th
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -77,18 +78,20 @@ def plan_weighted_mix(cfg: DataConfig, units: list[Unit], out_dir: Path) -> str:
 
 
 def merge_quarantine(out_dir: Path) -> int:
-    """quarantine/<task>.jsonl -> quarantine.jsonl in source, file and record order; returns the count."""
+    """quarantine/<task>.jsonl -> quarantine.jsonl in source, file and record order, streamed (each task's
+    file is in that order already: a task holds at most one stripe of a file); returns the count."""
     folder = out_dir / "quarantine"
-    records = [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.open(encoding="utf-8")]
-    records.sort(key=lambda r: r["_order"])
-    tmp = out_dir / "quarantine.jsonl.partial"
-    with open(tmp, "w", encoding="utf-8") as out:
-        for record in records:
-            del record["_order"]
-            out.write(json.dumps(record) + "\n")
+    with contextlib.ExitStack() as stack:
+        tasks = [map(json.loads, stack.enter_context(open(p, encoding="utf-8"))) for p in sorted(folder.glob("*.jsonl"))]
+        tmp, n = out_dir / "quarantine.jsonl.partial", 0
+        with open(tmp, "w", encoding="utf-8") as out:
+            for record in heapq.merge(*tasks, key=lambda r: r["_order"]):
+                del record["_order"]
+                out.write(json.dumps(record) + "\n")
+                n += 1
     tmp.replace(out_dir / "quarantine.jsonl")
     shutil.rmtree(folder, ignore_errors=True)
-    return len(records)
+    return n
 
 
 def after_reading(cfg: DataConfig, out_dir: Path, truth: dict | None) -> None:
