@@ -4,7 +4,7 @@
 
 Input: the embedded corpus (prose, planted duplicates, PII, junk) plus paragraph
 recombinations of its prose up to --docs documents, written once as jsonl.
-- stage: components.data.run.run (staging and validation, the reordered quality filters with
+- stage: components.data.run.run (sources read and validated inside the first pass, the reordered quality filters with
   one warm tokenizer, exact dedup, MinHash with the cluster guard, PII, split, per-block
   tallies, report).
 - datatrove_fineweb: the same blocks as datatrove ships them, in its examples/fineweb.py order
@@ -67,20 +67,18 @@ def run_stage(src: Path, out: Path, cfg_kwargs: dict) -> list[Path]:
 
 
 def shard_input(src: Path, shards: Path, tasks: int) -> Path:
-    """JsonlReader gives each task whole files: shard the input as the stage's staging does (round-robin
-    over the valid documents; malformed lines skipped, as the stage quarantines them), so every variant
-    runs its quality pass on the same documents in the same tasks."""
+    """JsonlReader gives each task whole files: shard the input as the stage's reader stripes one file over
+    its tasks (line i to task i % tasks; malformed lines skipped, as the stage quarantines them), so
+    every variant runs its quality pass on the same documents in the same tasks."""
     shards.mkdir(parents=True)
     handles = [open(shards / f"{t:05d}.jsonl", "w") for t in range(tasks)]
-    kept = 0
-    for line in open(src):
+    for index, line in enumerate(open(src)):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
-            handles[kept % tasks].write(line)
-            kept += 1
+            handles[index % tasks].write(line)
     for h in handles:
         h.close()
     return shards

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's components, run as a script
-from components.data.web import HtmlExtractor, decode_html, read_warc_files
+from components.data.ingest.web import HtmlExtractor, decode_html, read_warc_files
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 WORD = re.compile(r"\w+", re.UNICODE)

@@ -8,7 +8,7 @@ from components.context import StageContext
 from components.data.blocks import PIIScrubber, normalise
 from components.data.pii import find_pii
 from components.data.config import DataConfig
-from components.data.readers import read_jsonl
+from components.data.ingest.jsonl import read_jsonl
 from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS
 from components.data.run import run
 
@@ -140,17 +140,16 @@ def _assert_same_as_datatrove_fineweb_order(cfg, ours, m, reference):
     """The stage's order, passes and faster blocks against the same blocks as datatrove ships them, in its
     FineWeb example's order with exact dedup and the guard where the stage had them before
     (components/data/reference.py): the same documents, with the same text, in each split."""
-    from components.data.reference import run_reference
+    from components.data.reference import run_reference, stage_sources
     from components.data.report import read_docs
-    from components.data.run import stage_inputs
 
     reference.mkdir()
-    staged, *_ = stage_inputs(cfg, reference)
+    staged = stage_sources(cfg, reference)
     run_reference(cfg, staged, reference)
     for split in ("train", "validation"):
         kept = {d["id"]: d["text"] for d in read_docs(ours / split)}
         assert kept == {d["id"]: d["text"] for d in read_docs(reference / split)}, split
-    removed = {block: len(read_docs(reference / "removed" / block)) for block in ("exact_dedup", "minhash")}
+    removed = {block: sum(1 for _ in read_docs(reference / "removed" / block)) for block in ("exact_dedup", "minhash")}
     assert removed == {"exact_dedup": m["exact_dedup_dropped"], "minhash": m["minhash_dropped"]}
     assert m["docs_out"] > 0 and m["minhash_dropped"] > 0 and m["exact_dedup_dropped"] > 0
 

@@ -175,9 +175,17 @@ def test_cluster_executors_are_built_from_config_with_the_same_blocks(tmp_path, 
     slurm = {"partition": "cpu-long", "time": "02:00:00", "cpus_per_task": 2, "mem_per_cpu_gb": 4,
              "sbatch_args": {"account": "lm"}}
     cfg = DataConfig(executor=executor, tasks=4, slurm=SlurmConfig(**slurm))
-    local = build_passes(DataConfig(tasks=4), tmp_path / "staged", tmp_path)
-    passes = build_passes(cfg, tmp_path / "staged", tmp_path)
+    from components.data.ingest.step import SourceReader
+    from components.data.ingest.units import plan_units
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "x"}) + "\n")
+    units = plan_units(DataConfig(sources=[str(src)]).source_specs(), 4, tmp_path / "embedded.jsonl")
+    reader = SourceReader(units, "text", 1000, False, str(tmp_path / "quarantine"))
+    local = build_passes(DataConfig(tasks=4), reader, tmp_path)
+    passes = build_passes(cfg, reader, tmp_path)
     assert [p.name for p in passes] == [p.name for p in local]
+    assert passes[0].pipeline[0] is reader and len(units) == 4  # reading and extraction run in the cluster's tasks
     for p, q in zip(passes, local):
         assert _step_types(p.pipeline) == _step_types(q.pipeline) and p.tasks == q.tasks
         built = make_executor(cfg, p.pipeline, p.name, p.tasks, p.workers, tmp_path / "logs" / p.name)

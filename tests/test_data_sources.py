@@ -12,8 +12,11 @@ from components.artifacts import stage_key
 from components.context import StageContext
 from components.data.config import DataConfig
 from components.data.mix import plan_mix
-from components.data.readers import read_jsonl, read_parquet, read_source, read_text
-from components.data.run import run, stage_inputs
+from components.data.ingest.jsonl import read_jsonl
+from components.data.ingest.parquet import read_parquet
+from components.data.ingest.text import read_text
+from components.data.ingest.units import read_source
+from components.data.run import run
 from components.data.sources import parse_sources
 from flows.config import register, to_pipeline_config
 
@@ -261,23 +264,72 @@ def _jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
-def test_staging_mixes_by_weight_and_quarantines(tmp_path):
+NO_BLOCKS = {"gopher_quality": False, "gopher_repetition": False, "c4": False, "fineweb": False, "exact_dedup": False,
+             "minhash": False, "pii": False}
+
+
+def _kept(out: Path) -> list[dict]:
+    return [json.loads(line) for split in ("train", "validation") for path in sorted((out / split).glob("*.jsonl.gz"))
+            for line in gzip.open(path, "rt")]
+
+
+def test_reading_pass_mixes_by_weight_and_quarantines(tmp_path):
+    """The weighted mix inside the datatrove passes (a counting pass, then the reading pass): the same
+    exact totals and seeded sample as planned over the whole sources (plan_mix)."""
     web = _jsonl(tmp_path / "web.jsonl", [f"web page {i}" for i in range(70)] + [""])
     docs = _jsonl(tmp_path / "docs.jsonl", [f"doc page {i}" for i in range(90)])
-    cfg = DataConfig(sources=[{"path": str(web), "name": "web", "weight": 7}, {"path": str(docs), "name": "docs", "weight": 3}])
+    cfg = DataConfig(sources=[{"path": str(web), "name": "web", "weight": 7}, {"path": str(docs), "name": "docs", "weight": 3}],
+                     tasks=3, workers=1, **NO_BLOCKS)
     out = tmp_path / "out"
-    _, issues, n, per_source = stage_inputs(cfg, out)
-    assert (per_source["web"]["docs_taken"], per_source["docs"]["docs_taken"], n) == (70, 30, 100)
-    assert per_source["web"]["quarantined"] == 1 and issues == {"quarantined_empty_field": 1}
+    m = run(cfg, {}, out)
+    per_source = m["sources"]
+    assert (per_source["web"]["docs_taken"], per_source["docs"]["docs_taken"], m["docs_in"]) == (70, 30, 100)
+    assert per_source["web"]["quarantined"] == 1 and m["quarantined"] == 1 and m["quarantined_empty_field"] == 1
     (line,) = (out / "quarantine.jsonl").read_text().splitlines()
     assert json.loads(line) == {"file": str(web), "line": 71, "reason": "empty_field 'text'", "source": "web"}
+    plan = plan_mix({"web": [10] * 70, "docs": [10] * 90}, {"web": 7, "docs": 3})  # the sizes do not matter by documents
+    taken = sorted(d["text"] for d in _kept(out) if d["metadata"]["source"] == "docs")
+    assert taken == sorted(f"doc page {i}" for i in plan["docs"])
+    assert m["docs_out"] == 100 and not (out / "quarantine").exists() and not (out / "work").exists()
+
+
+def test_repeats_get_unique_ids_inside_the_pass(tmp_path):
+    small = _jsonl(tmp_path / "small.jsonl", [f"small page {i}" for i in range(10)])
+    big = _jsonl(tmp_path / "big.jsonl", [f"big page {i}" for i in range(40)])
+    cfg = DataConfig(sources=[{"path": str(small), "name": "small", "weight": 1}, {"path": str(big), "name": "big", "weight": 1}],
+                     mix_total=50, mix_repeat=True, tasks=2, workers=1, **NO_BLOCKS)
+    m = run(cfg, {}, tmp_path / "out")
+    ids = [d["id"] for d in _kept(tmp_path / "out")]
+    assert m["sources"]["small"]["docs_taken"] == 25 and m["sources"]["big"]["docs_taken"] == 25
+    assert len(ids) == len(set(ids)) == 50 and sum("#" in i for i in ids) == 15  # 10 small pages, 2 or 3 times each
 
 
 def test_strict_turns_quarantine_into_an_error(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=rf"{src}, line 2: missing_field 'text'"):
-        stage_inputs(DataConfig(sources=[str(src)], strict=True), tmp_path / "out")
+        run(DataConfig(sources=[str(src)], strict=True, workers=2, **NO_BLOCKS), {}, tmp_path / "out")
+
+
+def test_no_valid_document_is_one_clear_error(tmp_path):
+    src = _jsonl(tmp_path / "in.jsonl", ["", "  "])
+    with pytest.raises(ValueError, match="no valid document"):
+        run(DataConfig(sources=[str(src)], **NO_BLOCKS), {}, tmp_path / "out")
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 2  # the evidence stays
+
+
+def test_one_big_file_is_shared_by_the_tasks_and_read_once(tmp_path):
+    """Fewer files than tasks: each file is striped by record, every record read by exactly one task,
+    issues reported once (by the stripe owning the line), in file and line order once merged."""
+    rows = [json.dumps({"text": f"page {i}", "id": f"p{i}"}) for i in range(30)]
+    rows[7], rows[20] = '{"text": "cut', json.dumps({"body": "no text"})
+    src = tmp_path / "one.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    m = run(DataConfig(sources=[str(src)], tasks=4, workers=2, **NO_BLOCKS), {}, tmp_path / "out")
+    ids = sorted(d["id"] for d in _kept(tmp_path / "out"))
+    assert ids == sorted(f"p{i}" for i in range(30) if i not in (7, 20)) and m["docs_in"] == 28
+    lines = [json.loads(l)["line"] for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert lines == [8, 21] and m["quarantined"] == 2
 
 
 def test_cache_key_follows_source_content(tmp_path):
@@ -320,3 +372,54 @@ def test_cli_missing_source_fails_before_any_work(tmp_path):
                           f"run.artifacts_dir={tmp_path / 'a'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "data.sources[0]" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr and not (tmp_path / "a").exists()
+
+
+def test_format_readers_import_no_sibling_but_records():
+    """One module per format, each importing only records.py from the package: no import cycle
+    (readers, hf and web imported each other before)."""
+    import ast
+
+    folder = REPO / "components" / "data" / "ingest"
+    for name in ("jsonl", "parquet", "text", "web", "hf"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        siblings = {m for m in imported if m.startswith("components.data.ingest")}
+        assert siblings == {"components.data.ingest.records"}, name
+
+
+def _stripes_of(spec, stripes: int, embedded_file: Path) -> list:
+    from dataclasses import replace
+
+    from components.data.ingest.records import Stripe
+    from components.data.ingest.units import plan_units, read_unit
+    from components.data.ingest.web import HtmlExtractor
+
+    out = []
+    with HtmlExtractor() as extract:
+        for unit in plan_units([spec], 1, embedded_file):
+            for s in range(stripes):
+                out += list(read_unit(replace(unit, stripe=Stripe(s, stripes)), "text", 10_000_000, extract))
+    return out
+
+
+def test_stripes_of_a_file_together_read_it_once(tmp_path, samples):
+    """Every format split into 3 stripes yields exactly the outcomes of one whole read: each document
+    once, each issue (a cut gzip, a damaged WARC, a bad row, a missing column) once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    whole = gzip.compress(b"".join(json.dumps({"text": f"line {i}"}).encode() + b"\n" for i in range(200)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    warc = (samples / "web" / "cc_whirlwind.warc.gz").read_bytes()
+    (tmp_path / "cut.warc.gz").write_bytes(warc[: len(warc) // 2])
+    pq.write_table(pa.table({"text": ["a", None, "", "b", "c"]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"body": ["a"]}), tmp_path / "nocol.parquet")
+    Dataset.from_dict({"text": ["x", "", "y", "z"]}).save_to_disk(str(tmp_path / "saved"))
+    paths = ["cut.jsonl.gz", "cut.warc.gz", "t.parquet", "nocol.parquet", "saved"]
+    for path in [str(tmp_path / p) for p in paths] + [str(samples / "web" / "cc_whirlwind.warc.gz")]:
+        (spec,) = parse_sources([path])
+        one = list(read_source(spec, "text", 10_000_000, tmp_path))
+        assert one, path
+        key = lambda o: json.dumps(o, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, _stripes_of(spec, 3, tmp_path))) == sorted(map(key, one)), path

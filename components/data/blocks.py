@@ -6,6 +6,7 @@ import hashlib
 import re
 import struct
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -202,18 +203,28 @@ class TrainValidationSplit(PipelineStep):
     name = "split"
     type = "💽 - WRITER"
 
-    def __init__(self, output_folder: str, fraction: float):
+    def __init__(self, output_folder: str, fraction: float, sources: list[str] | None = None):
         super().__init__()
         self.output_folder, self.fraction = output_folder, fraction
+        self.source_index = {name: i for i, name in enumerate(sources or [])}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()  # the report's figures: it reads these stats, not the output
         with JsonlWriter(f"{self.output_folder}/train") as train, JsonlWriter(f"{self.output_folder}/validation") as val:
             for doc in data:
-                doc.metadata.pop("file_path", None)  # datatrove's staging path: would tie outputs to the build dir
+                doc.metadata.pop("file_path", None)  # a JsonlReader's input path (the reference's): would tie outputs to the build dir
                 held_out = is_validation(doc.id, self.fraction)
                 (val if held_out else train).write(doc, rank)
-                self.stat_update("validation" if held_out else "train")
+                split, size = "validation" if held_out else "train", len(doc.text.encode("utf-8"))
+                counts[split] += 1
+                counts[f"{split}_bytes"] += size
+                source = self.source_index.get(doc.metadata.get("source"))
+                if source is not None:
+                    counts[f"source_{source}_docs_out"] += 1
+                    counts[f"source_{source}_bytes_out"] += size
                 yield doc
+        for key, value in counts.items():
+            self.stat_update(key, value=value)
 
 
 class Chain:

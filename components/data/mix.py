@@ -10,6 +10,14 @@ Source i then contributes T * share_i:
 A share larger than the source is an error unless `data.mix_repeat`: then the
 source is taken whole as many times as fits and the rest sampled as above.
 Without weights every document is taken once.
+
+The sources are read inside the first datatrove pass, task by task (components/data/ingest/), so the
+exact totals above need each source's valid documents counted first: a weighted mix runs a counting
+pass (SourceCounter: position and text bytes of each valid document, per unit), `copies_per_unit`
+plans from those counts in the driver, and the reading pass takes each document as often as planned.
+Index i of a source is its i-th valid document in file order, then record order, as one reader would
+see them: the same samples as when the driver read every source itself. Unweighted sources (the
+default) need no counting pass.
 """
 from __future__ import annotations
 
@@ -65,3 +73,21 @@ def _by_bytes(sizes: list[int], target: float, rng: random.Random) -> Counter:
             take[i] += 1
             taken += sizes[i]
     return take
+
+
+def copies_per_unit(units: list, counts: dict[int, list[list[int]]], weights: dict[str, float], mix_by: str,
+                    total: int | None, repeat: bool, seed: int) -> dict[int, list[int]]:
+    """units: the first pass's units; counts: per unit number, [position, bytes] of its valid documents.
+    Returns per unit number the copies of each of its valid documents, in the order the unit reads them."""
+    order: dict[str, list[tuple[int, int, int, int, int]]] = {}  # source -> (file, position, unit, k, bytes)
+    for job, unit in enumerate(units):
+        rows = order.setdefault(unit.spec.name, [])
+        rows += [(unit.file_index, pos, job, k, size) for k, (pos, size) in enumerate(counts[job])]
+    for rows in order.values():
+        rows.sort()
+    plan = plan_mix({name: [r[4] for r in rows] for name, rows in order.items()}, weights, mix_by, total, repeat, seed)
+    copies = {job: [0] * len(counts[job]) for job in range(len(units))}
+    for name, rows in order.items():
+        for index, (_, _, job, k, _) in enumerate(rows):
+            copies[job][k] = plan[name].get(index, 0)
+    return copies

@@ -1,6 +1,7 @@
 """The data stage's datatrove passes, built from config: what runs, in which order, on how many tasks.
 
-    1_quality      URL blocklist, language id, Gopher quality, Gopher repetition, C4, FineWeb; then,
+    1_quality      the sources read, validated and (HTML, WARC) extracted in the tasks, bad records to the
+                   quarantine (components/data/ingest/); URL blocklist, language id, Gopher quality, Gopher repetition, C4, FineWeb; then,
                    for each document kept, its exact-dedup digest and its MinHash signature   (tasks)
     2_exact_dedup  the digests in task order, first seen kept; duplicates' signatures dropped (one task)
     3-5 minhash    buckets, clusters, cluster guard (datatrove's passes + ours)
@@ -120,19 +121,19 @@ def minhash_config(cfg: DataConfig):
                          hashes_per_bucket=cfg.minhash_hashes_per_bucket)
 
 
-def build_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
-    """The passes in order. Intermediate data lives in out_dir/work (a shared filesystem on a cluster).
+def build_passes(cfg: DataConfig, reader: PipelineStep, out_dir: Path, sources: list[str] | None = None) -> list[Pass]:
+    """The passes in order, the first one starting with `reader` (the sources, read in the tasks:
+    components/data/ingest/step.py); `sources` (names, in data.sources order) for the per-source
+    counts of the split. Intermediate data lives in out_dir/work (a shared filesystem on a cluster).
     The quality pass and the final pass run on `tasks` tasks, task t of the final pass reading what
     task t of the quality pass wrote (TaskFileReader): documents keep one numbering per task, in the
     order one task would read the tasks' files, for exact dedup, the signatures, the guard and the
     MinHash filter alike."""
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.writers import JsonlWriter
 
     from components.data.blocks import (Chain, ExactDedupHashes, ExactDedupIndex, ExactDedupRemove, PIIScrubber,
                                         SignaturesWithoutDuplicates, TaskFileReader, TrainValidationSplit)
-    from components.data.minhash_guard import MinhashClusterGuard
     from components.data.words import WarmSpaCyTokenizer
 
     work = out_dir / "work"
@@ -152,7 +153,7 @@ def build_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
     if cfg.minhash:  # last (a sink): the workers' spaCy pipeline is loaded and warm from the quality filters
         after_quality.append(MinhashDedupSignature(str(work / ("sigs_all" if cfg.exact_dedup else "sigs")), config=mh,
                                                    language=WarmSpaCyTokenizer()))
-    passes = [Pass("1_quality", [JsonlReader(str(staged)), Tally("input"), *tallied(quality), *after_quality],
+    passes = [Pass("1_quality", [reader, Tally("input"), *tallied(quality), *after_quality],
                    tasks, workers)]
 
     def deduplicated() -> list:  # a task's documents after the quality pass, without exact duplicates
@@ -170,19 +171,29 @@ def build_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
 
     final = []
     if cfg.minhash:
-        passes += [
-            Pass("3_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
-                 tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
-            Pass("4_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
-                                                            save_cluster_id=True)]),
-            Pass("5_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"),
-                                                         Chain(*deduplicated()), signature_tasks=tasks,
-                                                         n_grams=cfg.minhash_ngrams,
-                                                         guard_jaccard=cfg.minhash_guard_jaccard)]),
-        ]
+        passes += minhash_passes(cfg, work, Chain(*deduplicated()))
         final.append(("minhash", MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash"))))
     if cfg.pii:
         final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips)))
     passes.append(Pass("6_final", [TaskFileReader(str(work / "quality")), *tallied(exact), *tallied(final),
-                                   TrainValidationSplit(str(out_dir), cfg.validation_fraction)], tasks, workers))
+                                   TrainValidationSplit(str(out_dir), cfg.validation_fraction, sources)], tasks, workers))
     return passes
+
+
+def minhash_passes(cfg: DataConfig, work: Path, guard_reader) -> list[Pass]:
+    """MinHash's buckets and clusters (datatrove's passes), then the cluster guard, which reads each task's
+    documents through `guard_reader` (the quality pass's output without exact duplicates)."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster
+
+    from components.data.minhash_guard import MinhashClusterGuard
+
+    mh = minhash_config(cfg)
+    return [
+        Pass("3_minhash_buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
+             tasks=cfg.minhash_buckets, workers=min(cfg.workers, cfg.minhash_buckets)),
+        Pass("4_minhash_clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "clusters"), config=mh,
+                                                        save_cluster_id=True)]),
+        Pass("5_minhash_guard", [MinhashClusterGuard(str(work / "clusters"), str(work / "remove"), guard_reader,
+                                                     signature_tasks=cfg.tasks, n_grams=cfg.minhash_ngrams,
+                                                     guard_jaccard=cfg.minhash_guard_jaccard)]),
+    ]

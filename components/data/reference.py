@@ -84,6 +84,28 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
     return passes
 
 
+def stage_sources(cfg: DataConfig, out_dir: Path) -> Path:
+    """The documents the stage's first pass reads, task by task, written to out_dir/work/staged/<task>.jsonl.gz
+    (the stage's own reader: the same documents in the same tasks), for the reference's JsonlReader."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from components.data import embedded
+    from components.data.ingest.step import SourceReader
+    from components.data.ingest.units import plan_units
+
+    specs = cfg.source_specs()
+    embedded_file = out_dir / "sources" / "embedded.jsonl"
+    if any(s.type == "embedded" for s in specs):
+        embedded.build(embedded_file, cfg.max_documents, cfg.seed)
+    reader = SourceReader(plan_units(specs, cfg.tasks, embedded_file), cfg.text_key, cfg.max_line_bytes, cfg.strict,
+                          str(out_dir / "quarantine"))
+    staged = out_dir / "work" / "staged"
+    LocalPipelineExecutor([reader, JsonlWriter(str(staged))], tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks),
+                          skip_completed=False, logging_dir=str(out_dir / "work" / "logs" / "0_staging")).run()
+    return staged
+
+
 def run_reference(cfg: DataConfig, staged: Path, out_dir: Path) -> None:
     """Every pass on a LocalPipelineExecutor, one after the other (data.executor is ignored)."""
     from datatrove.executor import LocalPipelineExecutor

@@ -5,6 +5,7 @@ import gzip
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from components.data.pii import PII_TYPES
 from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
@@ -13,26 +14,43 @@ QUALITY_BLOCKS = DROPPING_BLOCKS[:6]
 NEAR_DUP_TARGET_JACCARD = 0.8  # pairs at least this similar must be removed; below is a grey zone
 
 
-def read_docs(folder: Path) -> list[dict]:
-    docs = []
+def read_docs(folder: Path) -> Iterator[dict]:
+    """The documents of a folder of .jsonl.gz files, one at a time (never the whole folder in memory)."""
     for path in sorted(Path(folder).glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as handle:
-            docs += [json.loads(line) for line in handle]
-    return docs
+            for line in handle:
+                yield json.loads(line)
 
 
 def _stat_total(value) -> int:
     return int(value.get("total", 0)) if isinstance(value, dict) else int(value)
 
 
-def _stats(work: Path) -> Counter:
-    """Every counter of every pass, summed over tasks (per-task files: written by every executor)."""
+def _stat_files(work: Path, passes: str = "*") -> list[Path]:
+    return sorted((work / "logs").glob(f"{passes}/stats/*.json"))  # per task: written by every executor
+
+
+def pass_stats(work: Path, passes: str = "*") -> Counter:
+    """Every counter of the passes matching `passes`, summed over steps and tasks."""
     counts: Counter = Counter()
-    for stats_file in (work / "logs").glob("*/stats/*.json"):
+    for stats_file in _stat_files(work, passes):
         for step in json.loads(stats_file.read_text()):
             for key, value in step.get("stats", {}).items():
                 counts[key] += _stat_total(value)
     return counts
+
+
+def _dropped(work: Path) -> dict[str, int]:
+    """Documents each block dropped, from the block's own `dropped` counter: the step before the Tally
+    counting what leaves it (what reached rejected/<NN>_<block>/, without reading it back)."""
+    dropped = {block: 0 for block in DROPPING_BLOCKS}
+    for stats_file in _stat_files(work):
+        steps = json.loads(stats_file.read_text())
+        for before, step in zip(steps, steps[1:]):
+            for block in DROPPING_BLOCKS:
+                if f"{block}_docs" in step.get("stats", {}):
+                    dropped[block] += _stat_total(before.get("stats", {}).get("dropped", 0))
+    return dropped
 
 
 def _pii_counts(stats: Counter) -> dict[str, int]:
@@ -61,11 +79,11 @@ def _share(hits: int, total: int) -> float | None:
     return round(hits / total, 4) if total else None
 
 
-def _near_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+def _near_dup_measures(truth: dict, dropped: dict[str, list[str]], kept: set[str]) -> dict:
     """Recall on planted pairs that reached MinHash (neither member dropped by an earlier block),
     for pairs with Jaccard >= 0.8 (the target) and per planted level; precision: MinHash removals
     that belong to a planted duplicate pair (any level >= 0.5) among all its removals."""
-    earlier = {d["id"] for block in DROPPING_BLOCKS[:-1] for d in dropped[block]}
+    earlier = {i for block in DROPPING_BLOCKS[:-1] for i in dropped[block]}
     pairs = [p for p in truth.get("near_dup_pairs", []) if p["dup"] not in earlier and p["src"] not in earlier]
     caught = {p["dup"]: not (p["dup"] in kept and p["src"] in kept) for p in pairs}
     target = [p for p in pairs if p["jaccard"] >= NEAR_DUP_TARGET_JACCARD]
@@ -76,66 +94,65 @@ def _near_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[st
         m[f"near_dup_caught_at_{level}"] = _share(sum(caught[p["dup"]] for p in at), len(at))
     planted = {i for p in truth.get("near_dup_pairs", []) for i in (p["dup"], p["src"])}
     planted |= set(truth["exact_dup"]) | set(truth["exact_dup"].values())
-    removed = [d["id"] for d in dropped["minhash"]]
+    removed = dropped["minhash"]
     m["near_dup_precision"] = _share(sum(i in planted for i in removed), len(removed))
     return m
 
 
-def _quality_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
+def _quality_measures(truth: dict, dropped: dict[str, list[str]], kept: set[str]) -> dict:
     """Recall: planted junk removed by any quality block, and shop listings (junk planted for FineWeb's
     short-line rule) removed by FineWeb; precision per block: its drops that are planted junk (prose
     dropped is a false positive, as the corpus is built from prose paragraphs)."""
     listings = set(truth.get("listings", []))
     junk = set(truth["junk"]) | listings
-    m = {"quality_recall": _share(sum(any(j == d["id"] for b in QUALITY_BLOCKS for d in dropped[b]) for j in junk), len(junk))}
+    all_drops = [i for b in QUALITY_BLOCKS for i in dropped[b]]
+    m = {"quality_recall": _share(len(junk & set(all_drops)), len(junk))}
     if listings:
-        m["fineweb_recall"] = _share(sum(d["id"] in listings for d in dropped["fineweb"]), len(listings))
-    all_drops = [d["id"] for b in QUALITY_BLOCKS for d in dropped[b]]
+        m["fineweb_recall"] = _share(sum(i in listings for i in dropped["fineweb"]), len(listings))
     m["quality_precision"] = _share(sum(i in junk for i in all_drops), len(all_drops))
     for block in QUALITY_BLOCKS:
         if dropped[block]:
-            m[f"{block}_precision"] = _share(sum(d["id"] in junk for d in dropped[block]), len(dropped[block]))
+            m[f"{block}_precision"] = _share(sum(i in junk for i in dropped[block]), len(dropped[block]))
     return m
 
 
-def _exact_dup_measures(truth: dict, dropped: dict[str, list[dict]], kept: set[str]) -> dict:
-    earlier = {d["id"] for block in QUALITY_BLOCKS for d in dropped[block]}
+def _exact_dup_measures(truth: dict, dropped: dict[str, list[str]], kept: set[str]) -> dict:
+    earlier = {i for block in QUALITY_BLOCKS for i in dropped[block]}
     pairs = {dup: src for dup, src in truth["exact_dup"].items() if dup not in earlier and src not in earlier}
     planted = set(truth["exact_dup"]) | set(truth["exact_dup"].values())
-    removed = [d["id"] for d in dropped["exact_dedup"]]
+    removed = dropped["exact_dedup"]
     return {"exact_dup_recall": _share(sum(not (d in kept and s in kept) for d, s in pairs.items()), len(pairs)),
             "exact_dup_precision": _share(sum(i in planted for i in removed), len(removed))}
 
 
-def _per_source_out(per_source: dict, docs: list[dict]) -> dict:
-    """Per source: read, quarantined, skipped, taken by the mix, and kept after the filters."""
-    out = {name: {**counts, "docs_out": 0, "bytes_out": 0} for name, counts in per_source.items()}
-    for d in docs:
-        counts = out.get(d.get("metadata", {}).get("source"))
-        if counts is not None:
-            counts["docs_out"] += 1
-            counts["bytes_out"] += len(d["text"].encode())
-    return out
+def _per_source(specs: list, stats: Counter) -> dict:
+    """Per source: read, quarantined, skipped, taken by the mix, and kept after the filters (the reader's
+    and the split's counters)."""
+    names = ("docs_in", "bytes_in", "quarantined", "skipped", "docs_taken", "bytes_taken", "docs_out", "bytes_out")
+    return {spec.name: {"type": spec.type, "weight": spec.weight, **{n: stats[f"source_{i}_{n}"] for n in names}}
+            for i, spec in enumerate(specs)}
 
 
-def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_source: dict | None = None) -> dict:
-    train, val = read_docs(out_dir / "train"), read_docs(out_dir / "validation")
-    kept = {d["id"]: d["text"] for d in train + val}
-    dropped = {block: read_docs(out_dir / "rejected" / rejected_dir(block)) for block in DROPPING_BLOCKS}
-    stats = _stats(work)
-    quarantined = {k: n for k, n in issues.items() if k.startswith("quarantined_")}
-    skipped = {k: n for k, n in issues.items() if k.startswith("skipped_")}
+def _issue_counts(stats: Counter) -> dict:
+    quarantined = {k: n for k, n in stats.items() if k.startswith("quarantined_")}
+    skipped = {k: n for k, n in stats.items() if k.startswith("skipped_")}
+    return {"quarantined": sum(quarantined.values()), **dict(sorted(quarantined.items())),
+            "skipped": sum(skipped.values()),  # records that are no document (WARC requests, images)
+            **dict(sorted(skipped.items()))}
+
+
+def measure(cfg, out_dir: Path, work: Path, specs: list) -> dict:
+    """The stage's metrics from the passes' stats; only the planted ground truth (the embedded corpus,
+    taken whole) streams the output and the rejected documents back, keeping ids and the texts it checks."""
+    stats = pass_stats(work)
     metrics: dict = {
-        "docs_in": n_in,
-        "docs_out": len(train) + len(val),  # not len(kept): two sources may share an id
-        "train_docs": len(train),
-        "validation_docs": len(val),
-        "train_bytes": sum(len(d["text"].encode()) for d in train),
-        "quarantined": sum(quarantined.values()),
-        **dict(sorted(quarantined.items())),
-        "skipped": sum(skipped.values()),  # records that are no document (WARC requests, images)
-        **dict(sorted(skipped.items())),
-        **{f"{block}_dropped": len(docs) for block, docs in dropped.items()},
+        "docs_in": stats["input_docs"],
+        "docs_out": stats["train"] + stats["validation"],
+        "train_docs": stats["train"],
+        "validation_docs": stats["validation"],
+        "train_bytes": stats["train_bytes"],
+        **_issue_counts(stats),
+        **{f"{block}_dropped": n for block, n in _dropped(work).items()},
         **_block_flow(stats),
         **_cluster_stats(work),
         "url_blocklist_no_url": stats.get("no_url", 0),
@@ -143,29 +160,41 @@ def measure(cfg, out_dir: Path, work: Path, n_in: int, issues: Counter, per_sour
         "c4_lines_removed": sum(v for k, v in stats.items() if k.startswith("line-filter-")),
         "pii_docs_changed": stats.get("pii_docs_changed", 0),
         **_pii_counts(stats),
-        "sources": _per_source_out(per_source or {}, train + val),
+        "sources": _per_source(specs, stats),
     }
     truth_file = out_dir / "ground_truth.json"
     if truth_file.is_file():
-        truth = json.loads(truth_file.read_text())
-        prose = set(truth["prose"])
-        metrics["prose_kept_frac"] = round(len(prose & kept.keys()) / max(1, len(prose)), 4)
-        metrics["junk_removed_frac"] = round(sum(j not in kept for j in truth["junk"]) / max(1, len(truth["junk"])), 4)
-        for part in (_quality_measures, _exact_dup_measures, _near_dup_measures):
-            metrics.update({k: v for k, v in part(truth, dropped, set(kept)).items() if v is not None})
-        surviving = [p for p in truth["pii"] if p["id"] in kept]
-        metrics["pii_recall"] = round(sum(p["value"] not in kept[p["id"]] for p in surviving) / max(1, len(surviving)), 4)
-        for kind in PII_TYPES:  # per type: the value is gone from the kept document
-            of_kind = [p for p in surviving if p["kind"] == kind]
-            if of_kind:
-                metrics[f"pii_recall_{kind.lower()}"] = round(sum(p["value"] not in kept[p["id"]] for p in of_kind) / len(of_kind), 4)
-        alikes = [a for a in truth.get("look_alikes", []) if a["id"] in kept]
-        if alikes:  # versions, dates, order ids, ISBNs...: must survive the scrubber
-            metrics["pii_look_alikes_altered_frac"] = round(sum(a["value"] not in kept[a["id"]] for a in alikes) / len(alikes), 4)
-        metrics["quarantine_recall"] = round(metrics["quarantined"] / max(1, truth["malformed_lines"]), 4) if cfg.sources == ["embedded"] else None
-        if metrics["quarantine_recall"] is None:
-            del metrics["quarantine_recall"]
+        metrics.update(_truth_measures(cfg, out_dir, json.loads(truth_file.read_text()), metrics["quarantined"]))
     return metrics
+
+
+def _truth_measures(cfg, out_dir: Path, truth: dict, quarantined: int) -> dict:
+    checked = {p["id"] for p in truth["pii"]} | {a["id"] for a in truth.get("look_alikes", [])}
+    kept_ids: set[str] = set()
+    texts: dict[str, str] = {}  # only the documents whose planted values are checked
+    for split in ("train", "validation"):
+        for d in read_docs(out_dir / split):
+            kept_ids.add(d["id"])
+            if d["id"] in checked:
+                texts[d["id"]] = d["text"]
+    dropped = {block: [d["id"] for d in read_docs(out_dir / "rejected" / rejected_dir(block))] for block in DROPPING_BLOCKS}
+    prose = set(truth["prose"])
+    m = {"prose_kept_frac": round(len(prose & kept_ids) / max(1, len(prose)), 4),
+         "junk_removed_frac": round(sum(j not in kept_ids for j in truth["junk"]) / max(1, len(truth["junk"])), 4)}
+    for part in (_quality_measures, _exact_dup_measures, _near_dup_measures):
+        m.update({k: v for k, v in part(truth, dropped, kept_ids).items() if v is not None})
+    surviving = [p for p in truth["pii"] if p["id"] in kept_ids]
+    m["pii_recall"] = round(sum(p["value"] not in texts[p["id"]] for p in surviving) / max(1, len(surviving)), 4)
+    for kind in PII_TYPES:  # per type: the value is gone from the kept document
+        of_kind = [p for p in surviving if p["kind"] == kind]
+        if of_kind:
+            m[f"pii_recall_{kind.lower()}"] = round(sum(p["value"] not in texts[p["id"]] for p in of_kind) / len(of_kind), 4)
+    alikes = [a for a in truth.get("look_alikes", []) if a["id"] in kept_ids]
+    if alikes:  # versions, dates, order ids, ISBNs...: must survive the scrubber
+        m["pii_look_alikes_altered_frac"] = round(sum(a["value"] not in texts[a["id"]] for a in alikes) / len(alikes), 4)
+    if cfg.sources == ["embedded"]:
+        m["quarantine_recall"] = round(quarantined / max(1, truth["malformed_lines"]), 4)
+    return m
 
 
 def plot_blocks(m: dict, path: Path) -> bool:

@@ -1,107 +1,33 @@
-"""Data stage: validate and stage the sources, then real datatrove pipelines.
+"""Data stage: every pass a datatrove pipeline, the sources read inside the first one.
 
-quality filters, exact-dedup digests and MinHash signatures (tasks in parallel) -> exact dedup
--> MinHash buckets, clusters, cluster guard -> duplicates removed, PII, split (tasks in parallel):
-see components/data/pipelines.py; executors in components/data/executors.py.
-Every dropped document lands in rejected/<NN>_<block>/ with its reason; every bad
-input line lands in quarantine.jsonl with file, line and reason.
+sources read, validated and extracted (HTML, WARC), quality filters, exact-dedup digests and MinHash
+signatures (tasks in parallel) -> exact dedup -> MinHash buckets, clusters, cluster guard ->
+duplicates removed, PII, split (tasks in parallel): see components/data/pipelines.py and
+components/data/ingest/; executors in components/data/executors.py. The driver only lists the source
+files (and builds the embedded corpus); a weighted mix adds a counting pass (components/data/mix.py).
+Every dropped document lands in rejected/<NN>_<block>/ with its reason; every bad input record lands
+in quarantine.jsonl with file, line and reason (per task in quarantine/ while the pass runs).
 """
 from __future__ import annotations
 
 import contextlib
-import gzip
+import heapq
 import json
 import logging
 import os
 import shutil
 import sys
-from collections import Counter
 from pathlib import Path
 
 from components.context import StageContext
 from components.data import embedded
 from components.data.config import DataConfig
-from components.data.mix import plan_mix
-from components.data.readers import read_source
-from components.data.report import measure, write_report
+from components.data.ingest.records import InputError
+from components.data.ingest.step import SourceCounter, SourceReader, job_file
+from components.data.ingest.units import Unit, plan_units
+from components.data.report import measure, pass_stats, write_report
 
 log = logging.getLogger(__name__)
-
-
-def stage_inputs(cfg: DataConfig, out_dir: Path) -> tuple[Path, Counter, int, dict]:
-    """Validated documents of every source -> work/by_source/, then the (weighted) mix ->
-    staged/<task>.jsonl.gz, round-robin over tasks. Bad records go to quarantine.jsonl
-    (or raise, with data.strict); records that are no document (WARC requests) are counted."""
-    specs = cfg.source_specs()
-    embedded_file = out_dir / "sources" / "embedded.jsonl"
-    truth = embedded.build(embedded_file, cfg.max_documents, cfg.seed) if any(s.type == "embedded" for s in specs) else None
-    by_source = out_dir / "work" / "by_source"
-    by_source.mkdir(parents=True)
-    issues: Counter = Counter()
-    sizes: dict[str, list[int]] = {}
-    per_source: dict[str, dict] = {}
-    with open(out_dir / "quarantine.jsonl", "w") as quarantine:
-        for i, spec in enumerate(specs):
-            sizes[spec.name], per_source[spec.name] = _collect(cfg, spec, embedded_file, by_source / f"{i}.jsonl",
-                                                               quarantine, issues)
-    weights = {s.name: s.weight for s in specs} if specs[0].weight is not None else None
-    plan = plan_mix(sizes, weights, cfg.mix_by, cfg.mix_total, cfg.mix_repeat, cfg.seed)
-    staged = out_dir / "work" / "staged"
-    staged.mkdir(parents=True)
-    writers = [gzip.open(staged / f"{t:05d}.jsonl.gz", "wt", encoding="utf-8") for t in range(cfg.tasks)]
-    n = 0
-    for i, spec in enumerate(specs):
-        take, counts = plan[spec.name], per_source[spec.name]
-        with open(by_source / f"{i}.jsonl", encoding="utf-8") as docs:
-            for index, line in enumerate(docs):
-                for copy in range(take.get(index, 0)):
-                    doc = json.loads(line)
-                    if copy:  # a repeat gets its own id: ids stay unique
-                        doc["id"] = f"{doc['id']}#{copy}"
-                    writers[n % cfg.tasks].write(json.dumps(doc) + "\n")
-                    n += 1
-                    counts["docs_taken"] += 1
-                    counts["bytes_taken"] += sizes[spec.name][index]
-    for w in writers:
-        w.close()
-    if n == 0:
-        raise ValueError(f"data: no valid document in {cfg.sources} (see {out_dir / 'quarantine.jsonl'})")
-    embedded_whole = truth is not None and per_source["embedded"]["docs_taken"] == per_source["embedded"]["docs_in"]
-    if embedded_whole:  # the planted ground truth measures the filters only on the whole embedded corpus
-        (out_dir / "ground_truth.json").write_text(json.dumps(truth))
-    log.info("data: %d documents staged from %d sources, %d records quarantined, %d skipped", n, len(specs),
-             sum(v for k, v in issues.items() if k.startswith("quarantined_")),
-             sum(v for k, v in issues.items() if k.startswith("skipped_")))
-    return staged, issues, n, per_source
-
-
-def _collect(cfg: DataConfig, spec, embedded_file: Path, dest: Path, quarantine, issues: Counter) -> tuple[list[int], dict]:
-    """Read one source into dest (one valid document per line); returns each document's text bytes and counts."""
-    counts = {"type": spec.type, "weight": spec.weight, "docs_in": 0, "bytes_in": 0, "quarantined": 0, "skipped": 0,
-              "docs_taken": 0, "bytes_taken": 0}
-    sizes: list[int] = []
-    with open(dest, "w", encoding="utf-8") as out:
-        for doc, bad in read_source(spec, cfg.text_key, cfg.max_line_bytes, embedded_file):
-            if bad is not None:
-                code = bad["reason"].split(" ")[0]
-                if bad.get("skip"):
-                    issues[f"skipped_{code}"] += 1
-                    counts["skipped"] += 1
-                    continue
-                if cfg.strict:
-                    where = "".join(f", {k} {bad[k]}" for k in ("line", "row", "record") if bad.get(k) is not None)
-                    raise ValueError(f"data.strict: {bad['file']}{where}: {bad['reason']} (source {spec.name!r}; "
-                                     "set data.strict=false to quarantine such records instead)")
-                quarantine.write(json.dumps({**bad, "source": spec.name}) + "\n")
-                issues[f"quarantined_{code}"] += 1
-                counts["quarantined"] += 1
-                continue
-            size = len(doc["text"].encode("utf-8", errors="surrogatepass"))
-            out.write(json.dumps(doc) + "\n")
-            sizes.append(size)
-            counts["docs_in"] += 1
-            counts["bytes_in"] += size
-    return sizes, counts
 
 
 @contextlib.contextmanager
@@ -115,6 +41,8 @@ def stderr_to(path: Path):
         os.dup2(handle.fileno(), 2)
         try:
             yield
+        except InputError:  # data.strict: the message names file, line and field already
+            raise
         except BaseException as err:
             os.dup2(saved, 2)
             tail = path.read_text(errors="replace")[-3000:]
@@ -125,19 +53,78 @@ def stderr_to(path: Path):
             os.close(saved)
 
 
-def run(cfg: DataConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
-    out_dir = ctx.out_dir
+def run_pass(cfg: DataConfig, name: str, pipeline: list, tasks: int, workers: int, out_dir: Path) -> None:
     from components.data.executors import make_executor, run_to_completion
+
+    log.info("data: running %s (%d tasks, %s executor)", name, tasks, cfg.executor)
+    with stderr_to(out_dir / "logs" / f"{name}.log"):
+        run_to_completion(cfg, make_executor(cfg, pipeline, name, tasks, workers, out_dir / "work" / "logs" / name))
+
+
+def plan_weighted_mix(cfg: DataConfig, units: list[Unit], out_dir: Path) -> str:
+    """The counting pass (valid documents per unit, read in the tasks), then the mix plan: per unit,
+    how often to take each document, in work/mix/copies/. Returns that folder."""
+    from components.data.mix import copies_per_unit
+
+    mix = out_dir / "work" / "mix"
+    counter = SourceCounter(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(mix / "counts"))
+    run_pass(cfg, "0_count", [counter], cfg.tasks, min(cfg.workers, cfg.tasks), out_dir)
+    counts = {job: json.loads((mix / "counts" / job_file(job)).read_text()) for job in range(len(units))}
+    weights = {s.name: s.weight for s in cfg.source_specs()}
+    copies = copies_per_unit(units, counts, weights, cfg.mix_by, cfg.mix_total, cfg.mix_repeat, cfg.seed)
+    (mix / "copies").mkdir(parents=True)
+    for job, plan in copies.items():
+        (mix / "copies" / job_file(job)).write_text(json.dumps(plan))
+    return str(mix / "copies")
+
+
+def merge_quarantine(out_dir: Path) -> int:
+    """quarantine/<task>.jsonl -> quarantine.jsonl in source, file and record order, streamed (each task's
+    file is in that order already: a task holds at most one stripe of a file); returns the count."""
+    folder = out_dir / "quarantine"
+    with contextlib.ExitStack() as stack:
+        tasks = [map(json.loads, stack.enter_context(open(p, encoding="utf-8"))) for p in sorted(folder.glob("*.jsonl"))]
+        tmp, n = out_dir / "quarantine.jsonl.partial", 0
+        with open(tmp, "w", encoding="utf-8") as out:
+            for record in heapq.merge(*tasks, key=lambda r: r["_order"]):
+                del record["_order"]
+                out.write(json.dumps(record) + "\n")
+                n += 1
+    tmp.replace(out_dir / "quarantine.jsonl")
+    shutil.rmtree(folder, ignore_errors=True)
+    return n
+
+
+def after_reading(cfg: DataConfig, out_dir: Path, truth: dict | None) -> None:
+    """Once the first pass has read every source: the merged quarantine, the 'no valid document' error,
+    and the ground truth, kept only when the embedded corpus was taken whole (it measures the filters)."""
+    quarantined = merge_quarantine(out_dir)
+    stats = pass_stats(out_dir / "work", "1_quality")
+    if stats["input_docs"] == 0:
+        raise ValueError(f"data: no valid document in {cfg.sources} (see {out_dir / 'quarantine.jsonl'})")
+    specs = cfg.source_specs()
+    log.info("data: %d documents read from %d sources, %d records quarantined, %d skipped", stats["input_docs"],
+             len(specs), quarantined, sum(v for k, v in stats.items() if k.startswith("skipped_")))
+    index = next((i for i, s in enumerate(specs) if s.type == "embedded"), None)
+    if truth is not None and stats[f"source_{index}_docs_taken"] == stats[f"source_{index}_docs_in"]:
+        (out_dir / "ground_truth.json").write_text(json.dumps(truth))
+
+
+def run(cfg: DataConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     from components.data.pipelines import build_passes
 
-    staged, issues, n_in, per_source = stage_inputs(cfg, out_dir)
-    work = out_dir / "work"
-    for p in build_passes(cfg, staged, out_dir):
-        log.info("data: running %s (%d tasks, %s executor)", p.name, p.tasks, cfg.executor)
-        with stderr_to(out_dir / "logs" / f"{p.name}.log"):
-            run_to_completion(cfg, make_executor(cfg, p.pipeline, p.name, p.tasks, p.workers, work / "logs" / p.name))
-
-    metrics = measure(cfg, out_dir, work, n_in, issues, per_source)
+    out_dir = ctx.out_dir
+    specs = cfg.source_specs()
+    embedded_file = out_dir / "sources" / "embedded.jsonl"
+    truth = embedded.build(embedded_file, cfg.max_documents, cfg.seed) if any(s.type == "embedded" for s in specs) else None
+    units = plan_units(specs, cfg.tasks, embedded_file, [r.files for r in cfg.resolved_sources])  # reading: in the tasks
+    copies = plan_weighted_mix(cfg, units, out_dir) if specs[0].weight is not None else None
+    reader = SourceReader(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(out_dir / "quarantine"), copies)
+    for p in build_passes(cfg, reader, out_dir, [s.name for s in specs]):
+        run_pass(cfg, p.name, p.pipeline, p.tasks, p.workers, out_dir)
+        if p.name == "1_quality":
+            after_reading(cfg, out_dir, truth)
+    metrics = measure(cfg, out_dir, out_dir / "work", specs)
     write_report(out_dir, metrics)
-    shutil.rmtree(work)
+    shutil.rmtree(out_dir / "work")
     return metrics

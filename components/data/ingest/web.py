@@ -1,6 +1,6 @@
 """Web sources: WARC captures (Common Crawl) and HTML files -> plain text with datatrove's
 Trafilatura extractor, run in datatrove's sandbox process (a per-page timeout, and a
-crash on a pathological page costs that page, not the run).
+crash on a pathological page costs that page, not the run), inside the first pass's tasks.
 
 A WARC file holds requests, responses and metadata records; only HTML responses (and
 WET "conversion" records, already text) are documents. The others are skips counted by
@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from components.data.readers import UNREADABLE, Outcome, issue, unreadable
+from components.data.ingest.records import UNREADABLE, WHOLE, Outcome, Stripe, issue, unreadable
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # A safety net against pathological pages, not a filter: generous, so that which pages
@@ -87,9 +87,12 @@ def read_warc_files(paths: list[Path], source: str, max_bytes: int, favour_preci
             yield from read_warc(path, source, max_bytes, str(path), extract)
 
 
-def read_warc(path: Path, source: str, max_bytes: int, file: str, extract: HtmlExtractor) -> Iterator[Outcome]:
+def read_warc(path: Path, source: str, max_bytes: int, file: str, extract: HtmlExtractor,
+              stripe: Stripe = WHOLE) -> Iterator[Outcome]:
     """warcio stops quietly at a truncated gzip and reads any text as old-style ARC records:
-    both are checked here, so a damaged file is reported, not silently short."""
+    both are checked here, so a damaged file is reported, not silently short. Records outside
+    `stripe` are passed over without extraction (another task owns them); each issue is
+    reported by the stripe owning its record number."""
     from warcio.archiveiterator import ArchiveIterator
 
     number = -1
@@ -97,14 +100,17 @@ def read_warc(path: Path, source: str, max_bytes: int, file: str, extract: HtmlE
         with open(path, "rb") as handle:
             for number, record in enumerate(ArchiveIterator(handle)):
                 if record.format != "warc":
-                    yield issue(file, f"not_warc (record parsed as {record.format}: not a WARC file)", record=number)
+                    if stripe.owns(number):
+                        yield issue(file, f"not_warc (record parsed as {record.format}: not a WARC file)", record=number)
                     return
-                yield _warc_outcome(record, number, extract, source, max_bytes, file)
-        damage = gzip_damage(path)
+                if stripe.owns(number):
+                    yield _warc_outcome(record, number, extract, source, max_bytes, file)
+        damage = gzip_damage(path) if stripe.owns(number + 1) else None
         if damage:
             yield issue(file, f"unreadable_file (truncated or corrupt gzip, {damage}: records from {number + 1} on are lost)", record=number + 1)
     except UNREADABLE + (_archive_error(),) as err:
-        yield unreadable(file, err, record=number + 1)
+        if stripe.owns(number + 1):
+            yield unreadable(file, err, record=number + 1)
 
 
 def gzip_damage(path: Path) -> str | None:

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from components.data.readers import Outcome, read_table_rows, unreadable
+from components.data.ingest.records import WHOLE, Outcome, Stripe, read_table_rows, unreadable
 from components.data.sources import SourceSpec, check_hub_reachable, expand_files, is_hub_id, is_saved_dataset
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -51,14 +51,16 @@ def load(spec: SourceSpec, cache_dir: str):
                                  split=spec.split, cache_dir=cache_dir)
 
 
-def read_hf(spec: SourceSpec, text_key: str, max_bytes: int) -> Iterator[Outcome]:
+def read_hf(spec: SourceSpec, text_key: str, max_bytes: int, stripe: Stripe = WHOLE) -> Iterator[Outcome]:
+    """Each stripe loads the dataset (memory-mapped) and checks the rows it owns only."""
     from datasets.exceptions import DatasetGenerationError
 
     with tempfile.TemporaryDirectory(prefix="hf-source-") as cache_dir:  # no stale copies in ~/.cache
         try:
             dataset = load(spec, cache_dir)
         except (OSError, DatasetGenerationError) as err:  # corrupt arrow / unparsable local files: the whole source
-            yield unreadable(spec.path, err.__cause__ or err)
+            if stripe.index == 0:
+                yield unreadable(spec.path, err.__cause__ or err)
             return
         columns = list(dataset.column_names)
         wanted = [c for c in (text_key, "id") if c in columns]
@@ -68,4 +70,4 @@ def read_hf(spec: SourceSpec, text_key: str, max_bytes: int) -> Iterator[Outcome
                 yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
         label = spec.path if is_hub_id(spec.path) else str(Path(spec.path))
-        yield from read_table_rows(rows(), columns, text_key, label, spec.name, max_bytes)
+        yield from read_table_rows(rows(), columns, text_key, label, spec.name, max_bytes, stripe)
