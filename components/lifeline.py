@@ -101,7 +101,10 @@ def watch(pipeline_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the pipeline; we follow it out
     known: dict[int, int] = {}
     while os.getppid() == pipeline_pid and not goodbye.is_set():
-        known = descendants(pipeline_pid)
+        # a union, not the latest snapshot: a scan that starts just as the pipeline dies finds its
+        # children already re-parented (to init), and must not forget them
+        known = {pid: start for pid, start in known.items() if (_stat(pid) or (0, -1))[1] == start}
+        known.update(descendants(pipeline_pid))
         known.pop(os.getpid(), None)
         time.sleep(POLL_SECONDS)
     time.sleep(0.2)  # a clean exit's goodbye may be in flight

@@ -274,7 +274,7 @@ def test_sigkill_of_the_main_process_during_data_then_rerun_finishes(tmp_path):
         assert first.poll() is None, "the data stage ended before it could be killed"
         assert len(_session(first.pid)) > 3  # the main process, the watchdog, Prefect's server, datatrove's
         os.kill(first.pid, signal.SIGKILL)  # the main process only, as the OOM killer does
-        first.communicate()
+        first.wait(timeout=60)  # not communicate(): a surviving child would hold its pipes open for ever
         deadline = time.time() + 30
         while _session(first.pid) and time.time() < deadline:
             time.sleep(0.2)
@@ -288,6 +288,8 @@ def test_sigkill_of_the_main_process_during_data_then_rerun_finishes(tmp_path):
     finally:
         for pid in _session(first.pid):
             os.kill(pid, signal.SIGKILL)
+        first.stdout.close()
+        first.stderr.close()
 
 
 def _config(root: Path, *overrides: str):
