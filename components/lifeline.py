@@ -4,7 +4,9 @@ A killed process runs no cleanup, so its children live on: datatrove's multiproc
 and workers, Prefect's temporary API server (started by Prefect, not by us), accelerate's
 training processes. A small watchdog process, started once per pipeline process, notes the
 pipeline's descendants every POLL_SECONDS; when the pipeline is gone without saying goodbye
-it sends them SIGTERM, then SIGKILL to what is left. A clean exit says goodbye (atexit), so
+it sends them SIGTERM, then SIGKILL to what is left. A child started between two polls is
+found too: by the process group, when the pipeline leads its own (a shell job), and by a
+marker in the environment of every program the pipeline's processes start. A clean exit says goodbye (atexit), so
 nothing is killed then. Linux only (it reads /proc); elsewhere it does nothing.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 5.0
 GOODBYE = b"bye\n"
+MARKER = "LLM_PIPELINE_LIFELINE"  # inherited by every program the pipeline starts (Prefect's server too)
 _watchdog: subprocess.Popen | None = None
 
 
@@ -29,7 +32,8 @@ def ensure_watchdog() -> subprocess.Popen | None:
     global _watchdog
     if _watchdog is not None or not Path("/proc/self/stat").exists():
         return _watchdog
-    _watchdog = subprocess.Popen([sys.executable, "-m", "components.lifeline", str(os.getpid())],
+    os.environ[MARKER] = f"{os.getpid()}-{time.time_ns()}"
+    _watchdog = subprocess.Popen([sys.executable, "-m", "components.lifeline", str(os.getpid()), os.environ[MARKER]],
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
                                  cwd=Path(__file__).resolve().parents[1])  # the repo: importable from anywhere
     atexit.register(_say_goodbye, _watchdog)
@@ -52,6 +56,30 @@ def _stat(pid: int) -> tuple[int, int] | None:
         return None
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
     return int(fields[1]), int(fields[19])
+
+
+def _group(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2:].split()[2])
+
+
+def stragglers(pipeline_pid: int, marker: str) -> dict[int, int]:
+    """{pid: start time} of processes of a dead pipeline that no poll saw: its process group's (when it
+    led one) and every process whose environment carries its marker."""
+    needle, found = f"{MARKER}={marker}".encode(), {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or (stat := _stat(int(entry.name))) is None:
+            continue
+        try:
+            marked = needle in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+        except OSError:
+            marked = False
+        if marked or _group(int(entry.name)) == pipeline_pid:
+            found[int(entry.name)] = stat[1]
+    return found
 
 
 def descendants(root: int) -> dict[int, int]:
@@ -89,7 +117,7 @@ def _kill_all(known: dict[int, int]) -> None:
             time.sleep(0.1)
 
 
-def watch(pipeline_pid: int) -> None:
+def watch(pipeline_pid: int, marker: str = "") -> None:
     """The watchdog's loop: runs until the pipeline ends, then kills its leftovers unless it said goodbye."""
     goodbye = threading.Event()
 
@@ -108,6 +136,9 @@ def watch(pipeline_pid: int) -> None:
         known.pop(os.getpid(), None)
         time.sleep(POLL_SECONDS)
     time.sleep(0.2)  # a clean exit's goodbye may be in flight
+    if not goodbye.is_set():
+        known.update(stragglers(pipeline_pid, marker))
+        known.pop(os.getpid(), None)
     if not goodbye.is_set() and known:
         print(f"lifeline: pipeline process {pipeline_pid} ended without cleanup; stopping its {len(known)} "
               f"leftover processes {sorted(known)}", file=sys.stderr, flush=True)
@@ -115,4 +146,4 @@ def watch(pipeline_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")
