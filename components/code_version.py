@@ -128,20 +128,40 @@ def _candidates(level: int, module: str, names: tuple[str, ...], path: Path, roo
     return [target] + [f"{target}.{n}" for n in names if n != "*"]
 
 
+def _package_root(top: str) -> Path | None:
+    """The folder holding an importable top-level package outside the repo (found, not imported)."""
+    spec = importlib.util.find_spec(top)
+    if spec is None or top in sys.stdlib_module_names:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+    return Path(spec.origin).resolve().parent if spec.origin else None
+
+
 class Closure:
     """The repo files and the third-party top-level names reachable from the entry modules."""
 
     def __init__(self, entries: Iterable[str], root: Path, overrides: dict[str, str] | None = None):
         self.root, self.overrides = Path(root).resolve(), dict(overrides or {})
-        self.repo_names = {p.stem if p.suffix == ".py" else p.name for p in self.root.iterdir()
-                           if p.suffix == ".py" or (p / "__init__.py").is_file()}
-        self.files: dict[str, str] = {}  # repo-relative posix path -> code digest
+        # top-level name -> the folder holding it: the repo's packages, plus the package of an entry
+        # module that lives elsewhere (a stage of the user's own, registered with register_stage)
+        self.roots = {p.stem if p.suffix == ".py" else p.name: self.root for p in self.root.iterdir()
+                      if p.suffix == ".py" or (p / "__init__.py").is_file()}
+        self.files: dict[str, str] = {}  # root-relative posix path -> code digest
         self.seen: set[str] = set()  # dotted names visited (modules, packages, or neither)
         self.libraries: set[str] = set()
         for entry in entries:
-            if entry.split(".")[0] not in self.repo_names or module_file(entry, self.root) is None:
-                raise ModuleNotFoundError(f"code version: entry module {entry!r} is not a file under {self.root}")
+            top = entry.split(".")[0]
+            if top not in self.roots and (found := _package_root(top)) is not None:
+                self.roots[top] = found
+            if top not in self.roots or module_file(entry, self.roots[top]) is None:
+                raise ModuleNotFoundError(f"code version: entry module {entry!r} is not a file under {self.root}"
+                                          " nor an importable package's")
             self._visit(entry)
+
+    @property
+    def repo_names(self) -> set[str]:
+        return set(self.roots)
 
     def _visit(self, name: str) -> None:
         """Add the module `name` (and the packages above it: importing a.b.c runs a/__init__.py and
@@ -152,19 +172,20 @@ class Closure:
         self.seen.add(name)
         if "." in name:
             self._visit(name.rpartition(".")[0])
-        path = module_file(name, self.root)
+        root = self.roots[name.split(".")[0]]
+        path = module_file(name, root)
         if path is None:
             return
-        rel = path.relative_to(self.root).as_posix()
+        rel = path.relative_to(root).as_posix()
         digest, imports = parse(path, self.overrides.get(rel))
         self.files[rel] = digest
         for level, module, names, line in imports:
-            for candidate in _candidates(level, module, names, path, self.root):
+            for candidate in _candidates(level, module, names, path, root):
                 top = candidate.partition(".")[0]
-                if top in TEST_CODE or (top in self.repo_names and candidate.rpartition(".")[2].startswith("test_")
-                                        and module_file(candidate, self.root)):
+                if top in TEST_CODE or (top in self.roots and candidate.rpartition(".")[2].startswith("test_")
+                                        and module_file(candidate, self.roots[top])):
                     raise ImportError(f"{rel}:{line}: imports {candidate!r}, test code: a stage must not depend on tests")
-                if top in self.repo_names:
+                if top in self.roots:
                     self._visit(candidate)
                 elif top not in sys.stdlib_module_names and top != "__future__":
                     self.libraries.add(top)
