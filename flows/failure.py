@@ -18,13 +18,27 @@ def failure_reason(err: BaseException) -> str:
 
 
 def failure_report(err: BaseException) -> str:
-    """The reason, the traceback without Prefect's engine frames, the reason again."""
+    """The reason, the traceback without Prefect's engine frames, the reason again. An error raised in
+    a worker process (a datatrove task) shows the worker's traceback, where it happened, not the pool's."""
+    remote = next((e for e in _causes(err) if type(e).__name__ == "RemoteTraceback"), None)
+    if remote is not None:  # multiprocessing's carrier of a worker's formatted traceback
+        reason = failure_reason(err)
+        worker_trace = str(remote).strip().strip('"').strip()
+        return f"{reason}\n{worker_trace}\n(raised in a worker process)\n{reason}\n"
     trace = traceback.TracebackException.from_exception(err)
     for exc in _chain(trace):
         exc.stack = traceback.StackSummary.from_list(
             [f for f in exc.stack if f"{os.sep}prefect{os.sep}" not in f.filename])
     reason = failure_reason(err)
     return f"{reason}\n{''.join(trace.format())}{reason}\n"
+
+
+def _causes(err: BaseException):
+    seen = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def _chain(trace: traceback.TracebackException):

@@ -281,7 +281,7 @@ def test_reading_pass_mixes_by_weight_and_quarantines(tmp_path):
     cfg = DataConfig(sources=[{"path": str(web), "name": "web", "weight": 7}, {"path": str(docs), "name": "docs", "weight": 3}],
                      tasks=3, workers=1, **NO_BLOCKS)
     out = tmp_path / "out"
-    m = run(cfg, {}, out)
+    m = run(cfg, {}, StageContext.local(out))
     per_source = m["sources"]
     assert (per_source["web"]["docs_taken"], per_source["docs"]["docs_taken"], m["docs_in"]) == (70, 30, 100)
     assert per_source["web"]["quarantined"] == 1 and m["quarantined"] == 1 and m["quarantined_empty_field"] == 1
@@ -298,7 +298,7 @@ def test_repeats_get_unique_ids_inside_the_pass(tmp_path):
     big = _jsonl(tmp_path / "big.jsonl", [f"big page {i}" for i in range(40)])
     cfg = DataConfig(sources=[{"path": str(small), "name": "small", "weight": 1}, {"path": str(big), "name": "big", "weight": 1}],
                      mix_total=50, mix_repeat=True, tasks=2, workers=1, **NO_BLOCKS)
-    m = run(cfg, {}, tmp_path / "out")
+    m = run(cfg, {}, StageContext.local(tmp_path / "out"))
     ids = [d["id"] for d in _kept(tmp_path / "out")]
     assert m["sources"]["small"]["docs_taken"] == 25 and m["sources"]["big"]["docs_taken"] == 25
     assert len(ids) == len(set(ids)) == 50 and sum("#" in i for i in ids) == 15  # 10 small pages, 2 or 3 times each
@@ -308,13 +308,13 @@ def test_strict_turns_quarantine_into_an_error(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=rf"{src}, line 2: missing_field 'text'"):
-        run(DataConfig(sources=[str(src)], strict=True, workers=2, **NO_BLOCKS), {}, tmp_path / "out")
+        run(DataConfig(sources=[str(src)], strict=True, workers=2, **NO_BLOCKS), {}, StageContext.local(tmp_path / "out"))
 
 
 def test_no_valid_document_is_one_clear_error(tmp_path):
     src = _jsonl(tmp_path / "in.jsonl", ["", "  "])
     with pytest.raises(ValueError, match="no valid document"):
-        run(DataConfig(sources=[str(src)], **NO_BLOCKS), {}, tmp_path / "out")
+        run(DataConfig(sources=[str(src)], **NO_BLOCKS), {}, StageContext.local(tmp_path / "out"))
     assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 2  # the evidence stays
 
 
@@ -325,7 +325,7 @@ def test_one_big_file_is_shared_by_the_tasks_and_read_once(tmp_path):
     rows[7], rows[20] = '{"text": "cut', json.dumps({"body": "no text"})
     src = tmp_path / "one.jsonl"
     src.write_text("\n".join(rows) + "\n")
-    m = run(DataConfig(sources=[str(src)], tasks=4, workers=2, **NO_BLOCKS), {}, tmp_path / "out")
+    m = run(DataConfig(sources=[str(src)], tasks=4, workers=2, **NO_BLOCKS), {}, StageContext.local(tmp_path / "out"))
     ids = sorted(d["id"] for d in _kept(tmp_path / "out"))
     assert ids == sorted(f"p{i}" for i in range(30) if i not in (7, 20)) and m["docs_in"] == 28
     lines = [json.loads(l)["line"] for l in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]

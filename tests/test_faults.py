@@ -31,7 +31,8 @@ class Toy:
     lr: float = 1e-3
 
 
-def _write(cfg, inputs, out: Path) -> dict:
+def _write(cfg, inputs, ctx) -> dict:
+    out = ctx.out_dir
     (out / "weights.txt").write_text(str(cfg.lr))
     (out / "model").mkdir()
     (out / "model" / "model.safetensors").write_bytes(b"\x00" * 4096)
@@ -141,11 +142,12 @@ def test_manifest_lists_sizes_and_hashes_small_files_only(tmp_path, monkeypatch)
 def test_a_kill_between_manifest_and_rename_keeps_the_checkpoints(tmp_path, monkeypatch):
     import components.artifacts as artifacts
 
-    def trained(cfg, inputs, out):
+    def trained(cfg, inputs, ctx):
+        out = ctx.out_dir
         (out / "checkpoints" / "step_00000016").mkdir(parents=True, exist_ok=True)
         (out / "checkpoints" / "step_00000016" / "state.pt").write_text("state")
         (out / "log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 17)))
-        return _write(cfg, inputs, out)
+        return _write(cfg, inputs, ctx)
 
     def killed_here(src, dst):
         raise KeyboardInterrupt  # the signal lands after the manifest is written, before the rename
@@ -158,9 +160,9 @@ def test_a_kill_between_manifest_and_rename_keeps_the_checkpoints(tmp_path, monk
     assert (partial / "checkpoints" / "step_00000016" / "state.pt").is_file()  # a rerun resumes, not restarts
     seen = {}
 
-    def resumed(cfg, inputs, out):
-        seen["kept"] = sorted(p.name for p in out.iterdir())
-        return trained(cfg, inputs, out)
+    def resumed(cfg, inputs, ctx):
+        seen["kept"] = sorted(p.name for p in ctx.out_dir.iterdir())
+        return trained(cfg, inputs, ctx)
 
     path, built = build(tmp_path, "toy", "k", Toy(), {}, resumed)
     assert built and seen["kept"] == ["checkpoints", "log.jsonl"]  # the resume state, not the half artifact
