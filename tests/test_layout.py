@@ -55,3 +55,54 @@ def test_yaml_mirrors_dataclass_fields():
     data = yaml.safe_load((REPO / "conf" / "launcher" / "single.yaml").read_text())
     fields = {f.name for f in dataclasses.fields(LauncherConfig)}
     assert set(data) == fields, f"conf/launcher/single.yaml vs LauncherConfig: {set(data) ^ fields}"
+
+
+def _sources(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (REPO / pkg).rglob("*.py"))
+
+
+def test_no_function_in_components_is_over_60_lines():
+    import ast
+
+    long = [f"{p.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in _sources("components", "tokenizer") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []
+
+
+def test_no_import_cycle_between_repo_modules():
+    """Module-level imports only: an import inside a function runs when called, after every module loaded."""
+    import ast
+
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(REPO).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in _sources("components", "tokenizer", "flows")}
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                found |= {base} | {f"{base}.{a.name}" for a in node.names}
+        edges[name] = {m for m in found if m in modules and m != name}
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(edges[name]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path[path.index(dep):] + [name, dep])
+            if dep not in state:
+                visit(dep, path + [name])
+        state[name] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [])

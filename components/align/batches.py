@@ -71,6 +71,33 @@ def segment(pair: Pair) -> tuple[list[int], list[int], list[int], list[list[tupl
     return ids, positions, branch, targets
 
 
+def packed_rows(lengths: list[int], groups: int, pack_tokens: int) -> list[list[int]]:
+    """Rows of pair positions: each group's pairs packed apart (pack_tokens 0: one per row), the groups
+    padded with empty rows to the same count so shard() hands every rank its own rows."""
+    per_group = []
+    for part in torch.arange(len(lengths)).tensor_split(groups):
+        part = part.tolist()
+        if pack_tokens:
+            part_lengths = [lengths[j] for j in part]  # a pair longer than pack_tokens gets a row of its own
+            per_group.append([[part[j] for j in row] for row in pack(part_lengths, max([pack_tokens, *part_lengths]))])
+        else:
+            per_group.append([[j] for j in part])
+    n_rows = max(len(packed) for packed in per_group)
+    return [row for packed in per_group for row in packed + [[] for _ in range(n_rows - len(packed))]]
+
+
+def shared_pairs_mask(pair_of: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """[rows, 1, q, k]: causal, within a pair, a branch's token sees the shared prompt and its own branch;
+    a padding query sees itself only (no query without a key)."""
+    width = pair_of.shape[1]
+    order = torch.arange(width)
+    causal = order[None, :] <= order[:, None]  # [q, k]
+    same_pair = (pair_of[:, :, None] == pair_of[:, None, :]) & (pair_of[:, :, None] >= 0)
+    same_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # key shared or own branch
+    padding_self = (pair_of[:, :, None] < 0) & torch.eye(width, dtype=torch.bool)
+    return ((causal & same_pair & same_branch) | padding_self)[:, None]
+
+
 def shared_pairs_batch(encoded: list[Pair], idx: list[int], pad_id: int, pack_tokens: int, groups: int = 1,
                        ref: torch.Tensor | None = None) -> dict:
     """Prefix-shared rows of packed pairs (see the module docstring).
@@ -82,20 +109,7 @@ def shared_pairs_batch(encoded: list[Pair], idx: list[int], pad_id: int, pack_to
     """
     segments = [segment(encoded[i]) for i in idx]
     lengths = [len(s[0]) for s in segments]
-    rows: list[list[int]] = []
-    n_rows = 0
-    per_group = []
-    for part in torch.arange(len(idx)).tensor_split(groups):
-        part = part.tolist()
-        if pack_tokens:
-            part_lengths = [lengths[j] for j in part]  # a pair longer than pack_tokens gets a row of its own
-            packed = [[part[j] for j in row] for row in pack(part_lengths, max([pack_tokens, *part_lengths]))]
-        else:
-            packed = [[j] for j in part]
-        per_group.append(packed)
-        n_rows = max(n_rows, len(packed))
-    for packed in per_group:
-        rows += packed + [[] for _ in range(n_rows - len(packed))]  # empty rows: padding only
+    rows = packed_rows(lengths, groups, pack_tokens)
     width = max(1, max(sum(lengths[j] for j in row) for row in rows))
     slots = max(1, max(len(row) for row in rows))
     n = len(rows)
@@ -126,13 +140,7 @@ def shared_pairs_batch(encoded: list[Pair], idx: list[int], pad_id: int, pack_to
                 ref_slots[r, s] = ref[j]
             at = end
         position_ids[r, at:] = torch.arange(width - at)
-    order = torch.arange(width)
-    causal = order[None, :] <= order[:, None]  # [q, k]
-    same_pair = (pair_of[:, :, None] == pair_of[:, None, :]) & (pair_of[:, :, None] >= 0)
-    same_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # key shared or own branch
-    padding_self = (pair_of[:, :, None] < 0) & torch.eye(width, dtype=torch.bool)  # no query without a key
-    mask = (causal & same_pair & same_branch) | padding_self
-    batch = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None],
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": shared_pairs_mask(pair_of, branch),
              "targets": targets, "target_slot": pair_of, "pair_index": pair_index, "n_response": n_response,
              "n_targets": len(idx), "n_tokens": sum(lengths)}
     if ref is not None:

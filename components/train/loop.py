@@ -319,12 +319,10 @@ def finish(accelerator: Accelerator, model: torch.nn.Module, export: tuple[Any, 
 def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: LossFn, out_dir: Path,
           evaluate: Callable[[torch.nn.Module], dict] | None = None, accelerator: Accelerator | None = None,
           export: tuple[Any, Path] | None = None, ctx: StageContext | None = None) -> dict:
-    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics.
-
-    batch_fn(step, micro) gives the global micro-batch (the same on every rank); each rank trains on
-    its shard. export=(tokenizer, path) saves the trained model there. A checkpoint in out_dir is
-    resumed: model, optimizer, RNG, data position, spike guard, counters; log.jsonl cut to its step.
-    ctx: the stage's context (strategy, wandb run name); by default a local one writing into out_dir."""
+    """Train in place; write out_dir/log.jsonl and checkpoints; return the final metrics. batch_fn(step, micro)
+    gives the global micro-batch (the same on every rank); each rank trains on its shard. export=(tokenizer,
+    path) saves the trained model there. A checkpoint in out_dir is resumed: model, optimizer, RNG, data
+    position, spike guard, counters; log.jsonl cut to its step. ctx: the stage's (strategy, wandb run name)."""
     ctx = ctx or StageContext.local(out_dir, stage="train")
     accelerator = accelerator or make_accelerator(cfg, model, ctx.strategy)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
