@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from components.chat.batches import pad_batch
 from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
 from components.train import device
-from components.train.chat import pad_batch
 from components.train.losses import IGNORE, lm_loss, token_nll_sum
 from components.train.loop import accumulate_gradients, adamw_kernel, lr_at, make_accelerator, make_optimizer, train
 from components.train.tracking import transaction_log_records
