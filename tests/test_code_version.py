@@ -90,7 +90,8 @@ def test_pretrain_closure_has_the_loop_and_shared_code_not_the_sft_readers():
 
 def test_extend_shares_next_token_training_with_pretrain_without_importing_it():
     files = stage_closure("components.extend").files
-    assert "components/train/next_token.py" in files and "components/train/next_token.py" in stage_closure("components.pretrain").files
+    assert "components/train/next_token.py" in files
+    assert "components/train/next_token.py" in stage_closure("components.pretrain").files
     assert not [f for f in files if f.startswith("components/pretrain/")]
 
 
