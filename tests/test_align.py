@@ -8,11 +8,11 @@ import torch
 from components.align.config import AlignConfig
 from components.align.batches import shared_pairs_batch
 from components.align.run import dpo_objective, encode_pair, pair_logps, pairs_batch
+from components.chat.batches import pad_batch
 from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
-from components.train.chat import pad_batch
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
 from tests.tiny import make_tokenizer_artifact
 
@@ -227,7 +227,7 @@ def test_on_policy_rejected_are_the_models_own_wrong_answers(sft_dir, tokenizer)
     from transformers import AutoModelForCausalLM
 
     from components.align.run import with_own_mistakes
-    from components.train.chat import generate
+    from components.chat.generate import generate
 
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model")
     cfg = AlignConfig(num_pairs=12, batch_size=4, rejected_max_new_tokens=6)
@@ -264,7 +264,7 @@ MIXED = [
 
 def test_sources_strict_fails_naming_file_line_and_field(sft_dir, tmp_path):
     from components.align.run import run
-    from components.train.formats import FormatError
+    from components.chat.formats import FormatError
 
     src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
     cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1)

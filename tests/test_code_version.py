@@ -45,13 +45,13 @@ def append(path: Path, text: str) -> None:
 def test_editing_the_sft_readers_rebuilds_sft_not_pretrain(repo):
     before = every_key()
     assert set(before) == set(STAGES)
-    append(repo / "components/train/formats.py", "\n\ndef added_reader():\n    return 1\n")
+    append(repo / "components/chat/formats.py", "\n\ndef added_reader():\n    return 1\n")
     after = every_key()
     assert [s for s in ("data", "tokenizer", "pretrain", "extend") if after[s] != before[s]] == []
     assert after["sft"] != before["sft"] and after["align"] != before["align"] and after["eval"] != before["eval"]
 
 
-@pytest.mark.parametrize("imported", ["components/train/chat.py", "components/model/config.py"])
+@pytest.mark.parametrize("imported", ["components/chat/template.py", "components/model/config.py"])
 def test_editing_a_module_the_tokenizer_imports_rebuilds_the_tokenizer(repo, imported):
     assert imported in stage_closure("tokenizer").files
     before = every_key()
@@ -81,16 +81,23 @@ def test_comments_docstrings_and_layout_change_no_key_but_code_does(repo):
 
 def test_pretrain_closure_has_the_loop_and_shared_code_not_the_sft_readers():
     files = stage_closure("components.pretrain").files
-    assert "components/train/formats.py" not in files and "components/train/packing.py" not in files
+    assert "components/chat/formats.py" not in files and "components/chat/batches.py" not in files
     assert {"components/train/loop.py", "components/model/build.py", "components/pretrain/config.py",
             "components/config.py", "components/artifacts.py", "components/code_version.py",
             "components/__init__.py", "components/train/__init__.py"} <= set(files)
-    assert "components/train/formats.py" in stage_closure("components.sft").files
+    assert "components/chat/formats.py" in stage_closure("components.sft").files
+
+
+def test_extend_shares_next_token_training_with_pretrain_without_importing_it():
+    files = stage_closure("components.extend").files
+    assert "components/train/next_token.py" in files
+    assert "components/train/next_token.py" in stage_closure("components.pretrain").files
+    assert not [f for f in files if f.startswith("components/pretrain/")]
 
 
 def test_overriding_a_file_outside_the_closure_keeps_the_fingerprint():
     pretrain = code_fingerprint(stage_closure("components.pretrain"))
-    readers = {"components/train/formats.py": "CHANGED = 1\n"}
+    readers = {"components/chat/formats.py": "CHANGED = 1\n"}
     assert code_fingerprint(stage_closure("components.pretrain", readers)) == pretrain
     assert code_fingerprint(stage_closure("components.sft", readers)) != code_fingerprint(stage_closure("components.sft"))
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from components.train.formats import FormatError, preference_record, read_preferences, read_sft, sft_record
+from components.chat.formats import FormatError, preference_record, read_preferences, read_sft, sft_record
 
 
 def test_every_sft_format_becomes_messages():

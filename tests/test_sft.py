@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.chat.formats import read_sft
+from components.chat.template import encode_chat
 from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.sft.config import SFTConfig
-from components.train.chat import encode_chat
-from components.train.formats import read_sft
 from components.train.losses import IGNORE
 from tests.tiny import make_tokenizer_artifact
 
@@ -64,7 +64,8 @@ def test_an_open_models_template_is_masked_by_its_own_end_of_turn(tok_dir):
     """ChatML (Qwen, ...): the trained span is the answer and `<|im_end|>\\n`, found from the template."""
     from transformers import AutoTokenizer
 
-    from components.train.chat import end_of_turn, generate
+    from components.chat.generate import generate
+    from components.chat.template import end_of_turn
 
     chatml = AutoTokenizer.from_pretrained(tok_dir / "hf")
     chatml.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
@@ -129,7 +130,7 @@ def _chat_file(tmp_path) -> Path:
 
 def test_strict_sources_raise_naming_file_line_and_field(tok_dir, tokenizer, tmp_path):
     from components.sft.run import run
-    from components.train.formats import FormatError
+    from components.chat.formats import FormatError
 
     path = _chat_file(tmp_path)
     pre = _pretrain_dir(tmp_path, tokenizer)
@@ -247,7 +248,7 @@ def test_every_batch_trains_only_assistant_tokens_and_has_some(tokenizer, packin
 # --- packing: no attention across examples, positions restart ---
 
 def test_pack_fills_sequences_without_splitting_or_losing_examples():
-    from components.train.packing import pack
+    from components.chat.batches import pack
 
     lengths = [50, 30, 30, 20, 14, 10, 10, 64, 1]
     bins = pack(lengths, 64)
@@ -261,8 +262,7 @@ def test_pack_fills_sequences_without_splitting_or_losing_examples():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_a_packed_example_sees_only_itself(tokenizer, attn):
     from components.train.losses import lm_loss
-    from components.train.chat import pad_batch
-    from components.train.packing import packed_batch
+    from components.chat.batches import packed_batch, pad_batch
 
     model = build_model(TINY, tokenizer, seed=0).eval()
     model.set_attn_implementation(attn)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from components.chat.batches import pad_batch
 from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
 from components.train import device
-from components.train.chat import pad_batch
 from components.train.losses import IGNORE, lm_loss, token_nll_sum
 from components.train.loop import accumulate_gradients, adamw_kernel, lr_at, make_accelerator, make_optimizer, train
 from components.train.tracking import transaction_log_records
@@ -75,22 +75,23 @@ def _cfg(**kw):
 
 def _run(cfg, tok_dir, out, crash_at=None):
     from components.pretrain import run as pretrain_run
+    from components.train import next_token
 
     if crash_at is None:
         return pretrain_run.run(cfg, {"tokenizer": tok_dir}, StageContext.local(out))
-    original = pretrain_run.random_windows
+    original = next_token.random_windows
 
     def crashing(tokens, seq_len, batch_size, seed, step, micro):
         if step == crash_at:
             raise KeyboardInterrupt("killed")
         return original(tokens, seq_len, batch_size, seed, step, micro)
 
-    pretrain_run.random_windows = crashing
+    next_token.random_windows = crashing
     try:
         with pytest.raises(KeyboardInterrupt):
             pretrain_run.run(cfg, {"tokenizer": tok_dir}, StageContext.local(out))
     finally:
-        pretrain_run.random_windows = original
+        next_token.random_windows = original
 
 
 def _losses(out):

@@ -31,7 +31,7 @@ def import_tokenizer(path: str, out_dir: Path):
     """The checkpoint's own tokenizer and chat template, saved as this stage's hf/ (what later stages load)."""
     from transformers import AutoTokenizer
 
-    from components.train.chat import encode_chat
+    from components.chat.template import encode_chat
 
     tok = AutoTokenizer.from_pretrained(path)
     if not tok.chat_template:

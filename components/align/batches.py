@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from components.train.chat import pad_batch
+from components.chat.batches import pack, pad_batch
 from components.train.losses import IGNORE, sequence_logps
-from components.train.packing import pack
 
 Encoded = tuple[list[int], list[int]]  # ids, labels (IGNORE outside the response)
 Pair = tuple[Encoded, Encoded]  # chosen, rejected

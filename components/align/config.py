@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.chat.formats import PREFERENCE_FORMATS
 from components.config import check, check_choice, input_files, log_only, resolved_input
 from components.train.config import TrainConfig
-from components.train.formats import PREFERENCE_FORMATS
 
 SOURCE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
@@ -23,7 +23,7 @@ class AlignConfig(TrainConfig):
     # preference files (.json list, .jsonl, .jsonl.gz; paths or globs; their content is in the cache key);
     # empty: pairs generated from the tasks (components/tasks)
     sources: list[str] = input_files()
-    format: str = "auto"  # the sources' format, or auto: detected per record (components/train/formats.py)
+    format: str = "auto"  # the sources' format, or auto: detected per record (components/chat/formats.py)
     strict: bool = False  # true: the first malformed record fails the run; false: quarantined and counted
     num_pairs: int = 1500  # training pairs: generated, or at most this many from the sources
     num_val_pairs: int = 200  # held-out pairs: generated, or taken from the sources by a hash of the prompt

@@ -16,12 +16,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
+from components.chat.batches import epoch_indices
+from components.chat.formats import preference_record, read
+from components.chat.generate import generate
+from components.chat.template import encode_chat
 from components.config import resolved_input
 from components.context import StageContext
 from components.tasks import preference_pairs
-from components.train.chat import encode_chat, epoch_indices, generate
 from components.train.device import model_device, to_device
-from components.train.formats import preference_record, read
 from components.train.losses import dpo_loss
 from components.train.loop import make_accelerator, train
 

@@ -7,7 +7,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from components.train.chat import encode_chat, generate, pad_batch
+from components.chat.batches import pad_batch
+from components.chat.generate import generate
+from components.chat.template import encode_chat
 from components.train.device import model_device, to_device
 from components.train.losses import mean_token_nll, sequence_logps
 

@@ -17,10 +17,10 @@ from components.context import StageContext
 from components.extend.config import ExtendConfig
 from components.model.build import load_checkpoint
 from components.model.config import ModelConfig
-from components.pretrain.run import train_next_token
 from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
 from components.train.losses import mean_token_nll
+from components.train.next_token import train_next_token
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from components.chat.formats import SFT_FORMATS
 from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
-from components.train.formats import SFT_FORMATS
 ADAPTERS = ("none", "lora")
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

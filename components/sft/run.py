@@ -1,9 +1,9 @@
 """Supervised fine-tuning on chat examples, loss on assistant tokens only.
 
 Examples come from the generated tasks, or from `sft.sources` in any instruction format
-formats.py reads. A bad record raises (sft.strict) or goes to quarantine.jsonl with its
+components/chat/formats.py reads. A bad record raises (sft.strict) or goes to quarantine.jsonl with its
 reason; an example longer than the model's context is quarantined too; all are counted
-in the metrics. Optionally packed (packing.py) and/or trained through LoRA (lora.py).
+in the metrics. Optionally packed (components/chat/batches.py) and/or trained through LoRA (lora.py).
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import resolved_input
+from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
+from components.chat.formats import read_located, sft_record
+from components.chat.template import encode_chat
 from components.context import StageContext
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
 from components.train.budget import count_parameters
-from components.train.chat import encode_chat, epoch_indices, pad_batch
 from components.train.device import model_device, to_device
-from components.train.formats import read_located, sft_record
 from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
-from components.train.packing import pack, packed_batch
 
 log = logging.getLogger(__name__)
 Row = tuple[list[int], list[int]]

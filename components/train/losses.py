@@ -22,7 +22,7 @@ def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: 
                        with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed next-token NLL over labels != IGNORE (labels aligned with input_ids), and the MoE
     router's load-balancing loss (a mean over tokens; None for dense models or unless asked).
-    position_ids restarting mid-row mark packed examples (see packing.py); transformers honours
+    position_ids restarting mid-row mark packed examples (see components/chat/batches.py); transformers honours
     them only without a KV cache, hence use_cache=False (training needs none anyway)."""
     kwargs = {"output_router_logits": True} if with_aux and router_aux_coef(model) else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)

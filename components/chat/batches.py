@@ -1,6 +1,7 @@
-"""Packing: several short examples in one sequence, each attending only to itself.
+"""Batches of labelled examples (input ids, labels): which examples (epoch_indices), right-padded
+(pad_batch), or packed: several short examples in one sequence, each attending only to itself.
 
-Positions restart at 0 for every example. Given position_ids and no attention_mask,
+In a packed row, positions restart at 0 for every example. Given position_ids and no attention_mask,
 transformers (masking_utils.find_packed_sequence_indices, 5.x) reads each restart as a
 new sequence and builds a block-diagonal causal mask, for sdpa and eager attention as
 for flash attention: no custom mask is needed, and a packed example sees exactly what
@@ -8,13 +9,42 @@ it would see alone (tests/test_sft.py checks the logits).
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from components.train.losses import IGNORE
 
 Row = tuple[list[int], list[int]]  # (input ids, labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_items)
+
+
+def epoch_indices(n_items: int, batch_size: int, seed: int, position: int) -> list[int]:
+    """Items of the batch at `position` (global micro-batch index), shuffled per epoch."""
+    out = []
+    for j in range(position * batch_size, (position + 1) * batch_size):
+        epoch, offset = divmod(j, n_items)
+        out.append(int(_epoch_order(n_items, seed, epoch)[offset]))
+    return out
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-padded input_ids, attention_mask and labels (IGNORE on padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, labs) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(labs)] = torch.tensor(labs)
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
