@@ -183,3 +183,18 @@ def test_manifest_records_the_commit_and_the_code_of_its_key(tmp_path):
     assert code["commit"] == git(REPO, "rev-parse", "HEAD") and isinstance(code["dirty"], bool)
     assert code["files"] == sorted(stage_closure("components.pretrain").files)
     assert manifest["versions"]["torch"] == metadata.version("torch") and "peft" in manifest["versions"]
+
+
+def test_a_tracking_library_is_recorded_but_in_no_key(monkeypatch):
+    from components import artifacts
+
+    closure = artifacts.stage_closure("components.pretrain")
+    assert "wandb" in closure.libraries  # imported (lazily) by the loop's tracker
+    before = artifacts.code_fingerprint(closure)
+    real = artifacts.library_versions
+    monkeypatch.setattr(artifacts, "library_versions",
+                        lambda names: {**real(names), **({"wandb": "99.0"} if "wandb" in names else {})})
+    assert artifacts.code_fingerprint(closure) == before  # a wandb upgrade rebuilds nothing
+    monkeypatch.setattr(artifacts, "library_versions",
+                        lambda names: {**real(names), **({"torch": "99.0"} if "torch" in names else {})})
+    assert artifacts.code_fingerprint(closure) != before  # torch's does
