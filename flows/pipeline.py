@@ -5,6 +5,7 @@ here, before any work), computes every stage's key, then runs the Prefect flow.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -14,8 +15,9 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from components.config import check_known_keys
 from components.lifeline import ensure_watchdog
-from flows.config import PipelineConfig, register, to_pipeline_config
+from flows.config import PipelineConfig, pipeline_config_class, register, to_pipeline_config
 from flows.failure import engine_errors_in_one_line, failure_report
 from flows.plan import Step, artifacts_root, describe, make_plan
 
@@ -85,7 +87,25 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def check_top_level_overrides(args: list[str]) -> None:
+    """A plain `foo=1` naming no section: Hydra's struct root would reject it in its own words (and
+    exit 1); fail as every other unknown key does, in one line with the nearest valid names."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    valid = {f.name for f in dataclasses.fields(pipeline_config_class())}
+    valid = sorted(valid | {p.name for p in conf.iterdir() if p.is_dir()} | {"hydra"})  # groups: experiment=smoke
+    for arg in args:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:  # flags, additions, deletions: not Hydra's struct
+            continue
+        top = arg.split("=", 1)[0].split("@")[0].replace("/", ".").split(".")[0]
+        check_known_keys([top], valid, "")
+
+
 def main() -> None:
+    try:
+        check_top_level_overrides(sys.argv[1:])
+    except ValueError as err:
+        log.error("%s", err)
+        sys.exit(2)
     register()
     _hydra_main()
 

@@ -51,6 +51,8 @@ def _experiment_dir(tmp_path: Path) -> Path:
     (["+pretrain.model.dmodel=8"], "pretrain.model.dmodel", "pretrain.model.d_model"),
     (["+data.c4_rules.min_words=2"], "data.c4_rules.min_words", "data.c4_rules.min_words_per_line"),
     (["+foo=1"], "foo", "valid keys here: align, data"),
+    (["foo=1"], "foo", "valid keys here: align, data"),  # a plain top-level typo: Hydra's own error before
+    (["sfft.lr=1"], "sfft", "did you mean sft"),
     (["data.sources=[{path: x.jsonl, typ: jsonl}]"], "data.sources[0].typ", "data.sources[0].type"),
     (["experiment=typo"], "sft.lrr", "sft.lr"),  # a typo in an experiment yaml
     (["experiment=nested"], "pretrain.model.dmodel", "pretrain.model.d_model"),
