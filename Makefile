@@ -8,6 +8,7 @@ DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core
            accelerate datasets "datatrove[processing,io]" spacy sentencepiece wandb \
            transformers peft tokenizers safetensors matplotlib pytest pytest-timeout \
            trl  # test/benchmark peer: DPO parity (tests/test_dpo_parity.py) and benchmarks/dpo_step.py
+DEPS    += dockerfile  # test: docker/Dockerfile read by Docker's own parser (tests/test_docker.py)
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false

