@@ -35,19 +35,21 @@ SUMMARY = "summary.md"
 PLOT = "summary.png"
 ARTIFACT_KEY = "sweep-summary"
 HEADLINE = ("eval", "aligned/task_accuracy")  # the sweep's headline when eval ran; else the last stage's key metric
+# The temporary Prefect server this multirun started, if any: kept out of the callback, which the
+# launcher pickles to its workers (a process handle does not pickle).
+_shared_server: list[Any] = []
 
 
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self._started: float | None = None
-        self._server: Any = None  # the temporary Prefect server this multirun started, if any
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from flows.pipeline import configure_prefect  # sets Prefect's quiet settings before prefect is imported
 
         configure_prefect(_artifacts_root(config))
         if not os.environ.get("PREFECT_API_URL") and not config.run.dry_run:
-            self._server = start_shared_server()
+            _shared_server.append(start_shared_server())
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started = time.time()
@@ -80,9 +82,7 @@ class SweepSummary(Callback):
                 log.info("sweep summary: %s\n%s", sweep_dir / SUMMARY, markdown)
                 publish_summary(markdown, sweep_dir)
         finally:
-            if self._server is not None:
-                self._server.stop()
-                self._server = None
+            stop_shared_server()
 
 
 def _artifacts_root(config: DictConfig) -> Path:
@@ -109,6 +109,19 @@ def start_shared_server() -> Any:
     server.start()  # stops at exit too (atexit)
     log.info("a temporary Prefect server for this sweep's jobs: %s", server.api_url)
     return server
+
+
+def stop_shared_server() -> None:
+    """Stop the server this multirun started, after this process's queued events and logs reached it."""
+    if not _shared_server:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=10, at_exit=False)
+    while _shared_server:
+        _shared_server.pop().stop()
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
@@ -244,9 +257,12 @@ def publish_summary(markdown: str, sweep_dir: Path) -> bool:
         import httpx
 
         httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
-        from prefect.artifacts import create_markdown_artifact
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate
 
-        create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"sweep {sweep_dir}")
+        with get_client(sync_client=True) as client:  # no flow run: the sweep is many runs, possibly in other processes
+            client.create_artifact(ArtifactCreate(key=ARTIFACT_KEY, type="markdown", data=markdown,
+                                                  description=f"sweep {sweep_dir}"))
         return True
     except Exception as err:  # the summary is on disk already; a missing artifact is not worth failing for
         log.warning("the sweep summary was not sent to Prefect (%s): it is in %s", err, sweep_dir / SUMMARY)

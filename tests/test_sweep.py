@@ -83,6 +83,7 @@ def _artifact(api_url: str, key: str) -> dict:
     return found[0]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_parallel_sweep_builds_shared_stages_once_and_writes_a_summary(tmp_path, prefect_server):
     betas = ["0.05", "0.1", "0.5"]
@@ -113,6 +114,7 @@ def test_parallel_sweep_builds_shared_stages_once_and_writes_a_summary(tmp_path,
     assert artifact["type"] == "markdown" and "align.beta=0.5" in artifact["data"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_optuna_sweeper_runs_trials_on_the_shared_cache(tmp_path):
     """Two optuna trials with the basic launcher and no API URL (the sweep starts its own temporary server):
