@@ -102,10 +102,11 @@ def start_shared_server() -> Any:
     from components.lifeline import ensure_watchdog
 
     ensure_watchdog()  # if this process is killed, the server goes too
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"  # before prefect is imported: it reads it
+    port = free_port()
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # before prefect is imported: it reads it
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer(port=int(os.environ["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0]))
+    server = SubprocessASGIServer(port=port)
     server.start()  # stops at exit too (atexit)
     log.info("a temporary Prefect server for this sweep's jobs: %s", server.api_url)
     return server
