@@ -9,6 +9,7 @@ DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core
            transformers peft tokenizers safetensors matplotlib pytest pytest-timeout \
            trl  # test/benchmark peer: DPO parity (tests/test_dpo_parity.py) and benchmarks/dpo_step.py
 DEPS    += dockerfile  # test: docker/Dockerfile read by Docker's own parser (tests/test_docker.py)
+DEPS    += hydra-joblib-launcher hydra-optuna-sweeper  # sweeps: hydra/launcher=parallel|joblib, hydra/sweeper=optuna
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -66,8 +67,10 @@ pipeline: server
 check: setup
 	$(BIN)/python -m flows.pipeline run.dry_run=true $(ARGS)
 
+# Three align.beta values at once (hydra/launcher=parallel: joblib, 3 processes) on one artifact cache: the stages
+# before align are built once. The summary (summary.md, summary.png) lands in the sweep folder and in the UI.
 sweep: server
-	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline -m align.beta=0.05,0.1,0.5 $(ARGS)
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline -m hydra/launcher=parallel align.beta=0.05,0.1,0.5 $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)

@@ -72,7 +72,7 @@ def run_pipeline(cfg: PipelineConfig, plan: list[Step] | None = None) -> list[di
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> list[dict]:
     try:
         pipeline_cfg = to_pipeline_config(cfg)
         plan = make_plan(pipeline_cfg)  # keys read the data sources' files: a missing one fails here, in one line
@@ -81,7 +81,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
     engine_errors_in_one_line()
     try:
-        run_pipeline(pipeline_cfg, plan)
+        return run_pipeline(pipeline_cfg, plan)  # a multirun's job return value: the sweep summary reads it
     except Exception as err:  # a stage raised: the reason, the traceback once, the reason again
         sys.stderr.write(failure_report(err))
         sys.exit(1)
