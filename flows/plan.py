@@ -109,9 +109,17 @@ def make_plan(cfg: Any) -> list[Step]:
 
 
 def describe(plan: list[Step], root: Path) -> str:
+    """The stage table (stage, key, cached or to build, inputs), then why each stage builds (flows/explain.py)."""
+    from flows.explain import explain  # it reads Step; imported here, not at the top, so neither imports the other first
+
     rows = [f"{'stage':<10} {'key':<17} {'status':<9} inputs"]
+    to_build = set()
     for step in plan:
         status = "cached" if is_complete(step.path(root)) else "to build"
+        if status == "to build":
+            to_build.add(step.key)
         reads = ", ".join(role if role == src else f"{role}<-{src}" for role, src in step.sources.items())
         rows.append(f"{step.stage:<10} {step.key:<17} {status:<9} {reads}")
+    if to_build:
+        rows += ["", "why each stage builds:", *explain(plan, root, to_build)]
     return "\n".join(rows)
