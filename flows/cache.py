@@ -72,7 +72,8 @@ def compose_config(overrides: list[str]) -> Any:
 def entries(root: Path) -> list[Entry]:
     """Every artifact and leftover folder under `root`, by stage then name (lock files are no entries)."""
     found = []
-    stage_dirs = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) if Path(root).is_dir() else []
+    root = Path(root)
+    stage_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     for stage_dir in stage_dirs:
         for path in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
             if not path.name.startswith("."):
@@ -255,8 +256,9 @@ def gc(config_sets: list[list[str]], root: Path | None, yes: bool, evidence: boo
         print(note)
     on_disk = sum(artifact_dir(root, stage, key).is_dir() for stage, key in keep)
     verb = "removed" if yes else "would remove"
-    print(f"{verb} {len(chosen) - skipped} entries, {total} bytes ({human(total)}) under {root}; the configs "
-          f"plan {len(keep)} keys, {on_disk} of them on disk, kept" + ("" if yes else "; nothing removed: pass --yes to delete"))
+    print(f"{verb} {len(chosen) - skipped} entries, {total} bytes ({human(total)}) under {root}; kept the {on_disk} "
+          f"planned artifacts on disk (the configs plan {len(keep)} keys)"
+          + ("" if yes else "; nothing removed: pass --yes to delete"))
     return 0
 
 
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = compose_config([])
         root = Path(args.root).resolve() if args.root else artifacts_root(defaults.run)
         return ls(root, args.json, defaults) if args.command == "ls" else verify(root)
-    except (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException) as err:  # a bad override or a missing data source: one line
+    except (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException) as err:
+        # a bad override, a missing data source, a config set without a root: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -115,7 +115,8 @@ def code_changes(closure: Closure, manifest: dict) -> list[str]:
     old_files = set(digests) if isinstance(digests, dict) else set(code.get("files") or ())
     lines = []
     if isinstance(digests, dict):
-        lines += [f"code changed: {rel}" for rel in sorted(closure.files) if rel in digests and digests[rel] != closure.files[rel]]
+        lines += [f"code changed: {rel}" for rel, digest in sorted(closure.files.items())
+                  if rel in digests and digests[rel] != digest]
     if old_files:  # a manifest with no code record at all names no files
         lines += [f"code added to the stage's imports: {rel}" for rel in sorted(set(closure.files) - old_files)]
         lines += [f"code no longer imported: {rel}" for rel in sorted(old_files - set(closure.files))]
@@ -126,7 +127,7 @@ def version_changes(closure: Closure, manifest: dict) -> list[str]:
     """Python and the libraries in the key (the stage's imports, tracking-only ones aside) that differ."""
     recorded = manifest.get("versions") or {}
     current = {"python": platform.python_version(), **library_versions(closure.libraries - TRACKING_LIBRARIES)}
-    return [f"{name}: {recorded.get(name, '(not recorded)')} -> {version}"
+    return [f"{name}: {recorded.get(name, 'not recorded')} -> {version}"
             for name, version in current.items() if recorded.get(name) != version]
 
 
