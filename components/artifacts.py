@@ -390,7 +390,7 @@ def build(
                 "timings": {"started": started, "seconds": round(time.time() - started, 3)},
                 "versions": _versions(key),
                 "code": code_record(key),
-                "input_files": _key_files.get(key, {}),  # fingerprints of the files its config names
+                "input_files": _key_files.get(key),  # fingerprints of the files its config names (None: unknown here)
             }
             _write_atomically(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.rename(tmp, final)

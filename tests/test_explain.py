@@ -167,3 +167,29 @@ def test_the_dry_run_cli_prints_the_reasons(built):
     assert done.returncode == 0, done.stderr
     out = done.stdout + done.stderr
     assert "tokenizer.vocab_size: 512 -> 600" in out and "(rebuilds too)" in out
+
+
+def test_the_manifest_records_what_the_plan_compares(built):
+    _, paths = built
+    manifest = json.loads((paths["tokenizer"] / "manifest.json").read_text())
+    assert manifest["code"]["digests"]["tokenizer/train.py"] and set(manifest["code"]["digests"]) == set(manifest["code"]["files"])
+    assert "data.sources" in json.loads((paths["data"] / "manifest.json").read_text())["input_files"]
+
+
+def test_an_edited_input_file_is_named(tmp_path):
+    """sft.sources: its content is in the key; the plan compares the fingerprints a manifest records."""
+    from components.artifacts import key_input_files
+    from flows.explain import input_file_changes
+
+    source = tmp_path / "chats.jsonl"
+    source.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+
+    def sft_step():
+        plan = make_plan(compose_config(["experiment=smoke", f"sft.sources=[{source}]", "run.until=sft"]))
+        return next(step for step in plan if step.stage == "sft")
+
+    recorded = {"input_files": key_input_files("sft", sft_step().cfg)}
+    assert input_file_changes(sft_step(), recorded) == []
+    source.write_text(source.read_text().replace("hello", "hello there"))
+    assert input_file_changes(sft_step(), recorded) == ["input files changed: sft.sources"]
+    assert input_file_changes(sft_step(), {}) == []  # a manifest from before they were recorded names none
