@@ -173,11 +173,12 @@ def leftover_lines(step: Step, root: Path) -> list[str]:
 
 def why(step: Step, root: Path, to_build: set[str]) -> tuple[str, list[str]]:
     """(headline, reasons) for a step that will build."""
-    others = [a for a in artifacts_of(root, step.stage) if a.key != step.key]
     leftovers = leftover_lines(step, root)
-    found = nearest(step, others)
+    if step.path(root).exists():  # this very key was built and is damaged: that is the whole reason
+        return "its artifact is damaged (the build moves it aside as evidence)", leftovers
+    found = nearest(step, [a for a in artifacts_of(root, step.stage) if a.key != step.key])
     if found is None:
-        return ("no intact artifact of this stage" if leftovers else "no artifact of this stage yet"), leftovers
+        return "no artifact of this stage yet", leftovers
     artifact, changes = found
     closure = key_closure(step.key, STAGES[step.stage].module)
     reasons = leftovers + config_lines(changes) + input_changes(step, artifact, to_build)
