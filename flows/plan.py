@@ -13,6 +13,7 @@ from typing import Any
 
 from components.artifacts import REPO_ROOT, artifact_dir, is_complete, stage_key
 from components.stages import STAGES, enabled, input_sources
+from flows.explain import explain
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,6 @@ def make_plan(cfg: Any) -> list[Step]:
 
 def describe(plan: list[Step], root: Path) -> str:
     """The stage table (stage, key, cached or to build, inputs), then why each stage builds (flows/explain.py)."""
-    from flows.explain import explain  # it reads Step; imported here, not at the top, so neither imports the other first
-
     rows = [f"{'stage':<10} {'key':<17} {'status':<9} inputs"]
     to_build = set()
     for step in plan:
