@@ -3,7 +3,8 @@ removing what no config reaches any more.
 
     ls       every artifact (stage, key, created, size, the config keys it was built with that differ
              from the defaults) and the leftovers beside them: `.partial` (an unfinished build, which
-             a rerun resumes), `.failed-*` and `.damaged-*` (evidence set aside by a build)
+             a rerun resumes; `building` while its lock is held), `.failed-*` and `.damaged-*`
+             (evidence set aside by a build)
     verify   every file an artifact's manifest lists, by its size and its recorded sha256; exits 1
              naming the file when one is damaged
     gc       removes the artifacts no given config's plan reaches (default: the default config; one set
@@ -128,11 +129,19 @@ def describe_config(entry: Entry, manifest: dict | None, defaults: Any) -> str:
     return (" ".join(changed[:MAX_CONFIG_KEYS]) + more) if changed else "defaults"
 
 
+def shown_state(entry: Entry) -> str:
+    """The entry's state; a partial build whose key lock is held is being built right now."""
+    if entry.state != "partial":
+        return entry.state
+    with unless_building(entry.lock, create=False) as free:
+        return "partial" if free else "building"
+
+
 def ls(root: Path, as_json: bool, defaults: Any) -> int:
     rows = []
     for entry in entries(root):
         manifest = manifest_of(entry)
-        rows.append({"stage": entry.stage, "key": entry.key, "state": entry.state, "path": str(entry.path),
+        rows.append({"stage": entry.stage, "key": entry.key, "state": shown_state(entry), "path": str(entry.path),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created(entry, manifest))),
                      "size": size_of(entry.path), "config": (manifest or {}).get("config"),
                      "differs_from_defaults": built_with(entry, manifest, defaults),

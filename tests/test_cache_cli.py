@@ -156,12 +156,16 @@ HOLD_LOCK = textwrap.dedent("""
 def test_gc_never_removes_an_artifact_whose_lock_is_held(cache, capsys):
     """The lock is held by another process (POSIX record locks do not exclude their own process)."""
     root, paths, other = cache
+    (other.parent / f".{other.name}.partial").mkdir()  # as a running build of that key has it
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(other.parent / f".{other.name}.lock")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         code, out = cli(capsys, "gc", "--yes", "--", *smoke(root))
         assert other.is_dir() and f"skipped {other}: a build of {other.name} holds its lock" in out
+        code, out = cli(capsys, "ls", "--root", root)
+        assert sorted(line.split()[2] for line in out.splitlines()[1:-1] if line.split()[1] == other.name) == [
+            "building", "complete"]
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
