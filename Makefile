@@ -31,6 +31,7 @@ PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
 SERVER_PID   := $(PREFECT_HOME)/server-$(PREFECT_PORT).pid
 
 .PHONY: setup server server-stop pipeline test check sweep bench clean distclean
+.PHONY: plan cache
 
 setup: $(STAMP)
 
@@ -63,9 +64,17 @@ server-stop:
 pipeline: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline $(ARGS)
 
-# Validate the config and print each stage's key and whether it is cached; runs nothing.
-check: setup
+# Validate the config, print each stage's key and whether it is cached, and why each stage builds
+# (config keys old -> new against the nearest artifact, a changed input, code files, versions); runs nothing.
+plan: setup
 	$(BIN)/python -m flows.pipeline run.dry_run=true $(ARGS)
+
+check: plan  # the old name of `make plan`
+
+# The artifact cache: ARGS='ls' (--json: everything), ARGS='verify' (every file against its manifest),
+# ARGS='gc -- experiment=smoke' (what no config reaches: a dry run; add --yes to delete).
+cache: setup
+	$(BIN)/python -m flows.cache $(ARGS)
 
 # Three align.beta values at once (hydra/launcher=parallel: joblib, 3 processes) on one artifact cache: the stages
 # before align are built once. The summary (summary.md, summary.png) lands in the sweep folder and in the UI.

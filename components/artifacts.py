@@ -48,6 +48,7 @@ SHARED_CODE = ("components.config", "components.artifacts")
 # on them, so upgrading one rebuilds nothing (the manifest still records their versions).
 TRACKING_LIBRARIES = frozenset({"wandb"})
 _key_code: dict[str, Closure] = {}  # key -> the code hashed into it, for the manifest of the build of that key
+_key_files: dict[str, dict[str, str]] = {}  # key -> its input files' fingerprints, for the manifest too
 
 
 def stage_closure(module: str, overrides: dict[str, str] | None = None) -> Closure:
@@ -125,15 +126,27 @@ def stage_key(stage: str, cfg: Any, input_keys: dict[str, str], module: str) -> 
         "inputs": dict(sorted(input_keys.items())),
         "code": code_fingerprint(closure),
     }
-    files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
-    if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
-        files[f"{stage}.sources"] = files_fingerprint(cfg.source_files())
+    files = key_input_files(stage, cfg)
     if files:  # only then: stages without input files keep their keys
         payload["files"] = files
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
     _key_code[key] = closure
+    _key_files[key] = files
     return key
+
+
+def key_input_files(stage: str, cfg: Any) -> dict[str, str]:
+    """{dotted key: fingerprint} of the input files a stage's config names (in its key, and its manifest)."""
+    files = input_file_fingerprints(cfg, stage)  # fields declared with input_files()
+    if callable(getattr(cfg, "source_files", None)):  # a config that resolves its own file list (data)
+        files[f"{stage}.sources"] = files_fingerprint(cfg.source_files())
+    return files
+
+
+def key_closure(key: str, module: str) -> Closure:
+    """The code hashed into `key` when this process computed it; else the stage's closure as it is now."""
+    return _key_code.get(key) or stage_closure(module)
 
 
 def artifact_dir(root: Path, stage: str, key: str) -> Path:
@@ -303,10 +316,12 @@ def _versions(key: str) -> dict[str, str]:
 
 def code_record(key: str) -> dict:
     """For the manifest: the git commit, whether the key's code (its closure; the whole checkout
-    for a key not made in this process) differs from it, and its files; None where git is missing."""
+    for a key not made in this process) differs from it, and its files with their code digests; None
+    where git is missing."""
     closure = _key_code.get(key)
     files = sorted(closure.files) if closure else None
-    return {**git_state(REPO_ROOT, files), "files": files}
+    digests = dict(sorted(closure.files.items())) if closure else None  # per file: `make plan` names the edited ones
+    return {**git_state(REPO_ROOT, files), "files": files, "digests": digests}
 
 
 def _set_aside(path: Path, kind: str) -> Path:
@@ -375,6 +390,7 @@ def build(
                 "timings": {"started": started, "seconds": round(time.time() - started, 3)},
                 "versions": _versions(key),
                 "code": code_record(key),
+                "input_files": _key_files.get(key),  # fingerprints of the files its config names (None: unknown here)
             }
             _write_atomically(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.rename(tmp, final)

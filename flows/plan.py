@@ -13,6 +13,7 @@ from typing import Any
 
 from components.artifacts import REPO_ROOT, artifact_dir, is_complete, stage_key
 from components.stages import STAGES, enabled, input_sources
+from flows.explain import explain
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,15 @@ def make_plan(cfg: Any) -> list[Step]:
 
 
 def describe(plan: list[Step], root: Path) -> str:
+    """The stage table (stage, key, cached or to build, inputs), then why each stage builds (flows/explain.py)."""
     rows = [f"{'stage':<10} {'key':<17} {'status':<9} inputs"]
+    to_build = set()
     for step in plan:
         status = "cached" if is_complete(step.path(root)) else "to build"
+        if status == "to build":
+            to_build.add(step.key)
         reads = ", ".join(role if role == src else f"{role}<-{src}" for role, src in step.sources.items())
         rows.append(f"{step.stage:<10} {step.key:<17} {status:<9} {reads}")
+    if to_build:
+        rows += ["", "why each stage builds:", *explain(plan, root, to_build)]
     return "\n".join(rows)
