@@ -245,11 +245,11 @@ def ensure_worker(url: str, port: int, pool: str = POOL) -> psutil.Process:
     return start_process("worker", port, argv, env)
 
 
-def serve(port: int) -> str:
+def serve(port: int, deploy_dir: Path = DEPLOY_DIR) -> str:
     url = ensure_server(port)
     os.environ["PREFECT_API_URL"] = url  # for register_deployments' client (prefect reads it at import)
     ensure_pool(url)
-    specs = read_deployments()
+    specs = read_deployments(deploy_dir)
     register_deployments(specs)
     worker = ensure_worker(url, port)
     names = ", ".join(f"llm-pipeline/{s.name}" for s in specs)
@@ -263,17 +263,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["serve", "register", "server", "stop"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    parser.add_argument("--deploy-dir", type=Path, default=DEPLOY_DIR, help="the deployment files (*.yaml)")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            serve(args.port)
+            serve(args.port, args.deploy_dir)
         elif args.command == "server":
             print(f"Prefect server: {ensure_server(args.port)}")
         elif args.command == "register":
             os.environ.setdefault("PREFECT_API_URL", api_url(args.port))
             ensure_pool(os.environ["PREFECT_API_URL"])
-            print("registered:", ", ".join(spec.name for spec in read_deployments()),
-                  register_deployments(read_deployments()))
+            specs = read_deployments(args.deploy_dir)
+            register_deployments(specs)
+            print("registered:", ", ".join(f"llm-pipeline/{spec.name}" for spec in specs))
         else:
             stopped = stop_started(args.port)
             print("stopped " + ", ".join(stopped) if stopped else f"nothing started by serve on port {args.port} runs")
