@@ -123,14 +123,14 @@ def stop_after_interrupt(err: BaseException) -> None:
     hook would, but interpreter exit first waits for stage threads that may run for hours), then
     leave at once. The lifeline watchdog, told no goodbye, ends what is left of our process tree
     (datatrove and training workers); partial builds stay, as after any kill."""
-    log.error("%s: stopping the pipeline and the processes it started", err or "interrupted")
+    sys.stderr.write(f"{err or 'interrupted'}: stopping the pipeline and the processes it started\n")
     try:
         from prefect.server.api.server import SubprocessASGIServer
 
         for server in list(SubprocessASGIServer._instances.values()):
             server.stop()
     except Exception as stop_err:  # the watchdog still ends the server
-        log.error("could not stop the temporary Prefect server: %s", stop_err)
+        sys.stderr.write(f"could not stop the temporary Prefect server: {stop_err}\n")
     logging.shutdown()
     os._exit(130)
 
