@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from components.artifacts import build, is_complete, read_manifest
+from components.lifeline import ensure_watchdog
 from components.stages import STAGES
 from flows.compose import compose_pipeline_config
 from flows.plan import Step, artifacts_root, describe, make_plan
@@ -162,6 +163,7 @@ def pipeline_flow(overrides: list[str] = []) -> list[dict]:  # noqa: B006 (Prefe
         logger.info("plan (artifacts under %s):\n%s", root, describe(plan, root))
         return []
     root.mkdir(parents=True, exist_ok=True)
+    ensure_watchdog()  # a worker's run cancelled or killed: its datatrove and training processes go too
     return run_plan(plan, str(root), cfg.launcher)
 
 
