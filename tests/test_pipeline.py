@@ -67,6 +67,20 @@ def test_second_run_is_cached_in_prefect(root):
     assert statuses(run(root)) == {s: "cached" for s in STAGES}
 
 
+def test_the_run_attaches_its_summary_and_eval_report_as_artifacts(root):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    rows = run(root)
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)  # the run just above
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[latest.id])))}
+    assert all(f"| {s} | cached |" in artifacts["pipeline-summary"].data for s in STAGES)
+    assert artifacts["eval-report"].data == (Path(rows[-1]["path"]) / "report.md").read_text()
+
+
 def test_changing_sft_lr_rebuilds_sft_align_eval_only(root):
     rows = run(root, "sft.lr=0.0007")
     assert statuses(rows) == {
