@@ -100,7 +100,11 @@ def training_progress(stage: str, key: str, cfg: Any, root: str):
             step = last_step(log_path)
             progress = min(100.0, 100.0 * (step or 0) / max_steps)
             if progress > shown:
-                update_progress_artifact(artifact_id, progress, description=f"{stage}: step {step} of {max_steps}")
+                try:
+                    update_progress_artifact(artifact_id, progress, description=f"{stage}: step {step} of {max_steps}")
+                except Exception as err:  # a display: the API being away must not touch the training
+                    get_run_logger().warning("%s progress not updated: %s", stage, err)
+                    return
                 shown = progress
 
     watcher = threading.Thread(target=contextvars.copy_context().run, args=(watch,), daemon=True,

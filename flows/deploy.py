@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,6 +40,7 @@ POOL = "llm-pipeline-pool"
 ENTRYPOINT = "flows/dag.py:pipeline_flow"
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+log = logging.getLogger("deploy")
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,7 @@ def ensure_server(port: int) -> str:
            "PREFECT_SERVER_API_PORT": str(port)}
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     process = start_process("server", port, argv, env)
-    print(f"starting the Prefect server (UI: http://127.0.0.1:{port}), log in {prefect_home()}/server-{port}.log")
+    log.info("starting the Prefect server (UI: http://127.0.0.1:%d), log in %s/server-%d.log", port, prefect_home(), port)
     wait_healthy(url, process, prefect_home() / f"server-{port}.log")
     return url
 
@@ -253,9 +255,9 @@ def serve(port: int, deploy_dir: Path = DEPLOY_DIR) -> str:
     register_deployments(specs)
     worker = ensure_worker(url, port)
     names = ", ".join(f"llm-pipeline/{s.name}" for s in specs)
-    print(f"serving: API {url}, pool {POOL}, worker pid {worker.pid}, deployments {names}\n"
-          f"UI: {url.removesuffix('/api')}   try: PREFECT_API_URL={url} {Path(sys.executable).parent}/prefect "
-          f"deployment run llm-pipeline/smoke --watch")
+    log.info("serving: API %s, pool %s, worker pid %d, deployments %s\nUI: %s   try: PREFECT_API_URL=%s %s/prefect "
+             "deployment run llm-pipeline/smoke --watch", url, POOL, worker.pid, names, url.removesuffix("/api"), url,
+             Path(sys.executable).parent)
     return url
 
 
@@ -265,22 +267,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
     parser.add_argument("--deploy-dir", type=Path, default=DEPLOY_DIR, help="the deployment files (*.yaml)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         if args.command == "serve":
             serve(args.port, args.deploy_dir)
         elif args.command == "server":
-            print(f"Prefect server: {ensure_server(args.port)}")
+            log.info("Prefect server: %s", ensure_server(args.port))
         elif args.command == "register":
             os.environ.setdefault("PREFECT_API_URL", api_url(args.port))
             ensure_pool(os.environ["PREFECT_API_URL"])
             specs = read_deployments(args.deploy_dir)
             register_deployments(specs)
-            print("registered:", ", ".join(f"llm-pipeline/{spec.name}" for spec in specs))
+            log.info("registered: %s", ", ".join(f"llm-pipeline/{spec.name}" for spec in specs))
         else:
             stopped = stop_started(args.port)
-            print("stopped " + ", ".join(stopped) if stopped else f"nothing started by serve on port {args.port} runs")
+            if stopped:
+                log.info("stopped %s", ", ".join(stopped))
+            else:
+                log.info("nothing started by serve on port %d runs", args.port)
     except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("error: %s", err)
         sys.exit(2)
 
 
