@@ -28,9 +28,8 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # on first use and left running; `make server-stop` stops it.
 PREFECT_PORT ?= 4200
 PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
-SERVER_PID   := $(PREFECT_HOME)/server-$(PREFECT_PORT).pid
 
-.PHONY: setup server server-stop pipeline test check sweep bench clean distclean
+.PHONY: setup server server-stop serve serve-stop pipeline test check sweep bench clean distclean
 .PHONY: plan cache
 
 setup: $(STAMP)
@@ -45,21 +44,18 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 server: setup
-	@if ! curl -sf $(PREFECT_API)/health > /dev/null; then \
-	  echo "starting the Prefect server (UI: http://127.0.0.1:$(PREFECT_PORT)), log in .prefect/server.log"; \
-	  mkdir -p $(PREFECT_HOME); \
-	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(PREFECT_HOME)/server.log 2>&1 & \
-	  echo $$! > $(SERVER_PID); \
-	  for i in $$(seq 120); do curl -sf $(PREFECT_API)/health > /dev/null && break; sleep 1; done; \
-	  curl -sf $(PREFECT_API)/health > /dev/null || { echo "Prefect server did not start: see $(PREFECT_HOME)/server.log"; exit 1; }; \
-	fi
+	$(BIN)/python -m flows.deploy server --port $(PREFECT_PORT)
 
-# Stops only the server `make server` started (its pid file), never another process by name.
+# Stops only what `make server`/`make serve` started (pid files, each checked to be our process), never by name.
 server-stop:
-	@if [ -f $(SERVER_PID) ] && kill -0 $$(cat $(SERVER_PID)) 2>/dev/null; then \
-	  kill $$(cat $(SERVER_PID)) && echo "stopped the Prefect server (pid $$(cat $(SERVER_PID)))"; \
-	else echo "no Prefect server started by make server is running"; fi
-	@rm -f $(SERVER_PID)
+	$(BIN)/python -m flows.deploy stop --port $(PREFECT_PORT)
+
+# The server (unless PREFECT_API_URL names one), a process work pool, a worker and every conf/deploy/*.yaml
+# deployment; then `prefect deployment run llm-pipeline/smoke --watch` (with PREFECT_API_URL set) runs one.
+serve: setup
+	$(BIN)/python -m flows.deploy serve --port $(PREFECT_PORT)
+
+serve-stop: server-stop
 
 pipeline: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline $(ARGS)

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,17 @@ for _name, _value in {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # components log outside flows in unit tests
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Tests never write into the user's Prefect server or database: this session gets its own
+# PREFECT_HOME (so the temporary server's SQLite db and profiles are here), and no API URL or
+# profile from the environment (the Makefile exports PREFECT_HOME=<repo>/.prefect).
+TEST_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="llm-pipeline-tests-prefect-"))
+os.environ["PREFECT_HOME"] = str(TEST_PREFECT_HOME)
+for _name in [n for n in os.environ if n in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE",
+                                              "PREFECT_PROFILES_PATH", "PREFECT_API_DATABASE_CONNECTION_URL",
+                                              "PREFECT_SERVER_DATABASE_CONNECTION_URL")]:
+    del os.environ[_name]
+atexit.register(shutil.rmtree, TEST_PREFECT_HOME, ignore_errors=True)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

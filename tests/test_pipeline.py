@@ -29,6 +29,12 @@ def config(root: Path, *overrides: str):
     return to_pipeline_config(cfg)
 
 
+def run(root: Path, *overrides: str) -> list[dict]:
+    """Through the flow `llm-pipeline`, which composes these overrides inside the run (as a UI run does)."""
+    all_overrides = ["experiment=smoke", f"run.artifacts_dir={root}", *overrides]
+    return run_pipeline(config(root, *overrides), overrides=all_overrides)
+
+
 def statuses(rows: list[dict]) -> dict[str, str]:
     return {r["stage"]: r["status"] for r in rows}
 
@@ -36,7 +42,7 @@ def statuses(rows: list[dict]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
-    rows = run_pipeline(config(root))
+    rows = run(root)
     assert statuses(rows) == {s: "built" for s in STAGES}
     return root
 
@@ -58,11 +64,25 @@ def test_first_run_writes_every_artifact_with_its_manifest(root):
 
 
 def test_second_run_is_cached_in_prefect(root):
-    assert statuses(run_pipeline(config(root))) == {s: "cached" for s in STAGES}
+    assert statuses(run(root)) == {s: "cached" for s in STAGES}
+
+
+def test_the_run_attaches_its_summary_and_eval_report_as_artifacts(root):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    rows = run(root)
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)  # the run just above
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[latest.id])))}
+    assert all(f"| {s} | cached |" in artifacts["pipeline-summary"].data for s in STAGES)
+    assert artifacts["eval-report"].data == (Path(rows[-1]["path"]) / "report.md").read_text()
 
 
 def test_changing_sft_lr_rebuilds_sft_align_eval_only(root):
-    rows = run_pipeline(config(root, "sft.lr=0.0007"))
+    rows = run(root, "sft.lr=0.0007")
     assert statuses(rows) == {
         "data": "cached", "tokenizer": "cached", "pretrain": "cached",
         "sft": "built", "align": "built", "eval": "built",
@@ -70,7 +90,7 @@ def test_changing_sft_lr_rebuilds_sft_align_eval_only(root):
 
 
 def test_logging_only_settings_rebuild_nothing(root):
-    rows = run_pipeline(config(root, "pretrain.log_every=3", "sft.log_every=2", "data.workers=1"))
+    rows = run(root, "pretrain.log_every=3", "sft.log_every=2", "data.workers=1")
     assert statuses(rows) == {s: "cached" for s in STAGES}
 
 
@@ -80,7 +100,7 @@ def test_stages_of_different_precision_run_in_one_process(root, monkeypatch):
     from components.train import device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    rows = run_pipeline(config(root, "sft.mixed_precision=no", "align.beta=0.2"))
+    rows = run(root, "sft.mixed_precision=no", "align.beta=0.2")
     assert {s: st for s, st in statuses(rows).items() if st == "built"} == {"sft": "built", "align": "built",
                                                                              "eval": "built"}
     paths = {r["stage"]: Path(r["path"]) for r in rows}
@@ -89,10 +109,10 @@ def test_stages_of_different_precision_run_in_one_process(root, monkeypatch):
 
 
 def test_deleted_artifact_is_rebuilt_and_nothing_else(root):
-    plan_rows = run_pipeline(config(root))
+    plan_rows = run(root)
     pretrain = Path(next(r["path"] for r in plan_rows if r["stage"] == "pretrain"))
     shutil.rmtree(pretrain)
-    rows = run_pipeline(config(root))
+    rows = run(root)
     assert statuses(rows) == {s: ("built" if s == "pretrain" else "cached") for s in STAGES}
     assert (pretrain / "manifest.json").is_file()
 
@@ -106,18 +126,17 @@ def test_stage_that_raises_midway_leaves_no_trusted_directory(root, monkeypatch)
         (out_dir / "model" / "half.safetensors").write_bytes(b"partial")
         raise RuntimeError("killed midway")
 
-    cfg = config(root, "align.beta=0.33")
     monkeypatch.setattr(align_run, "run", crash)
     with pytest.raises(RuntimeError, match="killed midway"):
-        run_pipeline(cfg)
+        run(root, "align.beta=0.33")
     leftovers = [p for p in (root / "align").iterdir() if not p.name.startswith(".")]  # hidden: lock, kept partial
     assert all((p / "manifest.json").is_file() for p in leftovers)  # only complete artifacts remain
     monkeypatch.undo()
-    assert statuses(run_pipeline(cfg))["align"] == "built"
+    assert statuses(run_pipeline(config(root, "align.beta=0.33")))["align"] == "built"  # the in-process plan flow
 
 
 def test_extend_stands_in_for_pretrain_when_enabled(root):
-    rows = run_pipeline(config(root, "extend.enabled=true"))
+    rows = run(root, "extend.enabled=true")
     assert statuses(rows) == {"data": "cached", "tokenizer": "cached", "pretrain": "cached", "extend": "built",
                               "sft": "built", "align": "built", "eval": "built"}
     paths = {r["stage"]: Path(r["path"]) for r in rows}
