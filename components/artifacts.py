@@ -44,9 +44,10 @@ _VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datatrove", "sent
 # the key (output_relevant), artifacts.py what an artifact is (its manifest, which files are trusted):
 # an artifact built under other rules is not this one. Its closure brings code_version.py too.
 SHARED_CODE = ("components.config", "components.artifacts")
-# Libraries a stage imports only to show its progress (components/train/tracking.py): no output depends
-# on them, so upgrading one rebuilds nothing (the manifest still records their versions).
-TRACKING_LIBRARIES = frozenset({"wandb"})
+# Libraries no output depends on, so upgrading one rebuilds nothing (the manifest still records their
+# versions): wandb only shows progress (components/train/tracking.py); ray only decides where the data
+# stage's tasks run (tests/test_scale_out.py: the same output as the local executor).
+KEYLESS_LIBRARIES = frozenset({"wandb", "ray"})
 _key_code: dict[str, Closure] = {}  # key -> the code hashed into it, for the manifest of the build of that key
 _key_files: dict[str, dict[str, str]] = {}  # key -> its input files' fingerprints, for the manifest too
 
@@ -64,7 +65,7 @@ def code_fingerprint(closure: Closure) -> str:
     comments and layout do not count), the Python version (the stdlib is a library too: the embedded corpus is
     its documentation) and the installed versions of the third-party libraries the closure imports."""
     payload = {"files": closure.digest(), "python": platform.python_version(),
-               "libraries": library_versions(closure.libraries - TRACKING_LIBRARIES)}
+               "libraries": library_versions(closure.libraries - KEYLESS_LIBRARIES)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.artifacts import (MANIFEST, TRACKING_LIBRARIES, damage, key_closure, key_input_files,
+from components.artifacts import (MANIFEST, KEYLESS_LIBRARIES, damage, key_closure, key_input_files,
                                   read_manifest)
 from components.code_version import Closure, library_versions
 from components.config import as_dict, output_relevant
@@ -126,7 +126,7 @@ def code_changes(closure: Closure, manifest: dict) -> list[str]:
 def version_changes(closure: Closure, manifest: dict) -> list[str]:
     """Python and the libraries in the key (the stage's imports, tracking-only ones aside) that differ."""
     recorded = manifest.get("versions") or {}
-    current = {"python": platform.python_version(), **library_versions(closure.libraries - TRACKING_LIBRARIES)}
+    current = {"python": platform.python_version(), **library_versions(closure.libraries - KEYLESS_LIBRARIES)}
     return [f"{name}: {recorded.get(name, 'not recorded')} -> {version}"
             for name, version in current.items() if recorded.get(name) != version]
 
