@@ -74,3 +74,73 @@ def test_a_failing_ray_task_raises_naming_its_logs(ray_cluster, tmp_path):
     with pytest.raises(RuntimeError, match=r"2 of 2 ray tasks failed.*task_\*\.log"):
         run_to_completion(cfg, make_executor(cfg, [fail], "planted", 2, 2, tmp_path / "logs"))
     assert "planted failure" in (tmp_path / "logs" / "logs" / "task_00000.log").read_text()
+
+
+# --- launcher=multi_node: machine ranks 0 and 1 on 127.0.0.1, one process each ---
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pretrain_cfg():
+    from components.model.config import ModelConfig
+    from components.pretrain.config import PretrainConfig
+
+    tiny = ModelConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=32)
+    return PretrainConfig(model=tiny, max_steps=4, warmup_steps=1, batch_size=4, grad_accum=2, lr=1e-2,
+                          mixed_precision="no", log_every=1, save_every=100)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_machine_ranks_train_like_one_process(tmp_path):
+    """Machine 0 builds (lock, temporary dir, manifest); machine 1 joins its launch without the lock
+    and waits for the manifest: as `run_stage` does on each machine (flows/dag.py)."""
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.artifacts import build, follow, read_manifest
+    from components.pretrain.run import run as pretrain
+    from components.train.config import LauncherConfig
+    from components.train.launch import launch
+    from tests.tiny import make_tokenizer_artifact
+
+    tok = make_tokenizer_artifact(tmp_path / "tok")
+    cfg, inputs = _pretrain_cfg(), {"tokenizer": tok}
+    (tmp_path / "single").mkdir()
+    pretrain(cfg, inputs, StageContext.local(tmp_path / "single"))
+    port, root, key = _free_port(), tmp_path / "shared", "k" * 16
+    machine = {rank: LauncherConfig(strategy="ddp", num_processes=1, num_machines=2, machine_rank=rank,
+                                    main_process_ip="127.0.0.1", main_process_port=port, follow_timeout_s=300)
+               for rank in (0, 1)}
+    with ThreadPoolExecutor(2) as pool:
+        joined = pool.submit(follow, root, "pretrain", key, cfg, inputs,
+                             functools.partial(launch, launcher=machine[1]), 300)
+        built = pool.submit(build, root, "pretrain", key, cfg, inputs, functools.partial(launch, launcher=machine[0]))
+        path, was_built = built.result(timeout=600)
+        assert joined.result(timeout=60) == (path, False) and was_built
+    metrics = read_manifest(path)["metrics"]
+    assert metrics["world_size"] == 2 and metrics["strategy"] == "ddp"
+    one, two = _losses(tmp_path / "single"), _losses(path)
+    assert len(one) == len(two) == 4
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4  # same global batch, fp32: reduction order only
+    machine_0_log = (path / "launch" / "launch.log").read_text()
+    machine_1_log = (root / "pretrain" / f".{key}.machine-1" / "launch.log").read_text()
+    assert f"[rank 0] pretrain {key}: process 0 of 2" in machine_0_log and "[rank 1]" not in machine_0_log
+    assert f"[rank 1] pretrain {key}: process 1 of 2" in machine_1_log and "[rank 0]" not in machine_1_log
+    assert sorted(p.name for p in (root / "pretrain").iterdir()) == [f".{key}.lock", f".{key}.machine-1", key]
+    assert not (root / "pretrain" / f".{key}.machine-1" / "metrics.json").exists()  # machine 0's metrics only
+
+
+def test_another_machine_waits_for_a_stage_it_does_not_run_and_says_so(tmp_path):
+    from components.artifacts import follow
+
+    with pytest.raises(TimeoutError, match=r"data k{16}: machine rank 0 wrote no manifest.*follow_timeout_s=0\.5"):
+        follow(tmp_path, "data", "k" * 16, None, {}, None, 0.5)
+    assert not (tmp_path / "data").exists()  # nothing written, no lock taken
