@@ -144,3 +144,43 @@ def test_another_machine_waits_for_a_stage_it_does_not_run_and_says_so(tmp_path)
     with pytest.raises(TimeoutError, match=r"data k{16}: machine rank 0 wrote no manifest.*follow_timeout_s=0\.5"):
         follow(tmp_path, "data", "k" * 16, None, {}, None, 0.5)
     assert not (tmp_path / "data").exists()  # nothing written, no lock taken
+
+
+def test_the_whole_pipeline_on_two_machine_ranks(tmp_path):
+    """`python -m flows.pipeline launcher=multi_node launcher.machine_rank=R` on each "machine" against
+    one artifacts folder: machine 0 builds everything; machine 1 joins each training launch."""
+    import os
+    import subprocess
+    import sys
+
+    root, port = tmp_path / "shared", _free_port()
+    procs, logs = {}, {}
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # never the user's server
+        env.update(PREFECT_HOME=str(tmp_path / f"prefect-{rank}"), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
+                   PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / f"results-{rank}"))
+        logs[rank] = tmp_path / f"machine-{rank}.log"
+        with open(logs[rank], "w") as out:
+            procs[rank] = subprocess.Popen(
+                [sys.executable, "-m", "flows.pipeline", "experiment=smoke", f"run.artifacts_dir={root}",
+                 "launcher=multi_node", "launcher.strategy=ddp", "launcher.num_processes=1",
+                 "launcher.main_process_ip=127.0.0.1", f"launcher.main_process_port={port}",
+                 f"launcher.machine_rank={rank}", "launcher.follow_timeout_s=600"],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        codes = {rank: proc.wait(timeout=900) for rank, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # exactly the two we started
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    text = {rank: logs[rank].read_text() for rank in logs}
+    assert codes == {0: 0, 1: 0}, text[0][-3000:] + "\n---\n" + text[1][-3000:]
+    assert "waiting for machine rank 0 to build" in text[1]
+    for stage in ("pretrain", "sft", "align"):
+        (path,) = [p for p in (root / stage).iterdir() if not p.name.startswith(".")]
+        assert json.loads((path / "manifest.json").read_text())["metrics"]["world_size"] == 2
+        (joined,) = (root / stage).glob(".*.machine-1")
+        assert f"[rank 1] {stage} {path.name}: process 1 of 2" in (joined / "launch.log").read_text()
+    (eval_dir,) = [p for p in (root / "eval").iterdir() if not p.name.startswith(".")]
+    assert (eval_dir / "report.md").is_file() and not list((root / "eval").glob(".*.machine-1"))
