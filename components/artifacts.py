@@ -415,7 +415,8 @@ def follow(
             raise TimeoutError(f"{stage} {key}: machine rank 0 wrote no manifest in {final} within "
                                f"launcher.follow_timeout_s={timeout_s:g} s; did its run fail or stop? (see its log)")
         if time.monotonic() - reminded >= FOLLOW_REMIND_SECONDS:
-            log.info("%s: waiting for machine rank 0 to build %s (waited %.0f of %g s)", stage, final, waited, timeout_s)
+            log.info("%s: waiting for machine rank 0 to build %s (waited %.0f of %g s)", stage, final, waited,
+                     timeout_s)
             reminded = time.monotonic()
         time.sleep(FOLLOW_POLL_SECONDS)
     return final, False

@@ -51,10 +51,10 @@ def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str,
     with contextlib.nullcontext() if spec.concurrent else _ONE_AT_A_TIME:
         if launcher is not None and launcher.machine_rank > 0:  # multi-node: machine 0 builds, this one joins launches
             join = spec.runner(launcher) if spec.trains and launcher.strategy != "single" else None
-            path, built = follow(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, join,
-                                 launcher.follow_timeout_s)
-        else:
-            path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher))
+            path, _ = follow(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, join,
+                             launcher.follow_timeout_s)
+            return {"path": str(path), "built": False}
+        path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher))
     return {"path": str(path), "built": built}
 
 

@@ -69,8 +69,9 @@ def run_to_completion(cfg: DataConfig, executor) -> None:
         connect_ray(cfg)
     executor.run()
     if cfg.executor == "ray" and (incomplete := executor.get_incomplete_ranks(skip_completed=True)):
-        raise RuntimeError(f"data: {len(incomplete)} of {executor.world_size} ray tasks failed (ranks {incomplete[:10]}); "
-                           f"see {executor.logging_dir.path}/logs/task_*.log and the ray logs under /tmp/ray/session_latest")
+        raise RuntimeError(f"data: {len(incomplete)} of {executor.world_size} ray tasks failed (ranks "
+                           f"{incomplete[:10]}); see {executor.logging_dir.path}/logs/task_*.log and the ray "
+                           "logs under /tmp/ray/session_latest")
     if cfg.executor == "slurm":  # sbatch returned at submission: wait for every task's completion marker
         job_gone_polls = 0
         while incomplete := executor.get_incomplete_ranks(skip_completed=True):

@@ -64,7 +64,8 @@ def launch(cfg, inputs: dict[str, Path], ctx: StageContext, launcher: LauncherCo
     import torch
 
     stage = ctx.stage
-    work = write_request(cfg, inputs, dataclasses.replace(ctx, strategy=launcher.strategy), launch_dir(ctx, launcher)).parent
+    ctx = dataclasses.replace(ctx, strategy=launcher.strategy)
+    work = write_request(cfg, inputs, ctx, launch_dir(ctx, launcher)).parent
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(launcher, torch.cuda.is_available()),
            "-m", "components.train.worker", str(work / "request.json")]
     env = {**os.environ,
