@@ -138,6 +138,33 @@ def test_two_machine_ranks_train_like_one_process(tmp_path):
     assert not (root / "pretrain" / f".{key}.machine-1" / "metrics.json").exists()  # machine 0's metrics only
 
 
+def test_machines_with_different_keys_fail_at_once_instead_of_training_together(tmp_path):
+    """Machine 1 started with other overrides (so another key) joins the same rendezvous: the
+    launch's processes compare stage and key before any step, and both machines fail saying so."""
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.artifacts import build, follow
+    from components.train.config import LauncherConfig
+    from components.train.launch import launch
+    from tests.tiny import make_tokenizer_artifact
+
+    cfg, inputs, port = _pretrain_cfg(), {"tokenizer": make_tokenizer_artifact(tmp_path / "tok")}, _free_port()
+    machine = {rank: LauncherConfig(strategy="ddp", num_processes=1, num_machines=2, machine_rank=rank,
+                                    main_process_ip="127.0.0.1", main_process_port=port) for rank in (0, 1)}
+    root = tmp_path / "shared"
+    with ThreadPoolExecutor(2) as pool:
+        joined = pool.submit(follow, root, "pretrain", "b" * 16, cfg, inputs,
+                             functools.partial(launch, launcher=machine[1]), 60)
+        built = pool.submit(build, root, "pretrain", "a" * 16, cfg, inputs, functools.partial(launch, launcher=machine[0]))
+        for future in (built, joined):
+            with pytest.raises(RuntimeError, match="exited with code"):
+                future.result(timeout=300)
+    log = (root / "pretrain" / f".{'a' * 16}.partial" / "launch" / "launch.log").read_text()
+    assert "run different stages" in log and f"pretrain {'b' * 16}" in log
+    assert not (root / "pretrain" / ("a" * 16)).exists()  # nothing trained, no manifest
+
+
 def test_another_machine_waits_for_a_stage_it_does_not_run_and_says_so(tmp_path):
     from components.artifacts import follow
 
