@@ -156,7 +156,8 @@ def test_machines_with_different_keys_fail_at_once_instead_of_training_together(
     with ThreadPoolExecutor(2) as pool:
         joined = pool.submit(follow, root, "pretrain", "b" * 16, cfg, inputs,
                              functools.partial(launch, launcher=machine[1]), 60)
-        built = pool.submit(build, root, "pretrain", "a" * 16, cfg, inputs, functools.partial(launch, launcher=machine[0]))
+        built = pool.submit(build, root, "pretrain", "a" * 16, cfg, inputs,
+                            functools.partial(launch, launcher=machine[0]))
         for future in (built, joined):
             with pytest.raises(RuntimeError, match="exited with code"):
                 future.result(timeout=300)
