@@ -403,6 +403,42 @@ def build(
     return final, True
 
 
+FOLLOW_POLL_SECONDS = 2.0
+FOLLOW_REMIND_SECONDS = 300.0
+
+
+def follow(
+    root: Path,
+    stage: str,
+    key: str,
+    cfg: Any,
+    inputs: dict[str, Path],
+    join: Callable[[Any, dict[str, Path], StageContext], dict] | None,
+    timeout_s: float,
+) -> tuple[Path, bool]:
+    """build() as a machine of rank > 0 does it (multi-node): machine 0 builds, holding the key's
+    lock, and writes the manifest. Taking that lock here would deadlock the rendezvous of a launched
+    stage, so this machine only runs `join` (its share of the launch, into machine 0's temporary
+    dir) and then waits, at most timeout_s, for machine 0's manifest; `join` None (a stage that is
+    not launched: data, tokenizer, eval) only waits. Returns (artifact dir, False)."""
+    final = artifact_dir(root, stage, key)
+    if join is not None and not is_complete(final):
+        join(cfg, dict(inputs), StageContext(stage=stage, key=key, out_dir=final.parent / f".{key}.partial"))
+    started = time.monotonic()
+    reminded = started - FOLLOW_REMIND_SECONDS  # say at once whom we wait for
+    while not is_complete(final):
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise TimeoutError(f"{stage} {key}: machine rank 0 wrote no manifest in {final} within "
+                               f"launcher.follow_timeout_s={timeout_s:g} s; did its run fail or stop? (see its log)")
+        if time.monotonic() - reminded >= FOLLOW_REMIND_SECONDS:
+            log.info("%s: waiting for machine rank 0 to build %s (waited %.0f of %g s)", stage, final, waited,
+                     timeout_s)
+            reminded = time.monotonic()
+        time.sleep(FOLLOW_POLL_SECONDS)
+    return final, False
+
+
 def _write_atomically(path: Path, text: str) -> None:
     scratch = path.with_name(f".{path.name}.tmp")
     with open(scratch, "w") as handle:

@@ -31,7 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
-from components.artifacts import build, is_complete, read_manifest
+from components.artifacts import build, follow, is_complete, read_manifest
 from components.lifeline import ensure_watchdog
 from components.stages import STAGES
 from flows.compose import compose_pipeline_config
@@ -62,6 +62,11 @@ _ONE_AT_A_TIME = threading.Lock()  # held by a stage that is not `concurrent` wh
 def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str, launcher: Any = None) -> dict:
     spec = STAGES[stage]
     with contextlib.nullcontext() if spec.concurrent else _ONE_AT_A_TIME, training_progress(stage, key, cfg, root):
+        if launcher is not None and launcher.machine_rank > 0:  # multi-node: machine 0 builds, this one joins launches
+            join = spec.runner(launcher) if spec.trains and launcher.strategy != "single" else None
+            path, _ = follow(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, join,
+                             launcher.follow_timeout_s)
+            return {"path": str(path), "built": False}
         path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher))
     return {"path": str(path), "built": built}
 

@@ -98,10 +98,10 @@ class SlurmConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RayConfig:
-    """datatrove's RayPipelineExecutor (data.executor=ray); the cluster must already be running."""
+    """datatrove's RayPipelineExecutor (data.executor=ray): one Ray actor per datatrove job."""
     address: str | None = None  # ray.init(address): "auto" joins the running cluster, null starts a local one
     cpus_per_task: int = 1
-    mem_per_cpu_gb: float = 2.0
+    mem_per_cpu_gb: float = 2.0  # Ray memory reserved per CPU of a task: a task waits until the cluster has it
     tasks_per_job: int = 1  # datatrove tasks run by each Ray job
 
 

@@ -4,10 +4,13 @@ The passes run one after the other and each must finish before the next starts (
 next reads what the previous wrote). Local and Ray executors block until done; a Slurm
 executor submits a job array and returns, so we wait for its completion markers. No
 datatrove `depends=` chaining: the order is ours, as Prefect's is between stages.
+Ray's run() only warns when a task fails, and Slurm's job can end with tasks unfinished:
+both are checked against datatrove's completion markers, and an unfinished task raises.
 """
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 from components.data.config import DataConfig
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_executor(cfg: DataConfig, pipeline: list, name: str, tasks: int, workers: int, logging_dir: Path):
@@ -38,18 +42,36 @@ def make_executor(cfg: DataConfig, pipeline: list, name: str, tasks: int, worker
         r = cfg.ray
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=-1, cpus_per_task=r.cpus_per_task,
                                    mem_per_cpu_gb=r.mem_per_cpu_gb, tasks_per_job=r.tasks_per_job,
+                                   ray_remote_kwargs={"runtime_env": ray_runtime_env()},
                                    logging_dir=str(logging_dir), skip_completed=False)
     raise ValueError(f"config error: data.executor={cfg.executor!r}: choose one of local, ray, slurm")
+
+
+def ray_runtime_env() -> dict:
+    """Ray's workers unpickle our pipeline steps, so they import this project: its checkout on
+    their PYTHONPATH (on a multi-node cluster, the same path on every node, like the artifacts)."""
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def connect_ray(cfg: DataConfig) -> None:
+    """Join the cluster at data.ray.address ("auto": the one `ray start` runs here), or start a local
+    one for this process (address null); a cluster the caller connected to already is used as it is."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, include_dashboard=False, runtime_env=ray_runtime_env())
 
 
 def run_to_completion(cfg: DataConfig, executor) -> None:
     """Start the executor and return once all its tasks have finished."""
     if cfg.executor == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray.address)
+        connect_ray(cfg)
     executor.run()
+    if cfg.executor == "ray" and (incomplete := executor.get_incomplete_ranks(skip_completed=True)):
+        raise RuntimeError(f"data: {len(incomplete)} of {executor.world_size} ray tasks failed (ranks "
+                           f"{incomplete[:10]}); see {executor.logging_dir.path}/logs/task_*.log and the ray "
+                           "logs under /tmp/ray/session_latest")
     if cfg.executor == "slurm":  # sbatch returned at submission: wait for every task's completion marker
         job_gone_polls = 0
         while incomplete := executor.get_incomplete_ranks(skip_completed=True):

@@ -68,6 +68,9 @@ class LauncherConfig:
     main_process_ip: str = ""  # multi-node: address of machine 0
     main_process_port: int = 29500
     extra_args: list[str] = field(default_factory=list)  # passed to `accelerate launch` as they are
+    # machine ranks > 0: how long to wait for machine 0 to write a stage's manifest (it builds the
+    # stages that are not launched, and writes every manifest) before giving up with a message
+    follow_timeout_s: int = 86400
 
     def __post_init__(self) -> None:
         check_choice("launcher.strategy", self.strategy, ("single", "ddp", "fsdp"))
@@ -77,6 +80,7 @@ class LauncherConfig:
               f"must be in [0, launcher.num_machines={self.num_machines})")
         check(self.strategy != "single" or self.num_processes * self.num_machines == 1, "launcher.strategy",
               self.strategy, f"runs one process: choose ddp or fsdp for {self.num_processes * self.num_machines}")
+        check(self.follow_timeout_s > 0, "launcher.follow_timeout_s", self.follow_timeout_s, "must be > 0")
         check(self.num_machines == 1 or bool(self.main_process_ip), "launcher.main_process_ip",
               self.main_process_ip, "is needed with several machines")
 

@@ -4,6 +4,9 @@ The request (the stage's context, strategy, config, inputs) is written to
 <out_dir>/launch/request.json; every process runs components.train.worker on it, which
 rebuilds the context with its own rank; rank 0 writes metrics.json. The processes'
 output streams to our log and to launch/launch.log; a non-zero exit raises with its tail.
+On a machine rank > 0 (multi-node) the launch joins machine 0's: the processes write into
+the same (shared) out_dir, but this machine's request and log live in a sibling
+`.<key>.machine-<rank>/`, so nothing of machine 0's build is touched, and it returns no metrics.
 """
 from __future__ import annotations
 
@@ -37,9 +40,16 @@ def accelerate_args(launcher: LauncherConfig, on_gpu: bool) -> list[str]:
     return [*args, *launcher.extra_args]
 
 
-def write_request(cfg, inputs: dict[str, Path], ctx: StageContext) -> Path:
-    """<out_dir>/launch/request.json: all a worker needs (`python -m components.train.worker PATH`)."""
-    work = ctx.out_dir / "launch"
+def launch_dir(ctx: StageContext, launcher: LauncherConfig) -> Path:
+    """Machine 0: <out_dir>/launch (it owns the build); another machine: a sibling of its own."""
+    if launcher.machine_rank == 0:
+        return ctx.out_dir / "launch"
+    return ctx.out_dir.parent / f".{ctx.key}.machine-{launcher.machine_rank}"
+
+
+def write_request(cfg, inputs: dict[str, Path], ctx: StageContext, work: Path | None = None) -> Path:
+    """<work>/request.json (default <out_dir>/launch): all a worker needs (`python -m components.train.worker PATH`)."""
+    work = ctx.out_dir / "launch" if work is None else work
     work.mkdir(parents=True, exist_ok=True)
     (work / "metrics.json").unlink(missing_ok=True)
     request = {"context": ctx.to_dict(), "config": dataclasses.asdict(cfg),
@@ -49,11 +59,13 @@ def write_request(cfg, inputs: dict[str, Path], ctx: StageContext) -> Path:
 
 
 def launch(cfg, inputs: dict[str, Path], ctx: StageContext, launcher: LauncherConfig) -> dict:
-    """`run(cfg, inputs, ctx)` of ctx.stage in the launcher's processes; rank 0's metrics."""
+    """`run(cfg, inputs, ctx)` of ctx.stage in the launcher's processes; rank 0's metrics ({} on
+    a machine rank > 0: machine 0 has them)."""
     import torch
 
     stage = ctx.stage
-    work = write_request(cfg, inputs, dataclasses.replace(ctx, strategy=launcher.strategy)).parent
+    ctx = dataclasses.replace(ctx, strategy=launcher.strategy)
+    work = write_request(cfg, inputs, ctx, launch_dir(ctx, launcher)).parent
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(launcher, torch.cuda.is_available()),
            "-m", "components.train.worker", str(work / "request.json")]
     env = {**os.environ,
@@ -74,4 +86,6 @@ def launch(cfg, inputs: dict[str, Path], ctx: StageContext, launcher: LauncherCo
     if code != 0:
         raise RuntimeError(f"{stage}: `accelerate launch` exited with code {code} ({work / 'launch.log'}):\n"
                            + "\n".join(worker_errors or tail))
+    if launcher.machine_rank > 0:
+        return {}
     return json.loads((work / "metrics.json").read_text())

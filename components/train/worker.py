@@ -29,11 +29,30 @@ def process_context(request: dict) -> StageContext:
     return StageContext(**request["context"]).in_process(state.process_index, state.num_processes)
 
 
+def check_same_stage(ctx: StageContext) -> None:
+    """Every process of the launch runs the same stage and key: machines whose configs or code
+    differ (so do their keys) would otherwise train different stages in one process group."""
+    import torch.distributed as dist
+
+    if ctx.world_size == 1 or not dist.is_initialized():
+        return
+    seen: list = [None] * ctx.world_size
+    dist.all_gather_object(seen, f"{ctx.stage} {ctx.key}")
+    if len(set(seen)) > 1:
+        raise RuntimeError(f"the launch's processes run different stages (by rank: {seen}); every machine "
+                           "must run the same config and code (multi-node: the same overrides and checkout)")
+
+
 def main(request_path: str) -> None:
     request = json.loads(Path(request_path).read_text())
     ctx = process_context(request)
+    check_same_stage(ctx)
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, stream=sys.stdout,
                         format=f"[rank {ctx.rank}] %(asctime)s %(name)s %(levelname)s %(message)s")
+    # every rank says it took part (the others log only warnings): a multi-node launch's log on each
+    # machine shows its own ranks, and a launch that silently ran fewer processes is visible
+    sys.stdout.write(f"[rank {ctx.rank}] {ctx.stage} {ctx.key}: process {ctx.rank} of {ctx.world_size}\n")
+    sys.stdout.flush()
     stage = STAGES[ctx.stage]
     cfg = config_from_dict(stage.config_type(), request["config"])
     inputs = {k: Path(v) for k, v in request["inputs"].items()}
