@@ -38,8 +38,8 @@ from flows.explain import config_changes, shown
 from flows.plan import artifacts_root, make_plan
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-LEFTOVER = re.compile(r"^\.(?P<key>[^.]+)\.(?P<state>partial|failed|damaged|removing)(-.*)?$")
-EVIDENCE = ("partial", "failed", "damaged")
+LEFTOVER = re.compile(r"^\.(?P<key>[^.]+)\.(?P<state>partial|failed|damaged|removing|machine)(-.*)?$")
+EVIDENCE = ("partial", "failed", "damaged", "machine")  # machine-<rank>: a joining machine's launch log
 MAX_CONFIG_KEYS = 3  # config keys shown per artifact by `ls` (all of them with --json)
 
 
@@ -49,7 +49,7 @@ class Entry:
 
     stage: str
     key: str
-    state: str  # complete | incomplete (no manifest) | partial | failed | damaged | removing (an interrupted gc)
+    state: str  # complete | incomplete (no manifest) | partial | failed | damaged | removing (an interrupted gc) | machine
     path: Path
 
     @property
