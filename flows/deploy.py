@@ -94,9 +94,25 @@ def flow_run_env() -> dict[str, str]:
     return {**_QUIET_PREFECT, "PYTHONPATH": str(REPO)}
 
 
+def check_overrides(specs: list[DeploymentSpec]) -> None:
+    """Each deployment's overrides compose into a valid config: a bad key or value fails here, before
+    anything is registered, not in every scheduled run."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from flows.compose import compose_pipeline_config
+
+    for spec in specs:
+        try:
+            compose_pipeline_config(spec.overrides)
+        except (ValueError, OmegaConfBaseException) as err:
+            raise ValueError(f"deployment {spec.name!r}: overrides {spec.overrides}: {err}") from None
+
+
 def register_deployments(specs: list[DeploymentSpec], pool: str = POOL) -> list[str]:
     """Create or update each deployment of the flow `llm-pipeline` in `pool`; returns their ids."""
     from flows.dag import pipeline_flow
+
+    check_overrides(specs)
 
     source = pipeline_flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)  # a local dir: the worker runs it in place
     ids = []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -87,17 +88,24 @@ def job_overrides() -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> list[dict]:
+    # In a multirun a failed job raises: Hydra records it and runs the others, the summary lists it
+    # (flows/sweep.py), and the sweep exits non-zero at its end. A single run exits 2 (config) or 1 (a stage).
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         pipeline_cfg = to_pipeline_config(cfg)
         plan = make_plan(pipeline_cfg)  # keys read the data sources' files: a missing one fails here, in one line
     except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         log.error("%s", err)
+        if multirun:
+            raise
         sys.exit(2)
     engine_errors_in_one_line()
     try:
         return run_pipeline(pipeline_cfg, plan, overrides=job_overrides())  # a multirun's job value: the sweep summary reads it
     except Exception as err:  # a stage raised: the reason, the traceback once, the reason again
         sys.stderr.write(failure_report(err))
+        if multirun:
+            raise
         sys.exit(1)
 
 

@@ -70,6 +70,10 @@ class SweepSummary(Callback):
             "rows": rows,
         }
         _write_atomic(Path(config.hydra.runtime.output_dir) / JOB_RECORD, json.dumps(record, indent=1, default=str))
+        try:  # the summary so far: a failed job makes Hydra end the sweep without on_multirun_end
+            write_summary(read_jobs(Path(str(config.hydra.sweep.dir))), Path(str(config.hydra.sweep.dir)))
+        except Exception as err:  # a display: never fail the job for it
+            log.warning("sweep summary not updated after job %s: %s", record["num"], err)
         if not failed and "optuna" in str(config.hydra.sweeper.get("_target_", "")):
             job_return.return_value = objective(record)  # the optuna sweeper optimises float(return value)
 
@@ -126,7 +130,7 @@ def stop_shared_server() -> None:
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # jobs in parallel processes write the summary too
     tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     os.replace(tmp, path)
 
@@ -234,7 +238,7 @@ def plot_headline(jobs: list[dict], path: Path) -> bool:
         axis.set_ylabel(points[0][1][0])
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     figure.savefig(tmp, dpi=100)
     plt.close(figure)
     os.replace(tmp, path)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from flows.compose import compose_pipeline_config
-from flows.deploy import DeploymentSpec, read_deployment, read_deployments
+from flows.deploy import DeploymentSpec, check_overrides, read_deployment, read_deployments
 from flows.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,14 @@ def test_the_repo_deployment_files_read_and_a_bad_one_names_file_and_field(tmp_p
         read_deployment(bad)
     bad.write_text("name: ok\n")
     assert read_deployment(bad) == DeploymentSpec(name="ok")
+
+
+def test_a_deployment_with_a_bad_override_fails_before_anything_is_registered():
+    check_overrides(read_deployments())  # the repo's own deployments compose
+    with pytest.raises(ValueError, match=r"deployment 'typo': .*sft\.lrr"):
+        check_overrides([DeploymentSpec(name="typo", overrides=["experiment=smoke", "sft.lrr=1"])])
+    with pytest.raises(ValueError, match=r"deployment 'bad-value': .*data\.validation_fraction"):
+        check_overrides([DeploymentSpec(name="bad-value", overrides=["data.validation_fraction=0.7"])])
 
 
 def test_the_flow_composes_the_same_config_and_keys_as_the_cli(tmp_path):

@@ -145,3 +145,25 @@ def test_summary_rows_and_swept_keys_from_job_records(tmp_path):
     assert lines[4].startswith("| 0 | experiment=smoke align.beta=0.1 | completed | built |")
     assert lines[5].startswith("| 1 | experiment=smoke align.beta=0.5 | failed | - |")
     assert "- job 1 failed: RuntimeError('align diverged')" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_failed_job_lets_the_others_run_and_the_summary_lists_it(tmp_path):
+    """One job's value is impossible: Hydra records that job as failed and runs the next, the summary has a row
+    for each (the failure naming the key), and the sweep exits non-zero at its end."""
+    command = [sys.executable, "-m", "flows.pipeline", "-m", "experiment=smoke", "run.until=data",
+               "data.validation_fraction=0.7,0.2", f"run.artifacts_dir={tmp_path / 'artifacts'}",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path, None), capture_output=True, text=True,
+                            timeout=400)
+    assert result.returncode != 0
+    jobs = read_jobs(tmp_path / "sweep")
+    assert [job["status"] for job in jobs] == ["failed", "completed"], result.stderr[-3000:]
+    assert "data.validation_fraction" in jobs[0]["error"]
+    assert [row["status"] for row in jobs[1]["rows"]] == ["built"]
+    summary = (tmp_path / "sweep" / SUMMARY).read_text()
+    rows = {line.split(" | ")[0]: line for line in summary.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")}
+    assert "data.validation_fraction=0.7" in rows["| 0"] and " | failed | - |" in rows["| 0"]
+    assert "data.validation_fraction=0.2" in rows["| 1"] and " | completed | built |" in rows["| 1"]
+    assert "- job 0 failed: " in summary and "must be in (0, 0.5)" in summary
