@@ -151,7 +151,8 @@ def resolved_input(cfg: Any, name: str, key: str) -> tuple[Path, ...]:
     cache = cfg.__dict__.setdefault("_resolved_inputs", {})
     if name not in cache:
         value = getattr(cfg, name)
-        cache[name] = tuple(expand_paths([value] if isinstance(value, str) else list(value), key)) if value else ()
+        entries = [value] if isinstance(value, str) else [v.get("path", "") if isinstance(v, Mapping) else v for v in value]
+        cache[name] = tuple(expand_paths(entries, key)) if value else ()  # a mapping entry {path, ...}: its path
     return cache[name]
 
 

@@ -341,8 +341,8 @@ def test_source_config_combinations_are_checked(tmp_path):
         AlignConfig(sources=[src], format="csv")
     with pytest.raises(FileNotFoundError, match=r"align\.sources: no file matches"):
         AlignConfig(sources=[str(tmp_path / "missing*.jsonl")])
-    (tmp_path / "p.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"align\.sources='.*p\.csv'"):
+    (tmp_path / "p.txt").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"align\.sources='.*p\.txt'"):
         AlignConfig(sources=[str(tmp_path / "p.*")])
     assert AlignConfig(sources=[src], format="prompt_chosen_rejected").rejected_from == "dataset"
     assert AlignConfig().rejected_from == "generated"

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from components.chat.formats import PREFERENCE_FORMATS
-from components.config import check, check_choice, input_files, log_only, resolved_input
+from components.chat.sources import ChatSource, parse_sources
+from components.config import check, check_choice, input_files, log_only
 from components.train.config import TrainConfig
-
-SOURCE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,12 +21,16 @@ class AlignConfig(TrainConfig):
     max_steps: int = 400
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
-    # preference files (.json list, .jsonl, .jsonl.gz; paths or globs; their content is in the cache key);
-    # empty: pairs generated from the tasks (components/tasks)
-    sources: list[str] = input_files()
+    # preference files (.json list, .jsonl(.gz), .parquet, .csv; paths or globs; their content is in the cache
+    # key) or mappings {path, format, name, weight, cap, prompt_key, chosen_key, rejected_key, system_key,
+    # messages_key} (components/chat/sources.py); empty: pairs generated from the tasks (components/tasks)
+    sources: list[Any] = input_files()
     format: str = "auto"  # the sources' format, or auto: detected per record (components/chat/formats.py)
     strict: bool = False  # true: the first malformed record fails the run; false: quarantined and counted
-    num_pairs: int = 1500  # training pairs: generated, or at most this many from the sources
+    num_pairs: int = 1500  # training pairs: generated, or at most this many from the sources (seeded draw)
+    # prompt tokens kept per pair (TRL's max_prompt_length): a longer prompt loses its oldest tokens
+    # (the template's first token kept); null: no cap (a pair over the context is left out)
+    max_prompt_length: int | None = None
     num_val_pairs: int = 200  # held-out pairs: generated, or taken from the sources by a hash of the prompt
     # auto: generated for generated pairs, dataset with sources | generated: each task's plausible wrong
     # answer | on_policy: where the sft model's own greedy answer is wrong, that answer (its actual
@@ -47,9 +52,9 @@ class AlignConfig(TrainConfig):
         check_choice("align.loss", self.loss, ("sigmoid", "ipo", "hinge"))
         check(self.rpo_alpha >= 0, "align.rpo_alpha", self.rpo_alpha, "must be >= 0")
         check_choice("align.format", self.format, ("auto", *PREFERENCE_FORMATS))
-        for path in resolved_input(self, "sources", "align.sources"):  # a pattern matching nothing fails here
-            check(str(path).endswith(SOURCE_SUFFIXES), "align.sources", str(path),
-                  f"preference files are {' / '.join(SOURCE_SUFFIXES)}")
+        self.chat_sources  # parsed and checked now (a pattern matching nothing, a bad key): named before planning
+        check(self.max_prompt_length is None or self.max_prompt_length > 1, "align.max_prompt_length",
+              self.max_prompt_length, "must be > 1, or null: no cap")
         check_choice("align.rejected", self.rejected, ("auto", "generated", "on_policy", "dataset"))
         # on_policy needs checkable answers (a model answer differing from a task's is wrong); a
         # dataset's open-ended answers have none, and its judged rejected answers are the signal
@@ -63,6 +68,10 @@ class AlignConfig(TrainConfig):
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")
         check(self.num_val_pairs > 0, "align.num_val_pairs", self.num_val_pairs, "must be > 0")
         check(self.pack_tokens >= 0, "align.pack_tokens", self.pack_tokens, "must be >= 0 (0: one pair per row)")
+
+    @functools.cached_property
+    def chat_sources(self) -> tuple[ChatSource, ...]:
+        return tuple(parse_sources(self.sources, "align", self.format))
 
     @property
     def rejected_from(self) -> str:

@@ -17,14 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
 from components.chat.batches import epoch_indices
-from components.chat.formats import preference_record, read
+from components.chat.sources import read_source, select, top_reasons
 from components.chat.generate import generate
 from components.chat.template import encode_chat
-from components.config import resolved_input
 from components.context import StageContext
 from components.tasks import preference_pairs
 from components.train.device import model_device, to_device
-from components.train.losses import dpo_loss
+from components.train.losses import IGNORE, dpo_loss
 from components.train.loop import make_accelerator, train
 
 log = logging.getLogger(__name__)
@@ -85,29 +84,42 @@ def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> 
     return out, replaced
 
 
-def read_sources(cfg: AlignConfig) -> tuple[list[dict], list[dict]]:
-    """(pairs, each with its "where", quarantined {"where", "reason"}) from every align.sources file."""
-    def convert(rec: dict, where: str) -> dict:
-        return {**preference_record(rec, where, cfg.format), "where": where}
-
-    pairs, quarantined = [], []
-    for path in resolved_input(cfg, "sources", "align.sources"):  # the files the key hashed
-        kept, bad = read(path, convert, cfg.strict)
-        pairs += kept
+def read_sources(cfg: AlignConfig) -> tuple[list[dict], list[dict], dict]:
+    """(pairs, each with its "where" and "source", quarantined rows, per-source counts) from align.sources."""
+    pairs, quarantined, per_source = [], [], {}
+    for source in cfg.chat_sources:
+        kept, bad, counts = read_source(source, "align", cfg.strict)
+        pairs += [{**pair, "where": where, "source": source.name} for pair, where in kept]
         quarantined += bad
-        log.info("align: %s: %d pairs, %d quarantined", path, len(kept), len(bad))
-    return pairs, quarantined
+        counts.pop("files")
+        per_source[source.name] = counts
+        log.info("align: %s: %d pairs, %d quarantined", source.name, len(kept), len(bad))
+    return pairs, quarantined, per_source
 
 
-def encode_fitting(tokenizer, pairs: list[dict], max_len: int) -> tuple[list[dict], list, list[dict]]:
+def cap_prompt(enc: Encoded, max_prompt: int | None) -> Encoded:
+    """The sequence with its prompt (the unlabelled tokens before the answer) cut to max_prompt tokens,
+    the oldest removed and the first (the template's BOS) kept: TRL's max_prompt_length, keep_end."""
+    ids, labels = enc
+    prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
+    cut = prompt - max_prompt if max_prompt else 0
+    if cut <= 0:
+        return enc
+    return ids[:1] + ids[1 + cut:], labels[:1] + labels[1 + cut:]
+
+
+def encode_fitting(tokenizer, pairs: list[dict], max_len: int,
+                   max_prompt: int | None = None) -> tuple[list[dict], list, list[dict]]:
     """(pairs that fit the model's context, their encodings, the others as quarantine rows)."""
     kept, encoded, too_long = [], [], []
     for i, pair in enumerate(pairs):
-        enc = encode_pair(tokenizer, pair)
+        enc = tuple(cap_prompt(seq, max_prompt) for seq in encode_pair(tokenizer, pair))
         longest = max(len(ids) for ids, _ in enc)
         if longest > max_len:
-            too_long.append({"where": pair.get("where", f"generated pair {i}"),
-                             "reason": f"too long: {longest} tokens > the model's context of {max_len}"})
+            too_long.append({"where": pair.get("where", f"generated pair {i}"), "rule": "too_long",
+                             "source": pair.get("source"),
+                             "reason": f"too long: {longest} tokens > the model's context of {max_len}"
+                                       + ("" if max_prompt else " (align.max_prompt_length can cut the prompt)")})
         else:
             kept.append(pair)
             encoded.append(enc)
@@ -144,19 +156,32 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
     max_len = model.config.max_position_embeddings
     counts = {"rejected_from": cfg.rejected_from}
     if cfg.sources:
-        pairs, quarantined = read_sources(cfg)
-        pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len)
+        pairs, quarantined, per_source = read_sources(cfg)
+        pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len, cfg.max_prompt_length)
         train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs)
-        train_enc, val_enc = [encoded[i] for i in train_idx[: cfg.num_pairs]], [encoded[i] for i in val_idx]
+        names = [s.name for s in cfg.chat_sources]
+        pools = [[i for i in train_idx if pairs[i]["source"] == name] for name in names]
+        chosen = select(pools, list(cfg.chat_sources), cfg.num_pairs, cfg.seed)  # not the first N in file order
+        train_enc, val_enc = [encoded[i] for i in chosen], [encoded[i] for i in val_idx]
+        for name in names:
+            per_source[name].update(too_long=sum(q["source"] == name for q in too_long),
+                                    heldout=sum(pairs[i]["source"] == name for i in val_idx),
+                                    used=sum(pairs[i]["source"] == name for i in chosen))
         counts.update(source_pairs=len(pairs) + len(too_long), quarantined_pairs=len(quarantined),
-                      unused_pairs=max(0, len(train_idx) - cfg.num_pairs))
+                      unused_pairs=len(train_idx) - len(chosen), sources=per_source)
+        n_considered = len(pairs) + len(too_long)
+        if n_considered and len(too_long) / n_considered > 0.2:
+            log.warning("align: %d of %d pairs (%.0f%%) left out as longer than %d tokens: set align.max_prompt_length "
+                        "or use a model with a longer context", len(too_long), n_considered,
+                        100 * len(too_long) / n_considered, max_len)
     else:
         quarantined, counts["on_policy_rejected"] = [], 0
         train_raw = preference_pairs("train", cfg.num_pairs, cfg.seed)
         if cfg.rejected_from == "on_policy":
             train_raw, counts["on_policy_rejected"] = with_own_mistakes(model, tokenizer, train_raw, cfg)
-        _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len)
-        _, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed), max_len)
+        _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len, cfg.max_prompt_length)
+        _, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed),
+                                                  max_len, cfg.max_prompt_length)
         too_long += val_too_long
     if too_long:
         log.warning("align: %d pairs longer than the model's context (%d tokens) left out: see quarantine.jsonl",
@@ -166,7 +191,8 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
                     quarantined[0]["reason"])
     if not train_enc or not val_enc:
         raise ValueError(f"align: no usable {'training' if not train_enc else 'held-out'} pair "
-                         f"({len(quarantined)} quarantined, {len(too_long)} too long)")
+                         f"({len(quarantined)} quarantined, {len(too_long)} too long): "
+                         f"{top_reasons(quarantined + too_long)}")
     counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
     return train_enc, val_enc, quarantined + too_long, counts
 

@@ -17,7 +17,34 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 class FormatError(ValueError):
-    pass
+    """A bad record or file; `rule` names the kind (the manifest counts quarantined records by it)."""
+
+    def __init__(self, message: str, rule: str = "format"):
+        super().__init__(message)
+        self.rule = rule
+
+
+def check_roles(messages: list[dict], where: str, ends_with: str) -> None:
+    """The role orders a chat template renders as one conversation, or FormatError naming the rule.
+
+    An optional system turn first, then user and assistant strictly alternating from a user turn, no
+    empty turn, the last turn `ends_with` (assistant: an SFT example; user: a preference prompt).
+    Two user turns in a row are refused rather than merged: merging rewrites the data silently.
+    """
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in body):
+        raise FormatError(f"{where}: a system turn is allowed only first", "role_order")
+    for i, m in enumerate(body):
+        expected = ("user", "assistant")[i % 2]
+        if m["role"] != expected:
+            raise FormatError(f"{where}: turn {i + len(messages) - len(body)} is {m['role']}, expected {expected} "
+                              f"(roles: {[t['role'] for t in messages]}): turns must alternate from a user turn",
+                              "role_order")
+        if not m["content"].strip():
+            raise FormatError(f"{where}: turn {i + len(messages) - len(body)} ({m['role']}) is empty", "empty_turn")
+    if not body or body[-1]["role"] != ends_with:
+        raise FormatError(f"{where}: the conversation must end with a {ends_with} turn "
+                          f"(roles: {[t['role'] for t in messages]})", "role_order")
 
 
 def _text(rec: dict, key: str, where: str, optional: bool = False) -> str:
@@ -43,6 +70,18 @@ def _turns(items: list, where: str, field: str) -> list[dict]:
     return out
 
 
+def _with_system(rec: dict, messages: list[dict], where: str, system_key: str = "system") -> list[dict]:
+    """A record-level system prompt (ShareGPT, LLaMA-Factory, alpaca `system`) as the first turn."""
+    system = rec.get(system_key)
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return messages
+    if not isinstance(system, str):
+        raise FormatError(f"{where}: field {system_key!r} must be a string, got {system!r:.60}")
+    if messages and messages[0]["role"] == "system":
+        raise FormatError(f"{where}: a system field and a system turn: give one", "role_order")
+    return [{"role": "system", "content": system}, *messages]
+
+
 def _user_turn(instruction: str, extra: str) -> str:
     return f"{instruction}\n\n{extra}" if extra.strip() else instruction
 
@@ -61,9 +100,7 @@ def _from_alpaca(rec: dict, where: str) -> list[dict]:
     messages = _history(rec, where) + [
         {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "input", where, True))},
         {"role": "assistant", "content": _text(rec, "output", where)}]
-    if isinstance(rec.get("system"), str) and rec["system"].strip():
-        messages.insert(0, {"role": "system", "content": rec["system"]})
-    return messages
+    return _with_system(rec, messages, where)
 
 
 def _from_prompt_response(rec: dict, where: str) -> list[dict]:
@@ -75,12 +112,16 @@ def _from_prompt_response(rec: dict, where: str) -> list[dict]:
 # name -> (fields that identify it, builder); "auto" tries them in this order
 SFT_FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], list[dict]]]] = {
     "messages": (("messages",), lambda rec, where: _turns(rec["messages"], where, "messages")),  # OpenAI / HF chat
-    "sharegpt": (("conversations",), lambda rec, where: _turns(rec["conversations"], where, "conversations")),
+    "sharegpt": (("conversations",), lambda rec, where: _with_system(
+        rec, _turns(rec["conversations"], where, "conversations"), where)),
     "alpaca": (("instruction", "output"), _from_alpaca),  # alpaca, LIMA-style with history
     "dolly": (("instruction", "response"), lambda rec, where: [
         {"role": "user", "content": _user_turn(_text(rec, "instruction", where), _text(rec, "context", where, True))},
         {"role": "assistant", "content": _text(rec, "response", where)}]),
     "prompt_response": (("prompt", "response|completion"), _from_prompt_response),
+    "question_answer": (("question", "answer"), lambda rec, where: [  # GSM8K, many QA sets
+        {"role": "user", "content": _text(rec, "question", where)},
+        {"role": "assistant", "content": _text(rec, "answer", where)}]),
 }
 
 
@@ -102,8 +143,25 @@ def sft_record(rec: dict, where: str, fmt: str = "auto") -> dict:
         raise FormatError(f"{where}: format {fmt} needs field(s) {', '.join(fields)}; the record has {sorted(rec)}")
     messages = build(rec, where)
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise FormatError(f"{where}: no non-empty assistant turn: nothing to train on")
+        raise FormatError(f"{where}: no non-empty assistant turn: nothing to train on", "empty_turn")
+    check_roles(messages, where, "assistant")
     return {"messages": messages}
+
+
+def self_instruct_examples(rec: dict, where: str) -> list[tuple[dict, str]] | None:
+    """A Self-Instruct task {"instruction", "instances": [{"input", "output"}, ...]} -> one alpaca
+    record per instance (with its own "where"); None for any other record."""
+    if not (isinstance(rec.get("instances"), list) and "instruction" in rec and "output" not in rec):
+        return None
+    if not rec["instances"]:
+        raise FormatError(f"{where}: field 'instances' is empty")
+    out = []
+    for i, inst in enumerate(rec["instances"]):
+        if not isinstance(inst, dict):
+            raise FormatError(f"{where}: instances[{i}] must be an object with input/output, got {inst!r:.60}")
+        out.append(({"instruction": rec["instruction"], "input": inst.get("input", ""),
+                     "output": inst.get("output")}, f"{where}.instances[{i}]"))
+    return out
 
 
 def _hh_turns(transcript: str, where: str, field: str) -> list[dict]:
@@ -123,10 +181,13 @@ def _answer(value, where: str, field: str) -> str:
     """A response given as a string, a {"from"/"role", ...} turn, or messages ending with the answer."""
     if isinstance(value, str) and value.strip():
         return value
-    if isinstance(value, dict):
-        return _turns([value], where, field)[0]["content"]
-    if isinstance(value, list) and value:
-        return _turns(value, where, field)[-1]["content"]
+    turns = _turns([value], where, field) if isinstance(value, dict) else (
+        _turns(value, where, field) if isinstance(value, list) and value else None)
+    if turns is not None:
+        if turns[-1]["role"] != "assistant":  # e.g. a "chosen" given as the user's turn
+            raise FormatError(f"{where}: field {field!r} is a {turns[-1]['role']} turn, not an assistant answer",
+                              "role_order")
+        return turns[-1]["content"]
     raise FormatError(f"{where}: field {field!r} must be a non-empty string, a turn or a message list, got {value!r:.60}")
 
 
@@ -138,7 +199,7 @@ def _from_stack_exchange(rec: dict, where: str) -> tuple[list[dict], str, str]:
 
 def _from_llamafactory(rec: dict, where: str) -> tuple[list[dict], str, str]:
     """LLaMA-Factory: a ShareGPT prompt, then chosen/rejected turns."""
-    prompt = _turns(rec["conversations"], where, "conversations")
+    prompt = _with_system(rec, _turns(rec["conversations"], where, "conversations"), where)
     return prompt, _answer(rec.get("chosen"), where, "chosen"), _answer(rec.get("rejected"), where, "rejected")
 
 
@@ -200,30 +261,79 @@ def preference_record(rec: dict, where: str, fmt: str = "auto") -> dict:
         raise FormatError(f"{where}: not a {fmt} record (fields: {sorted(rec)})")
     prompt, chosen, rejected = reader(rec, where)
     if not prompt or prompt[-1]["role"] != "user":
-        raise FormatError(f"{where}: the prompt must end with a user turn")
+        raise FormatError(f"{where}: the prompt must end with a user turn", "role_order")
+    check_roles(prompt, where, "user")
     for field, answer in (("chosen", chosen), ("rejected", rejected)):
         if not answer.strip():
-            raise FormatError(f"{where}: the {field} answer is empty")
+            raise FormatError(f"{where}: the {field} answer is empty", "empty_turn")
+    if chosen.strip() == rejected.strip():  # no preference to learn; DPO's loss would be constant
+        raise FormatError(f"{where}: chosen and rejected are the same answer", "same_answers")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def records(path: Path) -> Iterator[tuple[dict, str]]:
-    """(record, "file:line" or "file[index]") from a .json list or a .jsonl / .jsonl.gz file."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise FormatError(f"{path}: a .json file must hold a list of records")
-            yield from ((rec, f"{path}[{i}]") for i, rec in enumerate(data))
-            return
-        for n, line in enumerate(f, 1):
+def _table_rows(path: Path) -> Iterator[tuple[dict, str]]:
+    """Rows of a .parquet or .csv file as records, "file:row N" (1-based, after a csv header)."""
+    if path.name.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq  # pyarrow: a dependency of datasets and datatrove
+        for i, rec in enumerate(pq.read_table(path).to_pylist()):
+            yield rec, f"{path}:row {i + 1}"
+        return
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, rec in enumerate(csv.DictReader(f)):
+            yield rec, f"{path}:row {i + 1}"
+
+
+def _json_lines(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
+    """Lines decoded one by one, so one bad line (invalid UTF-8 or JSON) is quarantined, not the file."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield FormatError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})", "unreadable"), where
+                continue
             if line.strip():
                 try:
-                    yield json.loads(line), f"{path}:{n}"
+                    yield json.loads(line), where
                 except json.JSONDecodeError as e:
-                    yield FormatError(f"{path}:{n}: invalid JSON ({e.msg})"), f"{path}:{n}"
+                    yield FormatError(f"{where}: invalid JSON ({e.msg})", "invalid_json"), where
+
+
+def _records_of(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".csv")):
+        yield from _table_rows(path)
+    elif name.endswith((".json", ".json.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise FormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}): the file is not one JSON list "
+                                  "(a .jsonl file holds one record per line)", "invalid_json") from e
+        if not isinstance(data, list):
+            raise FormatError(f"{path}: a .json file must hold a list of records")
+        yield from ((rec, f"{path}[{i}]") for i, rec in enumerate(data))
+    else:
+        yield from _json_lines(path)
+
+
+def records(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
+    """(record, "file:line", "file[index]" or "file:row N") from a .json list, .jsonl(.gz), .parquet or .csv.
+
+    A file that cannot be read to its end (invalid UTF-8 in a .json list, a truncated .gz, a
+    corrupt parquet) yields one FormatError naming the file, after the records read before it.
+    """
+    path = Path(path)
+    try:
+        yield from _records_of(path)
+    except FormatError as e:
+        yield e, str(path)
+    except (UnicodeDecodeError, EOFError, OSError, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        yield FormatError(f"{path}: unreadable ({type(e).__name__}: {e})"[:300], "unreadable"), str(path)
 
 
 def read_located(path: Path, convert: Callable[[dict, str], dict],

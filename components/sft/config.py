@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 from components.chat.formats import SFT_FORMATS
+from components.chat.sources import ChatSource, parse_sources
 from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
 ADAPTERS = ("none", "lora")
+TRUNCATION_MODES = ("drop", "keep_start", "keep_end")
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -17,9 +21,13 @@ class SFTConfig(TrainConfig):
     max_steps: int = 1000
     warmup_steps: int = 50
     batch_size: int = 32
-    num_examples: int = 20000  # generated training examples (components/tasks), when sources is empty
+    num_examples: int = 20000  # training examples: generated, or at most this many from the sources (seeded draw)
     num_val_examples: int = 200  # generated held-out examples for validation loss
-    sources: list[str] = input_files()  # .jsonl/.jsonl.gz/.json paths or globs; [] = the generated tasks
+    # paths / globs (.json list, .jsonl(.gz), .parquet, .csv) or mappings {path, format, name, weight, cap,
+    # prompt_key, response_key, system_key, messages_key} (components/chat/sources.py); [] = the generated tasks
+    sources: list[Any] = input_files()
+    max_length: int | None = None  # tokens per example (null: the model's context, which also bounds it)
+    truncation_mode: str = "drop"  # an example over max_length: drop (quarantined) | keep_start | keep_end
     format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
     packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
@@ -34,9 +42,17 @@ class SFTConfig(TrainConfig):
         check(self.num_examples > 0, "sft.num_examples", self.num_examples, "must be > 0")
         check(self.num_val_examples > 0, "sft.num_val_examples", self.num_val_examples, "must be > 0")
         check_choice("sft.format", self.format, ("auto", *SFT_FORMATS))
+        self.chat_sources  # parsed and checked now: a bad entry fails naming its key, before any planning
+        check(self.max_length is None or self.max_length > 1, "sft.max_length", self.max_length,
+              "must be > 1, or null: the model's context")
+        check_choice("sft.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
         check_choice("sft.adapter", self.adapter, ADAPTERS)
         check(self.lora_rank > 0, "sft.lora_rank", self.lora_rank, "must be > 0")
         check(self.lora_alpha > 0, "sft.lora_alpha", self.lora_alpha, "must be > 0")
         check(0 <= self.lora_dropout < 1, "sft.lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(self.adapter != "lora" or len(self.lora_targets) > 0, "sft.lora_targets", self.lora_targets,
               "name at least one module (e.g. q_proj, v_proj) for sft.adapter=lora")
+
+    @functools.cached_property
+    def chat_sources(self) -> tuple[ChatSource, ...]:
+        return tuple(parse_sources(self.sources, "sft", self.format))

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.config import resolved_input
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
-from components.chat.formats import read_located, sft_record
+from components.chat.sources import read_source, select, top_reasons
 from components.chat.template import encode_chat
 from components.context import StageContext
 from components.sft.config import SFTConfig
@@ -31,25 +30,43 @@ log = logging.getLogger(__name__)
 Row = tuple[list[int], list[int]]
 
 
-def load_examples(cfg: SFTConfig) -> tuple[list[tuple[dict, str]], list[dict], dict]:
-    """([(example, where)], quarantined, records read per file): the sources, or the generated tasks."""
+def load_examples(cfg: SFTConfig) -> tuple[list[tuple[dict, str]], list[dict], dict, dict]:
+    """([(example, where)], quarantined, records read per file, per-source counts): the sources, or the
+    generated tasks. From the sources, at most num_examples by a seeded draw across them (weight, cap)."""
     if not cfg.sources:
         generated = sft_examples("train", cfg.num_examples, cfg.seed)
-        return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}
-    examples, quarantined, per_file = [], [], {}
-    for path in resolved_input(cfg, "sources", "sft.sources"):  # the files the key hashed
-        kept, bad = read_located(path, lambda rec, where: sft_record(rec, where, cfg.format), cfg.strict)
-        examples += kept
+        return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}, {}
+    items, pools, quarantined, per_file, per_source = [], [], [], {}, {}
+    for source in cfg.chat_sources:
+        kept, bad, counts = read_source(source, "sft", cfg.strict)
+        pools.append(list(range(len(items), len(items) + len(kept))))
+        items += [(ex, where, source.name) for ex, where in kept]
         quarantined += [{**q, "stage": "read"} for q in bad]
-        per_file[str(path)] = len(kept) + len(bad)
-    return examples, quarantined, per_file
+        per_file.update(counts.pop("files"))
+        per_source[source.name] = counts
+    chosen = select(pools, list(cfg.chat_sources), cfg.num_examples, cfg.seed)
+    return [items[i] for i in chosen], quarantined, per_file, per_source
 
 
-def encode_examples(tokenizer, examples: list[tuple[dict, str]], max_len: int) -> tuple[list[Row], list[dict]]:
-    """(rows, quarantined): examples longer than the context are quarantined with their length;
+def fit_length(ids: list[int], labels: list[int], max_len: int, mode: str) -> Row | None:
+    """The example cut to max_len tokens by `mode` (keep_start | keep_end: the first token, the
+    template's BOS, stays), or None when it must be left out: mode drop, or no trained token left."""
+    if len(ids) <= max_len:
+        return ids, labels
+    if mode == "keep_start":
+        ids, labels = ids[:max_len], labels[:max_len]
+    elif mode == "keep_end":
+        ids, labels = ids[:1] + ids[len(ids) - max_len + 1:], labels[:1] + labels[len(labels) - max_len + 1:]
+    else:
+        return None
+    return (ids, labels) if any(label != IGNORE for label in labels[1:]) else None
+
+
+def encode_examples(tokenizer, examples: list[tuple], max_len: int, mode: str = "drop") -> tuple[list[Row], list[dict]]:
+    """(rows, too long): examples over max_len tokens are cut by `mode`, or quarantined with their length;
     one with no trainable token is an error (the loss would silently skip it)."""
     rows, too_long = [], []
-    for ex, where in examples:
+    for ex, where, *source in examples:
         try:
             ids, labels = encode_chat(tokenizer, ex["messages"])
         except ValueError as err:
@@ -57,12 +74,21 @@ def encode_examples(tokenizer, examples: list[tuple[dict, str]], max_len: int) -
         if all(label == IGNORE for label in labels):
             raise ValueError(f"{where}: no assistant token to train on after the chat template "
                              f"(roles: {[m['role'] for m in ex['messages']]})")
-        if len(ids) > max_len:
-            too_long.append({"where": where, "stage": "encode",
-                             "reason": f"{len(ids)} tokens, longer than the model's context of {max_len}"})
+        row = fit_length(ids, labels, max_len, mode)
+        if row is None:
+            too_long.append({"where": where, "stage": "encode", "rule": "too_long", "source": (source or [None])[0],
+                             "reason": f"{len(ids)} tokens, longer than sft.max_length / the model's context of "
+                                       f"{max_len} (sft.truncation_mode={mode})"})
             continue
-        rows.append((ids, labels))
+        rows.append(row)
     return rows, too_long
+
+
+def warn_if_mostly_too_long(n_too_long: int, n_examples: int, max_len: int, what: str, setting: str) -> None:
+    if n_examples and n_too_long / n_examples > 0.2:
+        log.warning("%s: %d of %d (%.0f%%) left out as longer than %d tokens: raise %s (or the model's context), "
+                    "or set a truncation mode", what, n_too_long, n_examples, 100 * n_too_long / n_examples,
+                    max_len, setting)
 
 
 def write_quarantine(ctx: StageContext, quarantined: list[dict]) -> None:
@@ -109,16 +135,23 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     max_len = model.config.max_position_embeddings
 
-    examples, quarantined, per_file = load_examples(cfg)
-    train_rows, too_long = encode_examples(tokenizer, examples, max_len)
+    if cfg.max_length:
+        max_len = min(max_len, cfg.max_length)
+    examples, quarantined, per_file, per_source = load_examples(cfg)
+    train_rows, too_long = encode_examples(tokenizer, examples, max_len, cfg.truncation_mode)
     quarantined += too_long
     write_quarantine(ctx, quarantined)
     if quarantined:
         log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
                     len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
                     Path(out_dir) / "quarantine.jsonl")
+    warn_if_mostly_too_long(len(too_long), len(examples), max_len, "sft: examples", "sft.max_length")
+    for name, counts in per_source.items():
+        counts["too_long"] = sum(1 for q in too_long if q["source"] == name)
+        counts["used"] = sum(1 for ex in examples if ex[2] == name) - counts["too_long"]
     if not train_rows:
-        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}")
+        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
+                         f"{top_reasons(quarantined)}")
     val_rows, _ = encode_examples(tokenizer, [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)], max_len)
     val_batch = pad_batch(val_rows, tokenizer.pad_token_id)
 
@@ -137,6 +170,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
-            "nonpad_fraction": round(fill, 4), "records_read": per_file, "quarantined": len(quarantined),
+            "nonpad_fraction": round(fill, 4), "records_read": per_file, "sources": per_source,
+            "quarantined": len(quarantined),
             "quarantined_unreadable": len(quarantined) - len(too_long), "quarantined_too_long": len(too_long),
             "params": n_params, "trainable_params": n_trainable}
