@@ -1,0 +1,278 @@
+"""sft.sources / align.sources as users have them: mapping entries, GSM8K / Self-Instruct shapes, parquet and
+csv, unreadable files and wrong role orders quarantined with a rule, length policy, seeded mixing."""
+import gzip
+import json
+import logging
+
+import pytest
+
+from components.align.config import AlignConfig
+from components.chat.formats import FormatError, preference_record, sft_record
+from components.chat.sources import ChatSource, parse_sources, read_source, select
+from components.context import StageContext
+from components.model.build import build_model
+from components.model.config import ModelConfig
+from components.sft.config import SFTConfig
+from components.train.losses import IGNORE
+from tests.tiny import make_tokenizer_artifact
+
+TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
+
+# real-shaped records (the published fields, shortened content)
+GSM8K = [{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                      "How many clips did Natalia sell altogether in April and May?",
+          "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                    "altogether in April and May.\n#### 72"},
+         {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                      "How much did she earn?",
+          "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = "
+                    "$<<0.2*50=10>>10.\n#### 10"}]
+SELF_INSTRUCT = {"id": "seed_task_0", "name": "breakfast_suggestion",
+                 "instruction": "Is there anything I can eat for a breakfast that doesn't include eggs?",
+                 "instances": [{"input": "", "output": "Yes, oatmeal with fruit, or a smoothie."},
+                               {"input": "I am vegan.", "output": "Tofu scramble or overnight oats."}],
+                 "is_classification": False}
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _read(entries, stage="sft", strict=False):
+    out = [read_source(s, stage, strict) for s in parse_sources(entries, stage, "auto")]
+    return [item for kept, _, _ in out for item in kept], [q for _, bad, _ in out for q in bad], [c for *_, c in out]
+
+
+# --- 1. mapping form, new shapes, tables --------------------------------------------------------------
+
+def test_gsm8k_is_detected_and_mappable(tmp_path):
+    path = _jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    detected, bad, _ = _read([path])
+    mapped, _, _ = _read([{"path": path, "prompt_key": "question", "response_key": "answer"}])
+    assert not bad and len(detected) == 2
+    assert [ex for ex, _ in detected] == [ex for ex, _ in mapped]
+    assert detected[0][0]["messages"][1]["content"].endswith("#### 72")
+
+
+def test_self_instruct_tasks_give_one_example_per_instance(tmp_path):
+    kept, bad, counts = _read([_jsonl(tmp_path / "seed_tasks.jsonl", [SELF_INSTRUCT])])
+    assert not bad and counts[0]["read"] == 1 and counts[0]["kept"] == 2
+    assert [w.rsplit(":", 1)[1] for _, w in kept] == ["1.instances[0]", "1.instances[1]"]
+    assert kept[1][0]["messages"][0]["content"].endswith("doesn't include eggs?\n\nI am vegan.")
+
+
+def test_parquet_and_csv_sources_read_with_a_mapping(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(GSM8K), tmp_path / "train-00000-of-00001.parquet")
+    (tmp_path / "qa.csv").write_text('q,a,sys\n"What is 2+2, exactly?","4","Be brief."\n')
+    kept, bad, _ = _read([str(tmp_path / "*.parquet"),
+                          {"path": str(tmp_path / "qa.csv"), "prompt_key": "q", "response_key": "a", "system_key": "sys"}])
+    assert not bad and len(kept) == 3
+    assert kept[2][0]["messages"] == [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "What is 2+2, exactly?"},
+                                      {"role": "assistant", "content": "4"}]
+    assert kept[2][1].endswith("qa.csv:row 1")
+
+
+def test_preference_mapping_and_a_top_level_system_field(tmp_path):
+    rows = [{"instruction": "Name a prime.", "good": "7", "bad": "8", "system": "Answer with a number."}]
+    kept, bad, _ = _read([{"path": _jsonl(tmp_path / "p.jsonl", rows), "prompt_key": "instruction",
+                           "chosen_key": "good", "rejected_key": "bad"}], "align")
+    assert not bad and kept[0][0] == {"prompt": [{"role": "system", "content": "Answer with a number."},
+                                                 {"role": "user", "content": "Name a prime."}],
+                                      "chosen": "7", "rejected": "8"}
+    sharegpt = sft_record({"system": "You are terse.", "conversations": [
+        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}, "x")
+    assert sharegpt["messages"][0] == {"role": "system", "content": "You are terse."}  # kept, no longer dropped
+
+
+@pytest.mark.parametrize("entry, key", [
+    ({"path": "P", "prompt_key": 3}, r"sft\.sources\[0\]\.prompt_key"),
+    ({"path": "P", "promt_key": "question"}, r"unknown key sft\.sources\[0\]\.promt_key.*prompt_key"),
+    ({"path": "P", "cap": 0}, r"sft\.sources\[0\]\.cap"),
+    ({"path": "P", "format": "gsm"}, r"sft\.sources\[0\]\.format"),
+    ({"path": "P", "format": "alpaca", "prompt_key": "q"}, r"sft\.sources\[0\]\.format.*field keys"),
+    ({"prompt_key": "q"}, r"sft\.sources\[0\]\.path"),
+    ({"path": "P", "chosen_key": "c"}, r"unknown key sft\.sources\[0\]\.chosen_key"),
+])
+def test_a_bad_mapping_fails_at_config_time_naming_the_key(tmp_path, entry, key):
+    path = _jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    entry = {k: (path if v == "P" else v) for k, v in entry.items()}
+    with pytest.raises(ValueError, match=key):
+        SFTConfig(sources=[entry])
+
+
+def test_weights_must_be_all_or_none_and_plain_paths_still_work(tmp_path):
+    path = _jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    with pytest.raises(ValueError, match=r"align\.sources\[1\]\.weight"):
+        AlignConfig(sources=[{"path": path, "weight": 2}, {"path": path, "name": "again"}])
+    assert SFTConfig(sources=[path]).chat_sources[0].files[0].name == "gsm8k.jsonl"
+
+
+def test_mapping_entries_key_on_file_content(tmp_path):
+    from components.artifacts import stage_key
+    from components.stages import STAGES
+
+    path = _jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    key = lambda: stage_key("sft", SFTConfig(sources=[{"path": path, "cap": 5}]), {"pretrain": "p"},  # noqa: E731
+                            STAGES["sft"].module)
+    before = key()
+    _jsonl(tmp_path / "gsm8k.jsonl", GSM8K[:1])
+    assert key() != before
+
+
+# --- 2. unreadable files and role orders: quarantined with file, line and rule ----------------------------
+
+def test_unreadable_files_are_quarantined_not_raised(tmp_path):
+    good = json.dumps(GSM8K[0]).encode()
+    (tmp_path / "latin1.jsonl").write_bytes(good + b"\n" + '{"question": "caf\xe9?", "answer": "x"}'.encode("latin-1") + b"\n")
+    (tmp_path / "latin1.json").write_bytes(b'[{"question": "caf\xe9?", "answer": "x"}]')
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress((good + b"\n") * 50)[:-30])
+    (tmp_path / "broken.json").write_text('[{"question": "q", "answer": "a"},\n {"question": ')
+    kept, bad, counts = _read([str(tmp_path / n) for n in ("latin1.jsonl", "latin1.json", "cut.jsonl.gz", "broken.json")])
+    rules = {q["where"].rsplit("/", 1)[1]: q["rule"] for q in bad}
+    assert rules == {"latin1.jsonl:2": "unreadable", "latin1.json": "unreadable", "cut.jsonl.gz": "unreadable",
+                     "broken.json": "invalid_json"}
+    assert "broken.json:2: invalid JSON" in next(q["reason"] for q in bad if q["rule"] == "invalid_json")
+    assert len(kept) > 1 + 10  # the good line, and the lines of the .gz read before its cut
+    assert sum(c["read"] for c in counts) == len(kept) + len(bad)  # every record read is accounted for
+    with pytest.raises(FormatError, match=r"latin1\.jsonl:2: not UTF-8"):
+        _read([str(tmp_path / "latin1.jsonl")], strict=True)
+
+
+@pytest.mark.parametrize("messages, rule, says", [
+    ([("assistant", "Hello!"), ("user", "Hi")], "role_order", "turn 0 is assistant, expected user"),
+    ([("user", "a"), ("user", "b"), ("assistant", "c")], "role_order", "turn 1 is user, expected assistant"),
+    ([("system", "Be nice."), ("assistant", "Hi")], "role_order", "turn 1 is assistant, expected user"),
+    ([("user", "a"), ("assistant", " "), ("user", "b"), ("assistant", "c")], "empty_turn", "turn 1 (assistant) is empty"),
+    ([("user", "a"), ("assistant", "b"), ("system", "s"), ("user", "c"), ("assistant", "d")], "role_order", "system"),
+    ([("user", "a"), ("assistant", "b"), ("user", "c")], "role_order", "must end with a assistant turn"),
+])
+def test_wrong_sft_role_orders_are_refused_with_their_rule(messages, rule, says):
+    rec = {"messages": [{"role": r, "content": c} for r, c in messages]}
+    with pytest.raises(FormatError, match="data.jsonl:3") as e:
+        sft_record(rec, "data.jsonl:3")
+    assert e.value.rule == rule and says in str(e.value)
+
+
+@pytest.mark.parametrize("rec, rule", [
+    ({"prompt": "Pick one.", "chosen": "the same", "rejected": "the same "}, "same_answers"),
+    ({"prompt": "Pick one.", "chosen": {"role": "user", "content": "x"}, "rejected": "y"}, "role_order"),
+    ({"prompt": "Pick one.", "chosen": [{"role": "system", "content": "x"}], "rejected": "y"}, "role_order"),
+    ({"prompt": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "?"}], "chosen": "a",
+      "rejected": "b"}, "role_order"),
+    ({"prompt": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "chosen": "a",
+      "rejected": "b"}, "role_order"),
+])
+def test_wrong_preference_pairs_are_refused_with_their_rule(rec, rule):
+    with pytest.raises(FormatError, match="p.jsonl:9") as e:
+        preference_record(rec, "p.jsonl:9")
+    assert e.value.rule == rule
+
+
+# --- 3. length policy ---------------------------------------------------------------------------------------
+
+def test_truncation_modes_keep_the_first_token_and_a_trained_one():
+    from components.sft.run import fit_length
+
+    ids, labels = list(range(10)), [IGNORE] * 6 + [6, 7, 8, 9]
+    assert fit_length(ids, labels, 4, "drop") is None
+    assert fit_length(ids, labels, 4, "keep_start") is None  # only prompt tokens would be left: nothing to train
+    assert fit_length(ids, labels, 8, "keep_start") == (ids[:8], labels[:8])
+    assert fit_length(ids, labels, 4, "keep_end") == ([0, 7, 8, 9], [IGNORE, 7, 8, 9])
+    assert fit_length(ids, labels, 10, "drop") == (ids, labels)
+    with pytest.raises(ValueError, match=r"sft\.truncation_mode"):
+        SFTConfig(truncation_mode="left")
+
+
+def test_dpo_prompt_cap_cuts_the_oldest_prompt_tokens():
+    from components.align.run import cap_prompt
+
+    enc = (list(range(10)), [IGNORE] * 7 + [7, 8, 9])
+    assert cap_prompt(enc, 3) == ([0, 5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 7, 8, 9])
+    assert cap_prompt(enc, None) == enc and cap_prompt(enc, 7) == enc
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(make_tokenizer_artifact(tmp_path_factory.mktemp("tok")) / "hf")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("model")
+    model = build_model(TINY, tokenizer, seed=0)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+SHORT = [{"question": "2+2?", "answer": "4"}, {"question": "3+4?", "answer": "7"}]  # fit 48 tokens
+FEW = dict(max_steps=1, warmup_steps=0, batch_size=2, mixed_precision="no", log_every=1)
+
+
+def test_sft_truncates_long_examples_and_counts_per_source(model_dir, tmp_path, caplog):
+    from components.sft.run import run
+
+    long = [{"question": f"Question {i}: " + "tell me more about clips " * 12, "answer": "72"} for i in range(4)]
+    src = [{"path": _jsonl(tmp_path / "long.jsonl", long), "name": "long"},
+           {"path": _jsonl(tmp_path / "gsm8k.jsonl", SHORT + [{"question": "q", "answer": ""}]), "name": "gsm8k"}]
+    out = tmp_path / "drop"
+    out.mkdir()
+    with caplog.at_level(logging.WARNING):
+        dropped = run(SFTConfig(sources=src, num_val_examples=2, max_length=48, **FEW), {"pretrain": model_dir},
+                      StageContext.local(out))
+    assert dropped["sources"]["long"] == {"read": 4, "kept": 4, "quarantined": {}, "too_long": 4, "used": 0}
+    assert dropped["sources"]["gsm8k"]["quarantined"] == {"format": 1}
+    assert "raise sft.max_length" in caplog.text  # over 20% left out: the hint names the setting
+    out = tmp_path / "keep"
+    out.mkdir()
+    kept = run(SFTConfig(sources=src, num_val_examples=2, max_length=48, truncation_mode="keep_end", **FEW),
+               {"pretrain": model_dir}, StageContext.local(out))
+    assert kept["sources"]["long"]["used"] == 4 and kept["train_examples"] == 4 + dropped["train_examples"]
+
+
+def test_sft_failing_on_all_quarantined_quotes_the_top_reasons(model_dir, tmp_path):
+    from components.sft.run import run
+
+    bad = [{"messages": [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Hi"}]}] * 3
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=r"3 role_order \(first: .*turn 0 is assistant"):
+        run(SFTConfig(sources=[_jsonl(tmp_path / "bad.jsonl", bad)], **FEW), {"pretrain": model_dir},
+            StageContext.local(tmp_path / "out"))
+
+
+# --- 4. mixing ------------------------------------------------------------------------------------------------
+
+def test_select_draws_across_sources_with_weight_and_cap():
+    pools = [list(range(0, 100)), list(range(100, 200)), list(range(200, 300))]
+    unweighted = [ChatSource(key=f"k{i}", name=n, files=()) for i, n in enumerate("abc")]
+    chosen = select(pools, unweighted, 60, seed=0)
+    assert len(chosen) == len(set(chosen)) == 60 and all(sum(p[0] <= c <= p[-1] for c in chosen) > 5 for p in pools)
+    assert chosen == select(pools, unweighted, 60, seed=0) != select(pools, unweighted, 60, seed=1)
+    weighted = [ChatSource(key="k0", name="a", files=(), weight=3.0), ChatSource(key="k1", name="b", files=(), weight=1.0),
+                ChatSource(key="k2", name="c", files=(), weight=1.0, cap=2)]
+    chosen = select(pools, weighted, 50, seed=0)
+    assert [sum(p[0] <= c <= p[-1] for c in chosen) for p in pools] == [30, 10, 2]  # c: its cap
+
+
+def test_align_pairs_come_from_every_source_not_the_first_file(model_dir, tmp_path):
+    from components.align.run import run
+
+    files = []
+    for s in range(3):
+        rows = [{"prompt": f"Source {s} question {i}: what is {i} + {s}?", "chosen": str(i + s), "rejected": str(i + s + 1)}
+                for i in range(20)]
+        files.append(_jsonl(tmp_path / f"prefs{s}.jsonl", rows))
+    cfg = AlignConfig(sources=files, num_pairs=12, num_val_pairs=3, **FEW)
+    (tmp_path / "out").mkdir()
+    metrics = run(cfg, {"sft": model_dir}, StageContext.local(tmp_path / "out"))
+    used = {name.rsplit("/", 1)[1]: c["used"] for name, c in metrics["sources"].items()}
+    assert sum(used.values()) == metrics["train_pairs"] == 12 and min(used.values()) > 0
+    assert all(c["read"] == c["kept"] == 20 for c in metrics["sources"].values())
+    assert sum(c["heldout"] for c in metrics["sources"].values()) == metrics["val_pairs"]
