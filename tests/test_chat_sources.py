@@ -158,6 +158,14 @@ def test_wrong_sft_role_orders_are_refused_with_their_rule(messages, rule, says)
     assert e.value.rule == rule and says in str(e.value)
 
 
+def test_tool_turns_are_refused_with_their_own_rule():
+    rec = {"conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{}"},
+                             {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}
+    with pytest.raises(FormatError, match=r"conversations\[1\] is a 'function_call' turn") as e:
+        sft_record(rec, "x")
+    assert e.value.rule == "tool_role"
+
+
 @pytest.mark.parametrize("rec, rule", [
     ({"prompt": "Pick one.", "chosen": "the same", "rejected": "the same "}, "same_answers"),
     ({"prompt": "Pick one.", "chosen": {"role": "user", "content": "x"}, "rejected": "y"}, "role_order"),

@@ -16,6 +16,9 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "system": "system", "bot": "assistant"}
 
 
+TOOL_ROLES = ("tool", "function", "function_call", "observation", "ipython")
+
+
 class FormatError(ValueError):
     """A bad record or file; `rule` names the kind (the manifest counts quarantined records by it)."""
 
@@ -63,6 +66,9 @@ def _turns(items: list, where: str, field: str) -> list[dict]:
         if not isinstance(item, dict):
             raise FormatError(f"{where}: {field}[{i}] must be an object, got {item!r:.60}")
         role, content = item.get("role", item.get("from")), item.get("content", item.get("value"))
+        if role in TOOL_ROLES:  # the project's templates have no tool turn: refused with its own rule, counted
+            raise FormatError(f"{where}: {field}[{i}] is a {role!r} turn: tool / function calls are not supported "
+                              "(the chat template has no such role)", "tool_role")
         if role not in ROLES or not isinstance(content, str):
             raise FormatError(f"{where}: {field}[{i}] needs a known role/from ({sorted(ROLES)}) and a string "
                               f"content/value, got {item!r:.80}")
