@@ -240,9 +240,10 @@ def test_sft_truncates_long_examples_and_counts_per_source(model_dir, tmp_path, 
     assert "raise sft.max_length" in caplog.text  # over 20% left out: the hint names the setting
     out = tmp_path / "keep"
     out.mkdir()
-    kept = run(SFTConfig(sources=src, num_val_examples=2, max_length=48, truncation_mode="keep_end", **FEW),
-               {"pretrain": model_dir}, StageContext.local(out))
+    kept = run(SFTConfig(sources=src, num_val_examples=2, max_length=48, truncation_mode="keep_end",
+                         chat_template="chatml", **FEW), {"pretrain": model_dir}, StageContext.local(out))
     assert kept["sources"]["long"]["used"] == 4 and kept["train_examples"] == 4 + dropped["train_examples"]
+    assert "<|im_start|>" in (out / "model" / "chat_template.jinja").read_text()  # what align and eval will render
 
 
 def test_sft_failing_on_all_quarantined_quotes_the_top_reasons(model_dir, tmp_path):
@@ -284,3 +285,26 @@ def test_align_pairs_come_from_every_source_not_the_first_file(model_dir, tmp_pa
     assert sum(used.values()) == metrics["train_pairs"] == 12 and min(used.values()) > 0
     assert all(c["read"] == c["kept"] == 20 for c in metrics["sources"].values())
     assert sum(c["heldout"] for c in metrics["sources"].values()) == metrics["val_pairs"]
+
+
+# --- 5. templates by name ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, end", [("chatml", "<|im_end|>\n"), ("llama3", "<|eot_id|>"), ("zephyr", None)])
+def test_a_named_template_trains_each_answer_and_its_end_of_turn(tokenizer, name, end):
+    from transformers import AutoTokenizer
+
+    from components.chat.template import encode_chat, end_of_turn, use_template
+
+    tok = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    use_template(tok, name)
+    end = end or tok.eos_token + "\n"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+4?"},
+                {"role": "assistant", "content": "7"}]
+    ids, labels = encode_chat(tok, messages)
+    trained = tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+    # the decoder joins pieces with spaces; the contents have none, so compare without them
+    assert trained.replace(" ", "") == ("4" + end + "7" + end).replace(" ", "") and ids[0] == tok.bos_token_id
+    assert end_of_turn(tok) == end.strip()
+    with pytest.raises(ValueError, match=r"sft\.chat_template"):
+        SFTConfig(chat_template="vicuna")

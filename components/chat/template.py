@@ -6,6 +6,26 @@ from components.train.losses import IGNORE
 
 END = "<|end|>"
 
+# chat templates chosen by name (sft.chat_template); each starts with the tokenizer's BOS, as the
+# project's own template does (the pretrained model saw it first in every document)
+TEMPLATES = {
+    "chatml": ("{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+               "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "llama3": ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' "
+               "+ m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+               "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
+    "zephyr": ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+}
+TEMPLATE_NAMES = ("project", *TEMPLATES)  # project: the tokenizer's own (the tokenizer stage's)
+
+
+def use_template(tokenizer, name: str) -> None:
+    """Give the tokenizer the named template (project: keep its own); it is saved with the model, so
+    align and eval render what sft trained on."""
+    if name != "project":
+        tokenizer.chat_template = TEMPLATES[name]
+
 
 def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:
     """Ids of the rendered conversation, and labels that keep only each assistant turn as the

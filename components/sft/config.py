@@ -6,6 +6,7 @@ from typing import Any
 
 from components.chat.formats import SFT_FORMATS
 from components.chat.sources import ChatSource, parse_sources
+from components.chat.template import TEMPLATE_NAMES
 from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
 ADAPTERS = ("none", "lora")
@@ -28,6 +29,7 @@ class SFTConfig(TrainConfig):
     sources: list[Any] = input_files()
     max_length: int | None = None  # tokens per example (null: the model's context, which also bounds it)
     truncation_mode: str = "drop"  # an example over max_length: drop (quarantined) | keep_start | keep_end
+    chat_template: str = "project"  # project (the tokenizer's own) | chatml | llama3 | zephyr; saved with the model
     format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
     packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
@@ -46,6 +48,7 @@ class SFTConfig(TrainConfig):
         check(self.max_length is None or self.max_length > 1, "sft.max_length", self.max_length,
               "must be > 1, or null: the model's context")
         check_choice("sft.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        check_choice("sft.chat_template", self.chat_template, TEMPLATE_NAMES)
         check_choice("sft.adapter", self.adapter, ADAPTERS)
         check(self.lora_rank > 0, "sft.lora_rank", self.lora_rank, "must be > 0")
         check(self.lora_alpha > 0, "sft.lora_alpha", self.lora_alpha, "must be > 0")

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
 from components.chat.sources import read_source, select, top_reasons
-from components.chat.template import encode_chat
+from components.chat.template import encode_chat, use_template
 from components.context import StageContext
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
@@ -131,6 +131,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     src = Path(inputs["pretrain"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
+    use_template(tokenizer, cfg.chat_template)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     max_len = model.config.max_position_embeddings
@@ -152,7 +153,11 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     if not train_rows:
         raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
                          f"{top_reasons(quarantined)}")
-    val_rows, _ = encode_examples(tokenizer, [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)], max_len)
+    heldout = [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)]
+    val_rows, _ = encode_examples(tokenizer, heldout, max_len, cfg.truncation_mode)
+    if not val_rows:
+        raise ValueError(f"sft: none of the {len(heldout)} held-out examples fits {max_len} tokens: raise sft.max_length "
+                         "or set sft.truncation_mode=keep_end")
     val_batch = pad_batch(val_rows, tokenizer.pad_token_id)
 
     if cfg.adapter == "lora":
