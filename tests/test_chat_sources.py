@@ -235,7 +235,7 @@ def test_sft_truncates_long_examples_and_counts_per_source(model_dir, tmp_path, 
     with caplog.at_level(logging.WARNING):
         dropped = run(SFTConfig(sources=src, num_val_examples=2, max_length=48, **FEW), {"pretrain": model_dir},
                       StageContext.local(out))
-    assert dropped["sources"]["long"] == {"read": 4, "kept": 4, "quarantined": {}, "too_long": 4, "used": 0}
+    assert dropped["sources"]["long"] == {"read": 4, "kept": 4, "quarantined": {}, "heldout": 0, "too_long": 4, "used": 0}
     assert dropped["sources"]["gsm8k"]["quarantined"] == {"format": 1}
     assert "raise sft.max_length" in caplog.text  # over 20% left out: the hint names the setting
     out = tmp_path / "keep"
@@ -244,6 +244,17 @@ def test_sft_truncates_long_examples_and_counts_per_source(model_dir, tmp_path, 
                          chat_template="chatml", **FEW), {"pretrain": model_dir}, StageContext.local(out))
     assert kept["sources"]["long"]["used"] == 4 and kept["train_examples"] == 4 + dropped["train_examples"]
     assert "<|im_start|>" in (out / "model" / "chat_template.jinja").read_text()  # what align and eval will render
+
+
+def test_sft_holds_out_a_share_of_the_users_examples_and_scores_them(model_dir, tmp_path):
+    from components.sft.run import run
+
+    rows = [{"question": f"{a}+{b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]  # 30, short
+    (tmp_path / "out").mkdir()
+    metrics = run(SFTConfig(sources=[_jsonl(tmp_path / "sums.jsonl", rows)], num_val_examples=2, **FEW),
+                  {"pretrain": model_dir}, StageContext.local(tmp_path / "out"))
+    assert metrics["heldout_source_examples"] == metrics["sources"][str(tmp_path / "sums.jsonl")]["heldout"] == 2
+    assert metrics["train_examples"] == 28 and metrics["val_loss_sources"] > 0  # held out: never trained on
 
 
 def test_sft_failing_on_all_quarantined_quotes_the_top_reasons(model_dir, tmp_path):

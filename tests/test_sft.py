@@ -184,7 +184,9 @@ def test_real_samples_train_and_overlong_examples_are_quarantined(samples, tok_d
     assert metrics["records_read"] == {str(samples / "sft" / "alpaca_tiny_100_torchtune.json"): 100,
                                        str(samples / "sft" / "lima_30_llamafactory.json"): 30, str(bad): 1}
     assert metrics["quarantined_unreadable"] == 1 and metrics["quarantined_too_long"] == n_long > 0
-    assert metrics["train_examples"] == 130 - n_long and metrics["steps"] == 2
+    # a tenth of the sources' examples (13) is held out by prompt hash for val_loss_sources
+    assert metrics["train_examples"] + metrics["heldout_source_examples"] == 130 - n_long and metrics["steps"] == 2
+    assert 0 < metrics["heldout_source_examples"] <= 13 and "val_loss_sources" in metrics
     assert 0.9 < metrics["nonpad_fraction"] <= 1.0  # packed sequences are nearly full
     assert len((out / "quarantine.jsonl").read_text().splitlines()) == metrics["quarantined"] == 1 + n_long
 

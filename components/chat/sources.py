@@ -174,3 +174,19 @@ def top_reasons(quarantined: list[dict], n: int = 3) -> str:
         by_rule.setdefault(q.get("rule", q.get("stage", "?")), []).append(q)
     top = sorted(by_rule.items(), key=lambda kv: -len(kv[1]))[:n]
     return "; ".join(f"{len(rows)} {rule} (first: {rows[0]['reason']})" for rule, rows in top) or "nothing quarantined"
+
+
+def held_out(prompts: list[str], n_val: int) -> set[int]:
+    """Indices held out: whole prompts in sha256 order until n_val items, so the split does not move when
+    files are reordered or grow, and items sharing a prompt stay on one side."""
+    import hashlib
+
+    by_prompt: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_prompt.setdefault(hashlib.sha256(prompt.encode()).hexdigest(), []).append(i)
+    held: set[int] = set()
+    for h in sorted(by_prompt):
+        if len(held) >= n_val:
+            break
+        held.update(by_prompt[h])
+    return held

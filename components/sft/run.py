@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
-from components.chat.sources import read_source, select, top_reasons
+from components.chat.sources import held_out, read_source, select, top_reasons
 from components.chat.template import encode_chat, use_template
 from components.context import StageContext
 from components.sft.config import SFTConfig
@@ -30,22 +30,30 @@ log = logging.getLogger(__name__)
 Row = tuple[list[int], list[int]]
 
 
-def load_examples(cfg: SFTConfig) -> tuple[list[tuple[dict, str]], list[dict], dict, dict]:
-    """([(example, where)], quarantined, records read per file, per-source counts): the sources, or the
-    generated tasks. From the sources, at most num_examples by a seeded draw across them (weight, cap)."""
+SOURCE_VAL_SHARE = 0.1  # at most this share of the sources' examples is held out for val_loss_sources
+
+
+def load_examples(cfg: SFTConfig) -> tuple[list[tuple], list[dict], dict, dict, list[tuple]]:
+    """([(example, where, source)], quarantined, records read per file, per-source counts, held out): the
+    sources, or the generated tasks. From the sources: up to num_examples (at most a tenth) held out by
+    a hash of the prompt, then at most num_examples by a seeded draw across them (weight, cap)."""
     if not cfg.sources:
         generated = sft_examples("train", cfg.num_examples, cfg.seed)
-        return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}, {}
-    items, pools, quarantined, per_file, per_source = [], [], [], {}, {}
+        return [(ex, f"generated[{i}]") for i, ex in enumerate(generated)], [], {"generated": len(generated)}, {}, []
+    items, quarantined, per_file, per_source = [], [], {}, {}
     for source in cfg.chat_sources:
         kept, bad, counts = read_source(source, "sft", cfg.strict)
-        pools.append(list(range(len(items), len(items) + len(kept))))
         items += [(ex, where, source.name) for ex, where in kept]
         quarantined += [{**q, "stage": "read"} for q in bad]
         per_file.update(counts.pop("files"))
         per_source[source.name] = counts
+    held = held_out([json.dumps(ex["messages"][:-1]) for ex, _, _ in items],
+                    min(cfg.num_val_examples, int(SOURCE_VAL_SHARE * len(items))))
+    pools = [[i for i, item in enumerate(items) if item[2] == s.name and i not in held] for s in cfg.chat_sources]
+    for source in cfg.chat_sources:
+        per_source[source.name]["heldout"] = sum(1 for i in held if items[i][2] == source.name)
     chosen = select(pools, list(cfg.chat_sources), cfg.num_examples, cfg.seed)
-    return [items[i] for i in chosen], quarantined, per_file, per_source
+    return [items[i] for i in chosen], quarantined, per_file, per_source, [items[i] for i in sorted(held)]
 
 
 def fit_length(ids: list[int], labels: list[int], max_len: int, mode: str) -> Row | None:
@@ -127,6 +135,31 @@ def nonpad_fraction(rows: list[Row], bins: list[list[int]], cfg: SFTConfig) -> f
     return real / total
 
 
+def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) -> tuple[list[Row], list[Row], list[dict], dict]:
+    """(training rows, the sources' held-out rows, quarantine rows (written), counts for the manifest)."""
+    examples, quarantined, per_file, per_source, source_val = load_examples(cfg)
+    train_rows, too_long = encode_examples(tokenizer, examples, max_len, cfg.truncation_mode)
+    source_val_rows, val_too_long = encode_examples(tokenizer, source_val, max_len, cfg.truncation_mode)
+    for name, counts in per_source.items():
+        counts["too_long"] = sum(1 for q in too_long + val_too_long if q["source"] == name)
+        counts["used"] = sum(1 for ex in examples if ex[2] == name) - sum(1 for q in too_long if q["source"] == name)
+    too_long += val_too_long
+    quarantined += too_long
+    write_quarantine(ctx, quarantined)
+    if quarantined:
+        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
+                    len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
+                    Path(ctx.out_dir) / "quarantine.jsonl")
+    warn_if_mostly_too_long(len(too_long), len(examples) + len(source_val), max_len, "sft: examples", "sft.max_length")
+    if not train_rows:
+        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
+                         f"{top_reasons(quarantined)}")
+    return train_rows, source_val_rows, quarantined, {
+        "records_read": per_file, "sources": per_source, "heldout_source_examples": len(source_val_rows),
+        "quarantined": len(quarantined), "quarantined_unreadable": len(quarantined) - len(too_long),
+        "quarantined_too_long": len(too_long)}
+
+
 def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     src = Path(inputs["pretrain"]) / "model"
@@ -134,31 +167,16 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     use_template(tokenizer, cfg.chat_template)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    max_len = model.config.max_position_embeddings
-
-    if cfg.max_length:
-        max_len = min(max_len, cfg.max_length)
-    examples, quarantined, per_file, per_source = load_examples(cfg)
-    train_rows, too_long = encode_examples(tokenizer, examples, max_len, cfg.truncation_mode)
-    quarantined += too_long
-    write_quarantine(ctx, quarantined)
-    if quarantined:
-        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
-                    len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
-                    Path(out_dir) / "quarantine.jsonl")
-    warn_if_mostly_too_long(len(too_long), len(examples), max_len, "sft: examples", "sft.max_length")
-    for name, counts in per_source.items():
-        counts["too_long"] = sum(1 for q in too_long if q["source"] == name)
-        counts["used"] = sum(1 for ex in examples if ex[2] == name) - counts["too_long"]
-    if not train_rows:
-        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
-                         f"{top_reasons(quarantined)}")
+    max_len = min(model.config.max_position_embeddings, cfg.max_length or model.config.max_position_embeddings)
+    train_rows, source_val_rows, quarantined, counts = training_rows(cfg, tokenizer, max_len, ctx)
     heldout = [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)]
     val_rows, _ = encode_examples(tokenizer, heldout, max_len, cfg.truncation_mode)
     if not val_rows:
         raise ValueError(f"sft: none of the {len(heldout)} held-out examples fits {max_len} tokens: raise sft.max_length "
                          "or set sft.truncation_mode=keep_end")
-    val_batch = pad_batch(val_rows, tokenizer.pad_token_id)
+    val_batches = {"val_loss": pad_batch(val_rows, tokenizer.pad_token_id)}
+    if source_val_rows:  # the user's own held-out examples, scored apart from the generated tasks
+        val_batches["val_loss_sources"] = pad_batch(source_val_rows, tokenizer.pad_token_id)
 
     if cfg.adapter == "lora":
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
@@ -170,12 +188,12 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
              cfg.batch_size * cfg.grad_accum, n_trainable, n_params, cfg.adapter)
 
     def evaluate(model: torch.nn.Module) -> dict:
-        loss, _ = lm_loss(model, to_device(val_batch, model_device(model)))  # labels: the assistant's tokens only
-        return {"val_loss": float(loss) / int((val_batch["labels"] != IGNORE).sum())}
+        out = {}
+        for name, batch in val_batches.items():
+            loss, _ = lm_loss(model, to_device(batch, model_device(model)))  # labels: the assistant's tokens only
+            out[name] = float(loss) / int((batch["labels"] != IGNORE).sum())
+        return out
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
-            "nonpad_fraction": round(fill, 4), "records_read": per_file, "sources": per_source,
-            "quarantined": len(quarantined),
-            "quarantined_unreadable": len(quarantined) - len(too_long), "quarantined_too_long": len(too_long),
-            "params": n_params, "trainable_params": n_trainable}
+            "nonpad_fraction": round(fill, 4), **counts, "params": n_params, "trainable_params": n_trainable}
