@@ -319,3 +319,14 @@ def test_a_named_template_trains_each_answer_and_its_end_of_turn(tokenizer, name
     assert end_of_turn(tok) == end.strip()
     with pytest.raises(ValueError, match=r"sft\.chat_template"):
         SFTConfig(chat_template="vicuna")
+
+
+def test_a_global_system_prompt_goes_first_unless_the_example_has_one():
+    from components.chat.template import with_system_prompt
+
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert with_system_prompt(chat, "Be brief.")[0] == {"role": "system", "content": "Be brief."}
+    own = [{"role": "system", "content": "Mine."}, *chat]
+    assert with_system_prompt(own, "Be brief.") == own and with_system_prompt(chat, None) == chat
+    with pytest.raises(ValueError, match=r"sft\.system_prompt"):
+        SFTConfig(system_prompt=" ")

@@ -20,6 +20,13 @@ TEMPLATES = {
 TEMPLATE_NAMES = ("project", *TEMPLATES)  # project: the tokenizer's own (the tokenizer stage's)
 
 
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The conversation with `system_prompt` as its first turn, unless it has a system turn of its own."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 def use_template(tokenizer, name: str) -> None:
     """Give the tokenizer the named template (project: keep its own); it is saved with the model, so
     align and eval render what sft trained on."""

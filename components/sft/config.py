@@ -29,6 +29,7 @@ class SFTConfig(TrainConfig):
     sources: list[Any] = input_files()
     max_length: int | None = None  # tokens per example (null: the model's context, which also bounds it)
     truncation_mode: str = "drop"  # an example over max_length: drop (quarantined) | keep_start | keep_end
+    system_prompt: str | None = None  # a system turn for every example without one of its own (null: none)
     chat_template: str = "project"  # project (the tokenizer's own) | chatml | llama3 | zephyr; saved with the model
     format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
@@ -49,6 +50,8 @@ class SFTConfig(TrainConfig):
               "must be > 1, or null: the model's context")
         check_choice("sft.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
         check_choice("sft.chat_template", self.chat_template, TEMPLATE_NAMES)
+        check(self.system_prompt is None or self.system_prompt.strip() != "", "sft.system_prompt", self.system_prompt,
+              "must be a non-empty string, or null")
         check_choice("sft.adapter", self.adapter, ADAPTERS)
         check(self.lora_rank > 0, "sft.lora_rank", self.lora_rank, "must be > 0")
         check(self.lora_alpha > 0, "sft.lora_alpha", self.lora_alpha, "must be > 0")

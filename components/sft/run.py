@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
 from components.chat.sources import held_out, read_source, select, top_reasons
-from components.chat.template import encode_chat, use_template
+from components.chat.template import encode_chat, use_template, with_system_prompt
 from components.context import StageContext
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
@@ -70,13 +70,14 @@ def fit_length(ids: list[int], labels: list[int], max_len: int, mode: str) -> Ro
     return (ids, labels) if any(label != IGNORE for label in labels[1:]) else None
 
 
-def encode_examples(tokenizer, examples: list[tuple], max_len: int, mode: str = "drop") -> tuple[list[Row], list[dict]]:
+def encode_examples(tokenizer, examples: list[tuple], max_len: int, mode: str = "drop",
+                    system_prompt: str | None = None) -> tuple[list[Row], list[dict]]:
     """(rows, too long): examples over max_len tokens are cut by `mode`, or quarantined with their length;
     one with no trainable token is an error (the loss would silently skip it)."""
     rows, too_long = [], []
     for ex, where, *source in examples:
         try:
-            ids, labels = encode_chat(tokenizer, ex["messages"])
+            ids, labels = encode_chat(tokenizer, with_system_prompt(ex["messages"], system_prompt))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
         if all(label == IGNORE for label in labels):
@@ -138,8 +139,8 @@ def nonpad_fraction(rows: list[Row], bins: list[list[int]], cfg: SFTConfig) -> f
 def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) -> tuple[list[Row], list[Row], list[dict], dict]:
     """(training rows, the sources' held-out rows, quarantine rows (written), counts for the manifest)."""
     examples, quarantined, per_file, per_source, source_val = load_examples(cfg)
-    train_rows, too_long = encode_examples(tokenizer, examples, max_len, cfg.truncation_mode)
-    source_val_rows, val_too_long = encode_examples(tokenizer, source_val, max_len, cfg.truncation_mode)
+    train_rows, too_long = encode_examples(tokenizer, examples, max_len, cfg.truncation_mode, cfg.system_prompt)
+    source_val_rows, val_too_long = encode_examples(tokenizer, source_val, max_len, cfg.truncation_mode, cfg.system_prompt)
     for name, counts in per_source.items():
         counts["too_long"] = sum(1 for q in too_long + val_too_long if q["source"] == name)
         counts["used"] = sum(1 for ex in examples if ex[2] == name) - sum(1 for q in too_long if q["source"] == name)
@@ -170,7 +171,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     max_len = min(model.config.max_position_embeddings, cfg.max_length or model.config.max_position_embeddings)
     train_rows, source_val_rows, quarantined, counts = training_rows(cfg, tokenizer, max_len, ctx)
     heldout = [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)]
-    val_rows, _ = encode_examples(tokenizer, heldout, max_len, cfg.truncation_mode)
+    val_rows, _ = encode_examples(tokenizer, heldout, max_len, cfg.truncation_mode, cfg.system_prompt)
     if not val_rows:
         raise ValueError(f"sft: none of the {len(heldout)} held-out examples fits {max_len} tokens: raise sft.max_length "
                          "or set sft.truncation_mode=keep_end")
