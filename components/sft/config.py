@@ -6,7 +6,7 @@ from typing import Any
 
 from components.chat.formats import SFT_FORMATS
 from components.chat.sources import ChatSource, parse_sources
-from components.chat.template import TEMPLATE_NAMES
+from components.chat.named_templates import TEMPLATE_NAMES
 from components.config import check, check_choice, input_files
 from components.train.config import TrainConfig
 ADAPTERS = ("none", "lora")
