@@ -77,6 +77,20 @@ def test_parquet_and_csv_sources_read_with_a_mapping(tmp_path):
     assert kept[2][1].endswith("qa.csv:row 1")
 
 
+def test_a_saved_hf_dataset_is_a_source_with_its_split(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K), "test": datasets.Dataset.from_list(GSM8K[:1])}
+                         ).save_to_disk(str(tmp_path / "gsm8k"))
+    kept, bad, _ = _read([{"path": str(tmp_path / "gsm8k"), "split": "test"}])
+    assert not bad and len(kept) == 1 and kept[0][1].endswith("gsm8k[test][0]")
+    _, bad, _ = _read([{"path": str(tmp_path / "gsm8k"), "split": "validation"}])
+    assert "no split 'validation'" in bad[0]["reason"]
+    with pytest.raises(ValueError, match=r"sft\.sources='.*notes'"):
+        (tmp_path / "notes").mkdir()
+        SFTConfig(sources=[str(tmp_path / "notes")])
+
+
 def test_preference_mapping_and_a_top_level_system_field(tmp_path):
     rows = [{"instruction": "Name a prime.", "good": "7", "bad": "8", "system": "Answer with a number."}]
     kept, bad, _ = _read([{"path": _jsonl(tmp_path / "p.jsonl", rows), "prompt_key": "instruction",

@@ -308,9 +308,24 @@ def _json_lines(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
                     yield FormatError(f"{where}: invalid JSON ({e.msg})", "invalid_json"), where
 
 
-def _records_of(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
+def _saved_dataset_rows(path: Path, split: str) -> Iterator[tuple[dict, str]]:
+    """Rows of a `datasets.save_to_disk` directory (a Dataset, or `split` of a DatasetDict)."""
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise FormatError(f"{path}: no split {split!r} (splits: {sorted(data)}): set split on the source")
+        data = data[split]
+    for i, rec in enumerate(data):
+        yield rec, f"{path}[{split}][{i}]"
+
+
+def _records_of(path: Path, split: str) -> Iterator[tuple[dict | FormatError, str]]:
     name = path.name.lower()
-    if name.endswith((".parquet", ".csv")):
+    if path.is_dir():
+        yield from _saved_dataset_rows(path, split)
+    elif name.endswith((".parquet", ".csv")):
         yield from _table_rows(path)
     elif name.endswith((".json", ".json.gz")):
         opener = gzip.open if name.endswith(".gz") else open
@@ -327,15 +342,16 @@ def _records_of(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
         yield from _json_lines(path)
 
 
-def records(path: Path) -> Iterator[tuple[dict | FormatError, str]]:
-    """(record, "file:line", "file[index]" or "file:row N") from a .json list, .jsonl(.gz), .parquet or .csv.
+def records(path: Path, split: str = "train") -> Iterator[tuple[dict | FormatError, str]]:
+    """(record, "file:line", "file[index]" or "file:row N") from a .json list, .jsonl(.gz), .parquet, .csv or
+    a `datasets.save_to_disk` directory (its `split`).
 
     A file that cannot be read to its end (invalid UTF-8 in a .json list, a truncated .gz, a
     corrupt parquet) yields one FormatError naming the file, after the records read before it.
     """
     path = Path(path)
     try:
-        yield from _records_of(path)
+        yield from _records_of(path, split)
     except FormatError as e:
         yield e, str(path)
     except (UnicodeDecodeError, EOFError, OSError, ValueError) as e:  # gzip.BadGzipFile is an OSError

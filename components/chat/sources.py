@@ -22,7 +22,8 @@ from components.chat.formats import (FormatError, PREFERENCE_FORMATS, SFT_FORMAT
 from components.config import check, check_choice, check_known_keys, expand_paths
 
 SOURCE_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet", ".csv")
-COMMON_KEYS = ("path", "format", "name", "weight", "cap", "prompt_key", "system_key", "messages_key")
+COMMON_KEYS = ("path", "format", "name", "weight", "cap", "split", "prompt_key", "system_key", "messages_key")
+SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
 SPEC_KEYS = {"sft": COMMON_KEYS + ("response_key",), "align": COMMON_KEYS + ("chosen_key", "rejected_key")}
 
 
@@ -34,6 +35,7 @@ class ChatSource:
     format: str = "auto"
     weight: float | None = None
     cap: int | None = None  # at most this many examples / pairs from this source
+    split: str = "train"  # the split of a datasets.save_to_disk DatasetDict
     keys: dict = field(default_factory=dict)  # prompt_key, response_key, ...: the field mapping (empty: a format)
 
 
@@ -47,8 +49,11 @@ def parse_source(entry: Any, index: int, stage: str, default_format: str) -> Cha
     check(isinstance(path, str) and path.strip() != "", f"{key}.path", path, "must be a non-empty path or glob")
     files = tuple(expand_paths([path], f"{stage}.sources"))  # a pattern matching nothing fails here
     for file in files:
-        check(file.name.lower().endswith(SOURCE_SUFFIXES), f"{stage}.sources", str(file),
-              f"chat and preference files are {' / '.join(SOURCE_SUFFIXES)}")
+        saved = file.is_dir() and any((file / f).is_file() for f in SAVED_DATASET_FILES)
+        check(saved or file.name.lower().endswith(SOURCE_SUFFIXES), f"{stage}.sources", str(file),
+              f"chat and preference files are {' / '.join(SOURCE_SUFFIXES)}, or a datasets.save_to_disk directory")
+    split = entry.get("split", "train")
+    check(isinstance(split, str) and split != "", f"{key}.split", split, "must be a split name (a save_to_disk DatasetDict's)")
     formats = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
     fmt = entry.get("format", default_format)
     check_choice(f"{key}.format", fmt, ("auto", *formats))
@@ -65,7 +70,7 @@ def parse_source(entry: Any, index: int, stage: str, default_format: str) -> Cha
           "must be an integer > 0 (or omitted: no cap)")
     name = entry.get("name", path)
     check(isinstance(name, str) and name != "", f"{key}.name", name, "must be a non-empty string")
-    return ChatSource(key=key, name=name, files=files, format=fmt,
+    return ChatSource(key=key, name=name, files=files, format=fmt, split=split,
                       weight=None if weight is None else float(weight), cap=cap, keys=keys)
 
 
@@ -133,7 +138,7 @@ def read_source(source: ChatSource, stage: str, strict: bool) -> tuple[list[tupl
     convert, kept, quarantined = converter(source, stage), [], []
     per_file: dict[str, int] = {}
     for path in source.files:
-        for rec, where in records(path):
+        for rec, where in records(path, source.split):
             per_file[str(path)] = per_file.get(str(path), 0) + 1
             try:
                 if isinstance(rec, FormatError):
