@@ -118,6 +118,7 @@ class DataConfig:
     validation_fraction: float = 0.08  # share of documents held out, chosen by a hash of the id
     gopher_quality: bool = True  # Gopher quality filter (length, word shapes, stop words, symbols)
     gopher_quality_rules: GopherQualityRules = field(default_factory=GopherQualityRules)
+    gopher_alpha_words: str = "whitespace"  # words of the "80% hold a letter" rule: whitespace (Gopher paper) | tokens (datatrove: punctuation counts)
     gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     gopher_repetition_rules: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
     c4: bool = True  # C4 line and document rules (no bad-words list: it needs a download)
@@ -147,6 +148,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         weighted = self.specs[0].weight is not None
         check_choice("data.mix_by", self.mix_by, ("documents", "bytes"))
+        check_choice("data.gopher_alpha_words", self.gopher_alpha_words, ("whitespace", "tokens"))
         check(self.mix_total is None or (weighted and self.mix_total > 0), "data.mix_total", self.mix_total,
               "must be null, or > 0 with weighted sources")
         check(not self.mix_repeat or self.mix_total is not None, "data.mix_repeat", self.mix_repeat,
