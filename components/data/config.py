@@ -18,6 +18,12 @@ class ResolvedSource:
     files: tuple[Path, ...]  # the local files it reads, sorted; () for the embedded corpus and hub ids
 
 
+def _is_phone_region(region: Any) -> bool:
+    import phonenumbers  # metadata only: no datatrove
+
+    return isinstance(region, str) and region.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
 def _check_rules(rules: Any, section: str) -> None:
     """Ratios and fractions in [0, 1], counts and lengths > 0; null switches a rule off."""
     for f in fields(rules):
@@ -130,6 +136,8 @@ class DataConfig:
     minhash_hashes_per_bucket: int = 8
     pii: bool = True  # replace emails, IPs, phones, cards, SSNs, IBANs, secrets with <EMAIL>, <IP>, ...
     pii_keep_private_ips: bool = False  # leave 10/8, 192.168/16, 127/8, fc00::/7 ... untouched
+    pii_phone_regions: list[str] = field(default_factory=lambda: ["US", "GB", "DE", "FR", "AU", "IN"])  # national phone formats read (+ numbers: all)
+    pii_phone_leniency: str = "valid"  # phonenumbers' Leniency: possible | valid | strict_grouping | exact_grouping
     max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, HTML pages) are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
@@ -149,6 +157,9 @@ class DataConfig:
         weighted = self.specs[0].weight is not None
         check_choice("data.mix_by", self.mix_by, ("documents", "bytes"))
         check_choice("data.gopher_alpha_words", self.gopher_alpha_words, ("whitespace", "tokens"))
+        check_choice("data.pii_phone_leniency", self.pii_phone_leniency, ("possible", "valid", "strict_grouping", "exact_grouping"))
+        check(all(_is_phone_region(r) for r in self.pii_phone_regions), "data.pii_phone_regions", self.pii_phone_regions,
+              "two-letter region codes phonenumbers knows, e.g. [US, GB, DE]")
         check(self.mix_total is None or (weighted and self.mix_total > 0), "data.mix_total", self.mix_total,
               "must be null, or > 0 with weighted sources")
         check(not self.mix_repeat or self.mix_total is not None, "data.mix_repeat", self.mix_repeat,

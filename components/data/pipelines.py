@@ -173,7 +173,7 @@ def build_passes(cfg: DataConfig, reader: PipelineStep, out_dir: Path, sources: 
         passes += minhash_passes(cfg, work, Chain(*deduplicated()))
         final.append(("minhash", MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash"))))
     if cfg.pii:
-        final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips)))
+        final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips, cfg.pii_phone_regions, cfg.pii_phone_leniency)))
     passes.append(Pass("6_final", [TaskFileReader(str(work / "quality")), *tallied(exact), *tallied(final),
                                    TrainValidationSplit(str(out_dir), cfg.validation_fraction, sources)], tasks, workers))
     return passes

@@ -79,7 +79,7 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
         ]
         final.append(MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash")))
     if cfg.pii:
-        final.append(PIIScrubber(cfg.pii_keep_private_ips))
+        final.append(PIIScrubber(cfg.pii_keep_private_ips, cfg.pii_phone_regions, cfg.pii_phone_leniency))
     passes.append(Pass("7_final", [deduped(), *final, TrainValidationSplit(str(out_dir), cfg.validation_fraction)]))
     return passes
 
