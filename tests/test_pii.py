@@ -278,6 +278,7 @@ def test_real_phone_shapes(text, value):
     "Item 0-306-40615-2 is an ISBN-10, 978-0-306-40615-7 its ISBN-13.",
     "Build 4815162342 passed; ticket 2025551234.",  # bare runs of digits: ids
     "Prices: $202.555, 1,234,567 units, 3.14159265 pi.",
+    "1 Kyle Busch 5040 5 1 17 27\n2 Martin Truex Jr. 5035 7 0 15 24\n5 Joey Logano 2380 2 3 12 21",  # standings
 ])
 def test_phone_look_alikes_survive(text):
     assert find_pii(text) == []

@@ -120,6 +120,13 @@ def _is_private_ip(s: str) -> bool:
     return s == "::1" or first & 0xFE00 == 0xFC00 or first & 0xFFC0 == 0xFE80
 
 
+def _is_table_row(raw: str) -> bool:
+    """A lone digit after the first group (`5035 7 0 15 24`: points, wins, top 5s ...) is a table of
+    figures; numbers are written in groups of 2 or more (`1 800 ...` starts with its prefix)."""
+    groups = re.findall(r"\d+", raw)
+    return not raw.startswith("+") and any(len(g) == 1 for g in groups[1:])
+
+
 def phone_spans(text: str, rules: PhoneRules = PhoneRules()) -> list[tuple[int, int]]:
     """(start, end) of phone numbers: phonenumbers' matches for every region (overlaps are settled by
     find_pii), less look-alikes; and 7-digit local numbers right after a phone word."""
@@ -134,7 +141,7 @@ def phone_spans(text: str, rules: PhoneRules = PhoneRules()) -> list[tuple[int, 
             start, end = match.start, match.end
             raw = text[start:end]
             if (_PHONE_BEFORE.search(text[max(0, start - 2):start]) or _PHONE_AFTER.match(text[end:end + 2])
-                    or _PHONE_LOOK_ALIKE.fullmatch(raw)):
+                    or _PHONE_LOOK_ALIKE.fullmatch(raw) or _is_table_row(raw)):
                 continue
             spans.add((start, end))
     for m in LOCAL_PHONE.finditer(text):
