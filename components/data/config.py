@@ -138,7 +138,8 @@ class DataConfig:
     pii_keep_private_ips: bool = False  # leave 10/8, 192.168/16, 127/8, fc00::/7 ... untouched
     pii_phone_regions: list[str] = field(default_factory=lambda: ["US", "GB", "DE", "FR", "AU", "IN"])  # national phone formats read (+ numbers: all)
     pii_phone_leniency: str = "valid"  # phonenumbers' Leniency: possible | valid | strict_grouping | exact_grouping
-    max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, HTML pages) are quarantined
+    max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, extracted web texts) are quarantined
+    max_html_bytes: int = 8 << 20  # longer raw HTML pages (html files, WARC responses) are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
     # --- quality blocks after Gopher and C4, the MinHash guard, executors (order of the pipeline) ---
@@ -170,7 +171,8 @@ class DataConfig:
               "must be in (0, 0.5)")
         check(self.max_documents is None or self.max_documents >= 10, "data.max_documents", self.max_documents,
               "must be null or >= 10")
-        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
+        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes",
+                     "max_html_bytes"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
         for name in ("language_threshold", "minhash_guard_jaccard"):
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")

@@ -99,7 +99,7 @@ def stage_sources(cfg: DataConfig, out_dir: Path) -> Path:
     if any(s.type == "embedded" for s in specs):
         embedded.build(embedded_file, cfg.max_documents, cfg.seed)
     reader = SourceReader(plan_units(specs, cfg.tasks, embedded_file), cfg.text_key, cfg.max_line_bytes, cfg.strict,
-                          str(out_dir / "quarantine"))
+                          str(out_dir / "quarantine"), max_html_bytes=cfg.max_html_bytes)
     staged = out_dir / "work" / "staged"
     LocalPipelineExecutor([reader, JsonlWriter(str(staged))], tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks),
                           skip_completed=False, logging_dir=str(out_dir / "work" / "logs" / "0_staging")).run()
