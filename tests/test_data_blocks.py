@@ -474,3 +474,31 @@ def test_html_pages_have_their_own_size_limit(tmp_path):
     assert doc is None and bad["reason"] == f"page_too_long ({size} bytes > data.max_html_bytes)"
     with pytest.raises(ValueError, match="data.max_html_bytes"):
         DataConfig(max_html_bytes=0)
+
+
+def test_data_quality_benchmark_scores_drops_and_pii(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    import data_quality
+
+    prose = CLUB_QUESTIONS + " Mail ann.lee@example.org or call (02) 9876 5432 to join us, and bring a friend."
+    rows = [
+        {"text": prose, "keep": True, "pii": [{"type": "EMAIL", "value": "ann.lee@example.org"},
+                                              {"type": "PHONE", "value": "(02) 9876 5432"},
+                                              {"type": "PHONE", "value": "0400 000 000"}]},  # not in the text: a miss
+        {"text": "Home\nAbout\nShop\nCart", "keep": False},
+        {"text": "Home\nLogin\nSign up\nHelp", "keep": True},  # a wrong label: every drop of it is counted wrong
+    ]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = data_quality.read_labelled(path)
+    table = data_quality.drop_table(docs, data_quality.block_verdicts(DataConfig(), docs))
+    gopher = next(row.split() for row in table if row.startswith("gopher_quality"))
+    assert gopher[1:5] == ["2", "1", "0.500", "1.000"]  # drops, right, precision, recall
+    pii = data_quality.pii_table(DataConfig(), docs)
+    assert any(row.split() == ["EMAIL", "1", "1", "1.000", "0"] for row in pii)
+    assert any(row.split() == ["PHONE", "2", "1", "0.500", "0"] for row in pii)
+    path.write_text(json.dumps({"text": "x", "keep": "yes"}) + "\n")
+    with pytest.raises(SystemExit, match=r"labelled.jsonl:1: field 'keep'"):
+        data_quality.read_labelled(path)
