@@ -305,6 +305,8 @@ def test_phone_regions_and_leniency_are_configurable():
     assert scrub(french, phones=PhoneRules(regions=("FR",)))[1] == Counter(PHONE=1)
     international = "Call +33 1 42 68 53 00 now"  # a + number is read whatever the regions
     assert scrub(international, phones=PhoneRules(regions=("US",)))[1] == Counter(PHONE=1)
+    fictional = "Call +44 20 5560 6375 now"  # no such London range, but + and a possible length: a phone by intent
+    assert scrub(fictional)[1] == Counter(PHONE=1)
     invalid = "Dial 01632 960000 now"  # right length for GB, but a range Ofcom keeps for drama (not valid)
     assert scrub(invalid, phones=PhoneRules(regions=("GB",)))[1] == Counter()
     assert scrub(invalid, phones=PhoneRules(regions=("GB",), leniency="possible"))[1] == Counter(PHONE=1)

@@ -46,7 +46,7 @@ PHONE_LENIENCIES = ("possible", "valid", "strict_grouping", "exact_grouping")  #
 @dataclass(frozen=True)
 class PhoneRules:
     regions: tuple[str, ...] = PHONE_REGIONS
-    leniency: str = "valid"  # a number valid for its region's metadata (not only of a possible length)
+    leniency: str = "valid"  # national formats: valid for the region's metadata (not only of a possible length)
 
 
 # Neighbours that make a digit span part of something longer: 1.2.3, a-123, #123, 12 345 678 ...
@@ -135,13 +135,18 @@ def phone_spans(text: str, rules: PhoneRules = PhoneRules()) -> list[tuple[int, 
     if not re.search(r"\d(?:\D{0,3}\d){6}", text):  # fewer than 7 close digits: no number to look for
         return []
     leniency = getattr(phonenumbers.Leniency, rules.leniency.upper())
+    # A number written with + and a country code is a phone by intent: taken when its length is possible,
+    # whatever the region's ranges (fictional 555 numbers, new ranges); national ones must pass `leniency`.
+    passes = [(region, leniency, False) for region in rules.regions]
+    if re.search(r"\+\d", text):
+        passes.append((rules.regions[0] if rules.regions else "US", phonenumbers.Leniency.POSSIBLE, True))
     spans = set()
-    for region in rules.regions:
-        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
+    for region, level, plus_only in passes:
+        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=level):
             start, end = match.start, match.end
             raw = text[start:end]
-            if (_PHONE_BEFORE.search(text[max(0, start - 2):start]) or _PHONE_AFTER.match(text[end:end + 2])
-                    or _PHONE_LOOK_ALIKE.fullmatch(raw) or _is_table_row(raw)):
+            if ((plus_only and not raw.startswith("+")) or _PHONE_BEFORE.search(text[max(0, start - 2):start])
+                    or _PHONE_AFTER.match(text[end:end + 2]) or _PHONE_LOOK_ALIKE.fullmatch(raw) or _is_table_row(raw)):
                 continue
             spans.add((start, end))
     for m in LOCAL_PHONE.finditer(text):
