@@ -401,3 +401,104 @@ def test_a_task_left_empty_by_the_filters_keeps_the_numbering(tmp_path):
             for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}
     assert kept == {"d0", "d2", "d3"}  # read as d0 d3 d6 | d1 d4 d7 | d2 d5 d8: d5 copies d0, d6 is near d3
     assert (m["gopher_quality_dropped"], m["exact_dedup_dropped"], m["minhash_dropped"]) == (4, 1, 1)
+
+
+# Prose as people write it: commas, brackets, quotes, figures; every sentence passes Gopher's paper rule.
+CLUB_QUESTIONS = (
+    "Book club questions (for week 3): Who, in the end, is the narrator? Why does she say \"never\" - twice - "
+    "on page 212? Is the house, as the title says, \"a prison\"; or is it, perhaps, a refuge? Compare chapters "
+    "4, 9 and 17. What does the river mean to Ana, to Tom, and to the reader? (Think of 1987, the flood year.) "
+    "Does the ending work? Why, or why not? Would you, as the editor, cut the epilogue? Share your answers, "
+    "your doubts, and your favourite lines, by Friday.")
+
+
+def test_gopher_alpha_rule_counts_whitespace_words_as_the_paper():
+    """datatrove's spaCy tokens make each comma a word without a letter: this prose has 82% of its
+    whitespace words with a letter, and under 80% of its tokens."""
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    from components.data.words import WarmSpaCyTokenizer
+
+    doc = _doc(CLUB_QUESTIONS)
+    words = CLUB_QUESTIONS.split()
+    assert sum(any(c.isalpha() for c in w) for w in words) / len(words) >= 0.8
+    assert GopherQualityFilter(language=WarmSpaCyTokenizer()).filter(doc) == (False, "gopher_below_alpha_threshold")
+    blocks = dict(quality_blocks(DataConfig(), lambda block: None))
+    assert blocks["gopher_quality"].filter(doc) is True  # the default: the paper's words
+    tokens = dict(quality_blocks(DataConfig(gopher_alpha_words="tokens"), lambda block: None))
+    assert tokens["gopher_quality"].filter(doc) == (False, "gopher_below_alpha_threshold")  # datatrove's, kept as an option
+    figures = " ".join(["1990 2004 31.5% 12,400 and the 88,000 of 2,600 to 4,400"] * 12)  # a table of figures still fails
+    assert blocks["gopher_quality"].filter(_doc(figures)) == (False, "gopher_below_alpha_threshold")
+    with pytest.raises(ValueError, match="data.gopher_alpha_words"):
+        DataConfig(gopher_alpha_words="spacy")
+
+
+def _news_page(n: int, shared: str) -> str:
+    body = "".join(f"<p>Story {n}, paragraph {i}: the council met on Tuesday and voted {i + n} to {i} on the "
+                   f"plan for the river bank, which residents of ward {n} had asked for since {1990 + i}.</p>"
+                   for i in range(6))
+    return (f"<html><head><title>Local news {n}</title></head><body><nav><a href='/'>Home</a> <a href='/n'>News</a>"
+            f"</nav><article><h1>Council vote number {n}</h1>{shared}{body}{shared}</article>"
+            "<footer>Copyright The Local Paper. All rights reserved.</footer></body></html>")
+
+
+def test_html_extraction_does_not_depend_on_page_order():
+    """Pages of one site repeat paragraphs (a standfirst, a correction notice); trafilatura's
+    deduplicate cache dropped them from the pages read after the first ones."""
+    from components.data.ingest.web import HtmlExtractor
+
+    shared = ("<p>Correction: an earlier version of this story misstated the date of the meeting, which was "
+              "held on Tuesday evening at the town hall and was open to the public.</p>")
+    pages = [_news_page(n, shared) for n in range(8)]
+    with HtmlExtractor() as forward:
+        first = [forward(html) for html in pages]
+    with HtmlExtractor() as backward:
+        second = [backward(html) for html in reversed(pages)][::-1]
+    assert first == second
+    assert all(text is not None and text.count("Correction: an earlier version") == 2 for text, _ in first)
+
+
+def test_html_pages_have_their_own_size_limit(tmp_path):
+    from components.data.ingest.web import HtmlExtractor, read_html
+
+    page = tmp_path / "long.html"
+    scripts = ("<script>var x = '" + "x" * 3000 + "';</script>") * 400  # ~1.2 MB of markup around a short article
+    page.write_text(_news_page(1, "").replace("</body>", scripts + "</body>"), encoding="utf-8")
+    size = page.stat().st_size
+    assert size > DataConfig().max_line_bytes  # the old shared limit quarantined such a page
+    with HtmlExtractor(max_html_bytes=DataConfig().max_html_bytes) as extract:
+        doc, bad = read_html(page, "web", DataConfig().max_line_bytes, str(page), extract)
+    assert bad is None and "Council vote number 1" in doc["text"]
+    with HtmlExtractor(max_html_bytes=size - 1) as extract:
+        doc, bad = read_html(page, "web", DataConfig().max_line_bytes, str(page), extract)
+    assert doc is None and bad["reason"] == f"page_too_long ({size} bytes > data.max_html_bytes)"
+    with pytest.raises(ValueError, match="data.max_html_bytes"):
+        DataConfig(max_html_bytes=0)
+
+
+def test_data_quality_benchmark_scores_drops_and_pii(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    import data_quality
+
+    prose = CLUB_QUESTIONS + " Mail ann.lee@example.org or call (02) 9876 5432 to join us, and bring a friend."
+    rows = [
+        {"text": prose, "keep": True, "pii": [{"type": "EMAIL", "value": "ann.lee@example.org"},
+                                              {"type": "PHONE", "value": "(02) 9876 5432"},
+                                              {"type": "PHONE", "value": "0400 000 000"}]},  # not in the text: a miss
+        {"text": "Home\nAbout\nShop\nCart", "keep": False},
+        {"text": "Home\nLogin\nSign up\nHelp", "keep": True},  # a wrong label: every drop of it is counted wrong
+    ]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = data_quality.read_labelled(path)
+    table = data_quality.drop_table(docs, data_quality.block_verdicts(DataConfig(), docs))
+    gopher = next(row.split() for row in table if row.startswith("gopher_quality"))
+    assert gopher[1:5] == ["2", "1", "0.500", "1.000"]  # drops, right, precision, recall
+    pii = data_quality.pii_table(DataConfig(), docs)
+    assert any(row.split() == ["EMAIL", "1", "1", "1.000", "0"] for row in pii)
+    assert any(row.split() == ["PHONE", "2", "1", "0.500", "0"] for row in pii)
+    path.write_text(json.dumps({"text": "x", "keep": "yes"}) + "\n")
+    with pytest.raises(SystemExit, match=r"labelled.jsonl:1: field 'keep'"):
+        data_quality.read_labelled(path)

@@ -1,4 +1,4 @@
-"""PII detection and scrubbing (components/data/pii.py): pure regex, runs in well under a second."""
+"""PII detection and scrubbing (components/data/pii.py): regexes and phonenumbers, runs in seconds."""
 from __future__ import annotations
 
 import random
@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from components.data.pii import IBAN_LENGTHS, PII_TYPES, find_pii, scrub
+from components.data.pii import IBAN_LENGTHS, PHONE_REGIONS, PII_TYPES, PhoneRules, find_pii, scrub
 
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -252,3 +252,61 @@ def test_iban_length_table():
     # right checksum, wrong length for the country: DE with one digit missing
     bban = "37040044053201300"
     assert find_pii(f"x DE{iban_check('DE', bban)}{bban} y") == []
+
+
+REAL_PHONE_SHAPES = [  # shapes the regexes missed on real C4 pages (issue 13)
+    ("Call 1-508-487-1279 for an appointment.", "1-508-487-1279"),  # 1- country prefix
+    ("Toll free: 1-800-555-0199.", "1-800-555-0199"),
+    ("Office 508 487-1279, ask for Ann", "508 487-1279"),  # mixed separators
+    ("Sydney office (02) 9876 5432 weekdays", "(02) 9876 5432"),  # trunk 0, area code in parentheses
+    ("Melbourne: (03) 9123 4567.", "(03) 9123 4567"),
+    ("London +44 (0)20 7946 0958 or email", "+44 (0)20 7946 0958"),
+    ("Paris 01 42 68 53 00 (standard)", "01 42 68 53 00"),
+    ("Mumbai office 022 2345 6789.", "022 2345 6789"),
+    ("For bookings call 555-0123 after noon.", "555-0123"),  # 7-digit local, after a phone word
+    ("Tel: 555.0187 (front desk)", "555.0187"),
+]
+
+
+@pytest.mark.parametrize("text,value", REAL_PHONE_SHAPES)
+def test_real_phone_shapes(text, value):
+    assert scrub(text) == (text.replace(value, "<PHONE>"), Counter(PHONE=1))
+
+
+@pytest.mark.parametrize("text", [
+    "The score was 555-0123 in the log.",  # 7 digits with no phone word before them
+    "Item 0-306-40615-2 is an ISBN-10, 978-0-306-40615-7 its ISBN-13.",
+    "Build 4815162342 passed; ticket 2025551234.",  # bare runs of digits: ids
+    "Prices: $202.555, 1,234,567 units, 3.14159265 pi.",
+    "1 Kyle Busch 5040 5 1 17 27\n2 Martin Truex Jr. 5035 7 0 15 24\n5 Joey Logano 2380 2 3 12 21",  # standings
+])
+def test_phone_look_alikes_survive(text):
+    assert find_pii(text) == []
+
+
+def test_phone_example_numbers_of_every_default_region():
+    """libphonenumber's own example numbers, written as people write them (national and
+    international formats), are found whole."""
+    import phonenumbers as pn
+
+    fmt = pn.PhoneNumberFormat
+    for region in PHONE_REGIONS:
+        for kind in (pn.PhoneNumberType.FIXED_LINE, pn.PhoneNumberType.MOBILE):
+            number = pn.example_number_for_type(region, kind)
+            for style in (fmt.NATIONAL, fmt.INTERNATIONAL):
+                written = pn.format_number(number, style)
+                text = f"Reach us on {written} today."
+                assert find_pii(text) == [(12, 12 + len(written), "PHONE")], (region, written)
+
+
+def test_phone_regions_and_leniency_are_configurable():
+    french = "Appelez le 01 42 68 53 00 demain"
+    assert scrub(french, phones=PhoneRules(regions=("US",)))[1] == Counter()  # a national format of another region
+    assert scrub(french, phones=PhoneRules(regions=("FR",)))[1] == Counter(PHONE=1)
+    international = "Call +33 1 42 68 53 00 now"  # a + number is read whatever the regions
+    assert scrub(international, phones=PhoneRules(regions=("US",)))[1] == Counter(PHONE=1)
+    fictional = "Call +44 20 5560 6375 now"  # no such London range, but + and a possible length: a phone by intent
+    assert scrub(fictional)[1] == Counter(PHONE=1)
+    invalid = "Dial 01632 960000 now"  # right length for GB, but a range Ofcom keeps for drama (not valid)
+    assert scrub(invalid, phones=PhoneRules(regions=("GB",)))[1] == Counter()
+    assert scrub(invalid, phones=PhoneRules(regions=("GB",), leniency="possible"))[1] == Counter(PHONE=1)

@@ -16,7 +16,7 @@ from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from components.data.pii import scrub
+from components.data.pii import PHONE_REGIONS, PhoneRules, scrub
 
 
 def normalise(text: str) -> str:
@@ -180,12 +180,13 @@ class PIIScrubber(BaseFormatter):
 
     name = "pii"
 
-    def __init__(self, keep_private_ips: bool = False):
+    def __init__(self, keep_private_ips: bool = False, phone_regions=PHONE_REGIONS, phone_leniency: str = "valid"):
         super().__init__()
         self.keep_private_ips = keep_private_ips
+        self.phones = PhoneRules(tuple(r.upper() for r in phone_regions), phone_leniency)
 
     def format(self, text: str) -> str:
-        text, counts = scrub(text, self.keep_private_ips)
+        text, counts = scrub(text, self.keep_private_ips, self.phones)
         for kind, n in counts.items():
             self.stat_update(f"pii_{kind.lower()}", value=n)
         if counts:

@@ -18,6 +18,12 @@ class ResolvedSource:
     files: tuple[Path, ...]  # the local files it reads, sorted; () for the embedded corpus and hub ids
 
 
+def _is_phone_region(region: Any) -> bool:
+    import phonenumbers  # metadata only: no datatrove
+
+    return isinstance(region, str) and region.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
 def _check_rules(rules: Any, section: str) -> None:
     """Ratios and fractions in [0, 1], counts and lengths > 0; null switches a rule off."""
     for f in fields(rules):
@@ -118,6 +124,7 @@ class DataConfig:
     validation_fraction: float = 0.08  # share of documents held out, chosen by a hash of the id
     gopher_quality: bool = True  # Gopher quality filter (length, word shapes, stop words, symbols)
     gopher_quality_rules: GopherQualityRules = field(default_factory=GopherQualityRules)
+    gopher_alpha_words: str = "whitespace"  # words of the "80% hold a letter" rule: whitespace (Gopher paper) | tokens (datatrove: punctuation counts)
     gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     gopher_repetition_rules: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
     c4: bool = True  # C4 line and document rules (no bad-words list: it needs a download)
@@ -129,7 +136,10 @@ class DataConfig:
     minhash_hashes_per_bucket: int = 8
     pii: bool = True  # replace emails, IPs, phones, cards, SSNs, IBANs, secrets with <EMAIL>, <IP>, ...
     pii_keep_private_ips: bool = False  # leave 10/8, 192.168/16, 127/8, fc00::/7 ... untouched
-    max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, HTML pages) are quarantined
+    pii_phone_regions: list[str] = field(default_factory=lambda: ["US", "GB", "DE", "FR", "AU", "IN"])  # national phone formats read (+ numbers: all)
+    pii_phone_leniency: str = "valid"  # phonenumbers' Leniency: possible | valid | strict_grouping | exact_grouping
+    max_line_bytes: int = 1_000_000  # longer input lines (and longer texts, extracted web texts) are quarantined
+    max_html_bytes: int = 8 << 20  # longer raw HTML pages (html files, WARC responses) are quarantined
     tasks: int = 2  # datatrove tasks for the quality filters (sets the output sharding)
     workers: int = log_only(2)  # processes running those tasks (output does not depend on it)
     # --- quality blocks after Gopher and C4, the MinHash guard, executors (order of the pipeline) ---
@@ -147,6 +157,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         weighted = self.specs[0].weight is not None
         check_choice("data.mix_by", self.mix_by, ("documents", "bytes"))
+        check_choice("data.gopher_alpha_words", self.gopher_alpha_words, ("whitespace", "tokens"))
+        check_choice("data.pii_phone_leniency", self.pii_phone_leniency, ("possible", "valid", "strict_grouping", "exact_grouping"))
+        check(all(_is_phone_region(r) for r in self.pii_phone_regions), "data.pii_phone_regions", self.pii_phone_regions,
+              "two-letter region codes phonenumbers knows, e.g. [US, GB, DE]")
         check(self.mix_total is None or (weighted and self.mix_total > 0), "data.mix_total", self.mix_total,
               "must be null, or > 0 with weighted sources")
         check(not self.mix_repeat or self.mix_total is not None, "data.mix_repeat", self.mix_repeat,
@@ -157,7 +171,8 @@ class DataConfig:
               "must be in (0, 0.5)")
         check(self.max_documents is None or self.max_documents >= 10, "data.max_documents", self.max_documents,
               "must be null or >= 10")
-        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
+        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes",
+                     "max_html_bytes"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
         for name in ("language_threshold", "minhash_guard_jaccard"):
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")

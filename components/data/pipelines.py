@@ -84,9 +84,7 @@ def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
     """(block name, datatrove filter) for the enabled quality blocks, in pipeline order. The blocks that
     split words or sentences share one tokenizer (components/data/words.py): same tokens, a fraction
     of the time, and Gopher repetition reuses the words Gopher quality split."""
-    from datatrove.pipeline.filters import GopherQualityFilter
-
-    from components.data.filters import (C4Filter, FineWebQuality, GopherRepetition, LocalLanguageFilter,
+    from components.data.filters import (C4Filter, FineWebQuality, GopherQuality, GopherRepetition, LocalLanguageFilter,
                                          URLBlocklistFilter)
     from components.data.words import WarmSpaCyTokenizer
 
@@ -98,8 +96,9 @@ def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
         blocks.append(("language", LocalLanguageFilter(cfg.language_model, cfg.languages, cfg.language_threshold,
                                                        exclusion_writer=sink("language"))))
     if cfg.gopher_quality:
-        blocks.append(("gopher_quality", GopherQualityFilter(exclusion_writer=sink("gopher_quality"), language=words,
-                                                             **asdict(cfg.gopher_quality_rules))))
+        blocks.append(("gopher_quality", GopherQuality(exclusion_writer=sink("gopher_quality"), language=words,
+                                                       alpha_words=cfg.gopher_alpha_words,
+                                                       **asdict(cfg.gopher_quality_rules))))
     if cfg.gopher_repetition:
         rules = cfg.gopher_repetition_rules
         blocks.append(("gopher_repetition", GopherRepetition(
@@ -174,7 +173,7 @@ def build_passes(cfg: DataConfig, reader: PipelineStep, out_dir: Path, sources: 
         passes += minhash_passes(cfg, work, Chain(*deduplicated()))
         final.append(("minhash", MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash"))))
     if cfg.pii:
-        final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips)))
+        final.append(("pii", PIIScrubber(cfg.pii_keep_private_ips, cfg.pii_phone_regions, cfg.pii_phone_leniency)))
     passes.append(Pass("6_final", [TaskFileReader(str(work / "quality")), *tallied(exact), *tallied(final),
                                    TrainValidationSplit(str(out_dir), cfg.validation_fraction, sources)], tasks, workers))
     return passes

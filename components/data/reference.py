@@ -25,13 +25,12 @@ from components.data.pipelines import Pass, n_gram_pairs, minhash_config
 
 def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
     from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
-    from components.data.filters import LocalLanguageFilter, URLBlocklistFilter
+    from components.data.filters import GopherQuality, LocalLanguageFilter, URLBlocklistFilter
     from components.data.minhash_guard import MinhashClusterGuard
 
     work = out_dir / "work"
@@ -51,8 +50,9 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
         quality.append(GopherRepetitionFilter(exclusion_writer=sink("gopher_repetition"), **{
             **asdict(rules), "top_n_grams": n_gram_pairs(rules.top_n_grams),
             "dup_n_grams": n_gram_pairs(rules.dup_n_grams)}))
-    if cfg.gopher_quality:
-        quality.append(GopherQualityFilter(exclusion_writer=sink("gopher_quality"), **asdict(cfg.gopher_quality_rules)))
+    if cfg.gopher_quality:  # ours: datatrove's filter with the configured words for its alpha rule (filters.py)
+        quality.append(GopherQuality(exclusion_writer=sink("gopher_quality"), alpha_words=cfg.gopher_alpha_words,
+                                     **asdict(cfg.gopher_quality_rules)))
     if cfg.c4:
         quality.append(C4QualityFilter(exclusion_writer=sink("c4"), **asdict(cfg.c4_rules)))
     if cfg.fineweb:
@@ -79,7 +79,7 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
         ]
         final.append(MinhashDedupFilter(str(work / "remove"), exclusion_writer=sink("minhash")))
     if cfg.pii:
-        final.append(PIIScrubber(cfg.pii_keep_private_ips))
+        final.append(PIIScrubber(cfg.pii_keep_private_ips, cfg.pii_phone_regions, cfg.pii_phone_leniency))
     passes.append(Pass("7_final", [deduped(), *final, TrainValidationSplit(str(out_dir), cfg.validation_fraction)]))
     return passes
 
@@ -99,7 +99,7 @@ def stage_sources(cfg: DataConfig, out_dir: Path) -> Path:
     if any(s.type == "embedded" for s in specs):
         embedded.build(embedded_file, cfg.max_documents, cfg.seed)
     reader = SourceReader(plan_units(specs, cfg.tasks, embedded_file), cfg.text_key, cfg.max_line_bytes, cfg.strict,
-                          str(out_dir / "quarantine"))
+                          str(out_dir / "quarantine"), max_html_bytes=cfg.max_html_bytes)
     staged = out_dir / "work" / "staged"
     LocalPipelineExecutor([reader, JsonlWriter(str(staged))], tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks),
                           skip_completed=False, logging_dir=str(out_dir / "work" / "logs" / "0_staging")).run()

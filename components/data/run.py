@@ -67,7 +67,8 @@ def plan_weighted_mix(cfg: DataConfig, units: list[Unit], out_dir: Path) -> str:
     from components.data.mix import copies_per_unit
 
     mix = out_dir / "work" / "mix"
-    counter = SourceCounter(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(mix / "counts"))
+    counter = SourceCounter(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(mix / "counts"),
+                            max_html_bytes=cfg.max_html_bytes)
     run_pass(cfg, "0_count", [counter], cfg.tasks, min(cfg.workers, cfg.tasks), out_dir)
     counts = {job: json.loads((mix / "counts" / job_file(job)).read_text()) for job in range(len(units))}
     weights = {s.name: s.weight for s in cfg.source_specs()}
@@ -119,7 +120,8 @@ def run(cfg: DataConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     truth = embedded.build(embedded_file, cfg.max_documents, cfg.seed) if any(s.type == "embedded" for s in specs) else None
     units = plan_units(specs, cfg.tasks, embedded_file, [r.files for r in cfg.resolved_sources])  # reading: in the tasks
     copies = plan_weighted_mix(cfg, units, out_dir) if specs[0].weight is not None else None
-    reader = SourceReader(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(out_dir / "quarantine"), copies)
+    reader = SourceReader(units, cfg.text_key, cfg.max_line_bytes, cfg.strict, str(out_dir / "quarantine"), copies,
+                          max_html_bytes=cfg.max_html_bytes)
     for p in build_passes(cfg, reader, out_dir, [s.name for s in specs]):
         run_pass(cfg, p.name, p.pipeline, p.tasks, p.workers, out_dir)
         if p.name == "1_quality":

@@ -27,7 +27,7 @@ def job_file(job: int) -> str:
 
 
 def task_outcomes(units: list[Unit], rank: int, world_size: int, text_key: str,
-                  max_bytes: int) -> Iterator[tuple[int, Unit, dict | None, dict | None]]:
+                  max_bytes: int, max_html_bytes: int | None = None) -> Iterator[tuple[int, Unit, dict | None, dict | None]]:
     """(unit number, unit, document, issue) for every record of this task's units; one extractor
     process for all the web units of the task."""
     jobs = units_of_task(list(enumerate(units)), rank, world_size)
@@ -36,7 +36,7 @@ def task_outcomes(units: list[Unit], rank: int, world_size: int, text_key: str,
         if any(unit.web for _, unit in jobs):
             from components.data.ingest.web import HtmlExtractor
 
-            extract = stack.enter_context(HtmlExtractor())
+            extract = stack.enter_context(HtmlExtractor(**({"max_html_bytes": max_html_bytes} if max_html_bytes else {})))
         for job, unit in jobs:
             for doc, bad in read_unit(unit, text_key, max_bytes, extract):
                 yield job, unit, doc, bad
@@ -53,9 +53,10 @@ class SourceReader(PipelineStep):
     type = "📖 - READER"
 
     def __init__(self, units: list[Unit], text_key: str, max_bytes: int, strict: bool, quarantine_folder: str,
-                 copies_folder: str | None = None):
+                 copies_folder: str | None = None, max_html_bytes: int | None = None):
         super().__init__()
         self.units, self.text_key, self.max_bytes, self.strict = units, text_key, max_bytes, strict
+        self.max_html_bytes = max_html_bytes  # raw pages (null: web.MAX_HTML_BYTES)
         self.quarantine_folder, self.copies_folder = quarantine_folder, copies_folder
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -69,7 +70,8 @@ class SourceReader(PipelineStep):
         taken: Counter = Counter()  # documents read so far per unit: the index into its copies
         with contextlib.ExitStack() as stack:
             quarantine = None
-            for job, unit, doc, bad in task_outcomes(self.units, rank, world_size, self.text_key, self.max_bytes):
+            for job, unit, doc, bad in task_outcomes(self.units, rank, world_size, self.text_key, self.max_bytes,
+                                                     self.max_html_bytes):
                 source = f"source_{unit.source_index}"
                 if bad is not None:
                     if quarantine is None and not bad.get("skip"):
@@ -130,16 +132,18 @@ class SourceCounter(PipelineStep):
     name = "🔢 Source counts"
     type = "📊 - STATS"
 
-    def __init__(self, units: list[Unit], text_key: str, max_bytes: int, strict: bool, counts_folder: str):
+    def __init__(self, units: list[Unit], text_key: str, max_bytes: int, strict: bool, counts_folder: str,
+                 max_html_bytes: int | None = None):
         super().__init__()
         self.units, self.text_key, self.max_bytes, self.strict = units, text_key, max_bytes, strict
-        self.counts_folder = counts_folder
+        self.counts_folder, self.max_html_bytes = counts_folder, max_html_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from datatrove.io import get_datafolder
 
         found: dict[int, list[list[int]]] = {job: [] for job, _ in units_of_task(list(enumerate(self.units)), rank, world_size)}
-        for job, unit, doc, bad in task_outcomes(self.units, rank, world_size, self.text_key, self.max_bytes):
+        for job, unit, doc, bad in task_outcomes(self.units, rank, world_size, self.text_key, self.max_bytes,
+                                                 self.max_html_bytes):
             if bad is not None:
                 if self.strict and not bad.get("skip"):
                     raise strict_error(bad, unit)

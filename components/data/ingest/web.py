@@ -6,6 +6,12 @@ A WARC file holds requests, responses and metadata records; only HTML responses 
 WET "conversion" records, already text) are documents. The others are skips counted by
 reason. An HTML page whose extraction fails or yields nothing is quarantined with its
 record number, URL and reason.
+
+Extraction is a pure function of the page: trafilatura runs with ``deduplicate=False`` (datatrove's
+default, True, keeps a cache of seen text segments in the extractor process, so a page's output
+depended on the pages before it: 3 of 40 real pages changed when re-extracted, one came out empty).
+Near-duplicate pages are MinHash's job, later. Raw HTML has its own size limit (data.max_html_bytes,
+pages carry markup and scripts); the extracted text is held to data.max_line_bytes like any text.
 """
 from __future__ import annotations
 
@@ -15,22 +21,24 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.records import UNREADABLE, WHOLE, Outcome, Stripe, issue, unreadable
+from components.data.ingest.records import UNREADABLE, WHOLE, Outcome, Stripe, issue, text_bytes, unreadable
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # A safety net against pathological pages, not a filter: generous, so that which pages
 # are kept does not depend on how loaded the machine is.
 EXTRACTION_TIMEOUT_S = 30.0
+MAX_HTML_BYTES = 8 << 20  # data.max_html_bytes' default: real news pages pass 1 MB
 
 
 class HtmlExtractor:
     """`with HtmlExtractor() as ex: text, reason = ex(html)`; text is None when extraction failed."""
 
-    def __init__(self, favour_precision: bool = True, timeout: float = EXTRACTION_TIMEOUT_S):
+    def __init__(self, favour_precision: bool = True, timeout: float = EXTRACTION_TIMEOUT_S,
+                 max_html_bytes: int = MAX_HTML_BYTES):
         from datatrove.pipeline.extractors import Trafilatura
 
-        self.extractor = Trafilatura(favour_precision=favour_precision, timeout=timeout)
-        self.timeout = timeout
+        self.extractor = Trafilatura(favour_precision=favour_precision, timeout=timeout, deduplicate=False)
+        self.timeout, self.max_html_bytes = timeout, max_html_bytes
 
     def __enter__(self) -> "HtmlExtractor":
         from datatrove.pipeline.extractors.base import ExtractorSandbox
@@ -81,8 +89,9 @@ def _payload_type(record) -> str:
     return (declared or "unknown").split(";")[0].strip().lower()
 
 
-def read_warc_files(paths: list[Path], source: str, max_bytes: int, favour_precision: bool = True) -> Iterator[Outcome]:
-    with HtmlExtractor(favour_precision) as extract:
+def read_warc_files(paths: list[Path], source: str, max_bytes: int, favour_precision: bool = True,
+                    max_html_bytes: int = MAX_HTML_BYTES) -> Iterator[Outcome]:
+    with HtmlExtractor(favour_precision, max_html_bytes=max_html_bytes) as extract:
         for path in paths:
             yield from read_warc(path, source, max_bytes, str(path), extract)
 
@@ -143,8 +152,8 @@ def _warc_outcome(record, number: int, extract: HtmlExtractor, source: str, max_
     if payload_type not in HTML_TYPES and not is_text:
         return None, {"file": file, **where, "reason": f"not_html ({payload_type})", "skip": True}
     payload = record.content_stream().read()
-    if len(payload) > max_bytes:
-        return issue(file, f"page_too_long ({len(payload)} bytes > data.max_line_bytes)", **where)
+    if len(payload) > extract.max_html_bytes:
+        return issue(file, f"page_too_long ({len(payload)} bytes > data.max_html_bytes)", **where)
     content_type = record.http_headers.get_header("Content-Type") if record.http_headers else None
     html = decode_html(payload, content_type)
     if html is None:
@@ -152,14 +161,17 @@ def _warc_outcome(record, number: int, extract: HtmlExtractor, source: str, max_
     text, reason = (html, None) if is_text else extract(html)
     if text is None:
         return issue(file, reason, **where)
+    if text_bytes(text) > max_bytes:
+        return issue(file, f"text_too_long ({text_bytes(text)} bytes > data.max_line_bytes)", **where)
     doc_id = headers.get_header("WARC-Record-ID") or f"{Path(file).name}:{number}"
     return {"text": text, "id": doc_id,
             "metadata": {"source": source, "file": file, "record": number, "url": url, "date": date}}, None
 
 
-def read_html_files(paths: list[Path], source: str, max_bytes: int, favour_precision: bool = True) -> Iterator[Outcome]:
+def read_html_files(paths: list[Path], source: str, max_bytes: int, favour_precision: bool = True,
+                    max_html_bytes: int = MAX_HTML_BYTES) -> Iterator[Outcome]:
     """One local HTML page per file (saved pages, a mirror)."""
-    with HtmlExtractor(favour_precision) as extract:
+    with HtmlExtractor(favour_precision, max_html_bytes=max_html_bytes) as extract:
         for path in paths:
             yield read_html(path, source, max_bytes, str(path), extract)
 
@@ -169,12 +181,14 @@ def read_html(path: Path, source: str, max_bytes: int, file: str, extract: HtmlE
         payload = path.read_bytes()
     except UNREADABLE as err:
         return unreadable(file, err)
-    if len(payload) > max_bytes:
-        return issue(file, f"page_too_long ({len(payload)} bytes > data.max_line_bytes)")
+    if len(payload) > extract.max_html_bytes:
+        return issue(file, f"page_too_long ({len(payload)} bytes > data.max_html_bytes)")
     html = decode_html(payload, None)
     if html is None:
         return issue(file, "undecodable (no charset decodes the page)")
     text, reason = extract(html)
     if text is None:
         return issue(file, reason)
+    if text_bytes(text) > max_bytes:
+        return issue(file, f"text_too_long ({text_bytes(text)} bytes > data.max_line_bytes)")
     return {"text": text, "id": file, "metadata": {"source": source, "file": file}}, None
