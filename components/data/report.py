@@ -129,8 +129,15 @@ def _per_source(specs: list, stats: Counter) -> dict:
     """Per source: read, quarantined, skipped, taken by the mix, and kept after the filters (the reader's
     and the split's counters)."""
     names = ("docs_in", "bytes_in", "quarantined", "skipped", "docs_taken", "bytes_taken", "docs_out", "bytes_out")
-    return {spec.name: {"type": spec.type, "weight": spec.weight, **{n: stats[f"source_{i}_{n}"] for n in names}}
+    return {spec.name: {"type": spec.type, "weight": spec.weight, **{n: stats[f"source_{i}_{n}"] for n in names},
+                        **_blocks_unable(spec.name, stats)}
             for i, spec in enumerate(specs)}
+
+
+def _blocks_unable(source: str, stats: Counter) -> dict:
+    """Documents of a source a block could not judge (kept): the url blocklist's, without a url."""
+    n = stats.get(f"no_url_in:{source}", 0)
+    return {"url_blocklist_no_url": n} if n else {}
 
 
 def _issue_counts(stats: Counter) -> dict:

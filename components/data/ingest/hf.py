@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.fields import RowFields, as_fields
-from components.data.ingest.records import WHOLE, Outcome, Stripe, read_table_rows, unreadable
+from components.data.ingest.records import (WHOLE, Outcome, RowFields, Stripe, as_fields, read_table_rows,
+                                            unreadable)
 from components.data.sources import SourceSpec, check_hub_reachable, expand_files, is_hub_id, is_saved_dataset
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}

@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.fields import RowFields, as_fields
-from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, Stripe, check_text, issue, open_binary,
-                                            row_document, rows_as_documents, unreadable)
+from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, RowFields, Stripe, as_fields, check_text, issue,
+                                            open_binary, row_document, rows_as_documents, unreadable)
 
 
 def read_jsonl(path: Path, fields: RowFields | str, max_line_bytes: int, source_name: str | None = None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.fields import RowFields, as_fields
-from components.data.ingest.records import UNREADABLE, WHOLE, Outcome, Stripe, read_table_rows, unreadable
+from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, RowFields, Stripe, as_fields, read_table_rows,
+                                            unreadable)
 
 
 def read_parquet(path: Path, fields: RowFields | str, max_bytes: int, source: str, file: str,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from components.data.ingest.fields import RowFields, as_fields, row_id, row_metadata
+from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, RowFields, as_fields, row_id, row_metadata  # noqa: F401 (the readers' import)
 
 Outcome = tuple[dict | None, dict | None]
 UNREADABLE = (OSError, EOFError, zlib.error)  # permission, missing, corrupt gzip (BadGzipFile is an OSError)
@@ -95,13 +95,13 @@ def check_text(record, text_key: str, file: str, max_bytes: int, **where) -> tup
     return text, None
 
 
-def row_document(row: dict, fields: RowFields, text: str, fallback_id: str, **where) -> Outcome:
+def row_document(record: dict, fields: RowFields, text: str, fallback_id: str, **where) -> Outcome:
     """The document of a valid row: its id (fields.id_key, `id`, or `fallback_id`) and metadata
     (url, date, declared fields; then the pipeline's own source, file and position)."""
-    doc_id, reason = row_id(row, fields, fallback_id)
+    doc_id, reason = row_id(record, fields, fallback_id)
     if reason:
         return issue(where["file"], reason, **{k: v for k, v in where.items() if k in WHERE_KEYS})
-    return {"text": text, "id": doc_id, "metadata": {**row_metadata(row, fields), **where}}, None
+    return {"text": text, "id": doc_id, "metadata": {**row_metadata(record, fields), **where}}, None
 
 
 def rows_as_documents(rows: Iterable[dict], fields: RowFields | str, file: str, source: str, max_bytes: int,

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.fields import DEFAULT_CHUNK_CHARS
-from components.data.ingest.records import UNREADABLE, Outcome, issue, open_binary, unreadable
+from components.data.ingest.records import DEFAULT_CHUNK_CHARS, UNREADABLE, Outcome, issue, open_binary, unreadable
 
 SENTENCE_END = re.compile(r"(?<=[.!?\u2026\u3002])[\"'\u201d\u2019)\]]*\s+")  # where a sentence may end
 
@@ -131,7 +130,12 @@ def _grouped(paragraphs: Iterator[Piece | tuple], limit: int, split_long: bool) 
         if isinstance(paragraph, tuple):
             yield paragraph
             continue
-        for piece in (cut(paragraph, limit) if split_long and len(paragraph.text) > limit else [paragraph]):
+        room = limit - size - 2 if group else limit
+        if split_long and len(paragraph.text) > limit:  # its first piece fills the room left, if that is not small
+            pieces = cut(paragraph, limit, room if room >= limit // 4 else limit)
+        else:
+            pieces = [paragraph]
+        for piece in pieces:
             if group and size + 2 + len(piece.text) > limit:
                 yield from flush()
             size = len(piece.text) if not group else size + 2 + len(piece.text)
@@ -139,19 +143,20 @@ def _grouped(paragraphs: Iterator[Piece | tuple], limit: int, split_long: bool) 
     yield from flush()
 
 
-def cut(paragraph: Piece, limit: int) -> list[Piece]:
-    """A long paragraph in pieces of at most `limit` characters, each ending at the last sentence end
-    in its second half, else at the last space, else at `limit` (a run with no space at all)."""
-    text, pieces, start = paragraph.text, [], 0
+def cut(paragraph: Piece, limit: int, first: int | None = None) -> list[Piece]:
+    """A long paragraph in pieces of at most `limit` characters (the first at most `first`), each ending
+    at the last sentence end in its second half, else at the last space, else at its size (a run
+    with no space at all)."""
+    text, pieces, start, size = paragraph.text, [], 0, first or limit
     ends = [m.end() for m in SENTENCE_END.finditer(text)]
-    while len(text) - start > limit:
-        window = start + limit
-        best = max((e for e in ends if start + limit // 2 <= e <= window), default=None)
+    while len(text) - start > size:
+        window = start + size
+        best = max((e for e in ends if start + size // 2 <= e <= window), default=None)
         if best is None:
             space = text.rfind(" ", start + 1, window + 1)
             best = space + 1 if space > start else window
         pieces.append(_piece(paragraph, start, best))
-        start = best
+        start, size = best, limit
         while start < len(text) and text[start].isspace():
             start += 1
     if start < len(text):
