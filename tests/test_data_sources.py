@@ -625,3 +625,17 @@ def test_real_dolma_lines_keep_url_and_metadata(samples):
         assert doc["metadata"]["url"] == row["metadata"]["url"] and doc["metadata"]["date"] == row["created"]
         assert (doc["metadata"]["lang"], doc["metadata"]["title"]) == (row["metadata"]["language"], row["metadata"]["title"])
         assert doc["metadata"]["origin"] == row["source"] and doc["id"] == row["id"]
+
+
+def test_reader_fields_from_the_command_line(tmp_path):
+    """The override form the presets document: a mapping with a list of fields, a text mode."""
+    register()
+    book, rows = tmp_path / "book.txt", tmp_path / "rows.jsonl"
+    book.write_text(TEXT)
+    rows.write_text(json.dumps({"text": TEXT}) + "\n")
+    override = (f"data.sources=[{{path: '{tmp_path}/*.txt', mode: chunk, chunk_chars: 6000}}, "
+                f"{{path: '{rows}', id_key: doc_id, metadata_keys: [lang, metadata.title]}}]")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        text, table = to_pipeline_config(compose("config", overrides=[override])).data.source_specs()
+    assert (text.type, text.mode, text.chunk_chars) == ("text", "chunk", 6000)
+    assert (table.id_key, table.metadata_keys) == ("doc_id", (("lang", "lang"), ("title", "metadata.title")))
