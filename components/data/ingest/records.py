@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, RowFields, as_fields, row_id, row_metadata  # noqa: F401 (the readers' import)
+# re-exported: the format readers import records.py only (no cycles among siblings)
+from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, RowFields, as_fields, row_id, row_metadata  # noqa: F401
 
 Outcome = tuple[dict | None, dict | None]
 UNREADABLE = (OSError, EOFError, zlib.error)  # permission, missing, corrupt gzip (BadGzipFile is an OSError)

@@ -78,7 +78,7 @@ def read_unit(unit: Unit, text_key: str, max_bytes: int, extract=None) -> Iterat
         outcomes = read_parquet(path, key, max_bytes, spec.name, unit.label, stripe)
     elif spec.type == "text":  # a whole file has no position (stripe 0); the other modes' documents do
         read = spec.mode != "file" or stripe.index == 0
-        outcomes = read_text(path, spec.name, max_bytes, unit.label, spec.mode, spec.chunk_chars) if read else iter(())
+        outcomes = read_text(path, spec.name, max_bytes, unit.label, spec.mode, spec.chunk_chars, stripe) if read else iter(())
     elif spec.type == "warc":
         outcomes = read_warc(path, spec.name, max_bytes, unit.label, extract, stripe)
     elif spec.type == "html":
