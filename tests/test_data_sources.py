@@ -639,3 +639,18 @@ def test_reader_fields_from_the_command_line(tmp_path):
         text, table = to_pipeline_config(compose("config", overrides=[override])).data.source_specs()
     assert (text.type, text.mode, text.chunk_chars) == ("text", "chunk", 6000)
     assert (table.id_key, table.metadata_keys) == ("doc_id", (("lang", "lang"), ("title", "metadata.title")))
+
+
+def test_chunk_mode_on_a_file_without_blank_lines_stays_bounded(tmp_path):
+    """No blank line at all (a paragraph a line, or hard-wrapped text): runs end at a line end once
+    over data.max_line_bytes, every piece keeps its true line and offset."""
+    src = tmp_path / "noblank.txt"
+    lines = [_article(i, 4) for i in range(400)]
+    src.write_text("\n".join(lines) + "\n")
+    docs = _docs(read_text(src, "s", 20_000, str(src), "chunk", 3000))
+    raw = src.read_bytes()
+    assert " ".join(d["text"] for d in docs).split() == src.read_text().split()
+    for doc in docs:
+        meta = doc["metadata"]
+        assert raw[meta["offset"]:].decode().startswith(doc["text"][:300]) and len(doc["text"]) <= 3000
+        assert raw[:meta["offset"]].count(b"\n") + 1 == meta["line"]

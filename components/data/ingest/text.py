@@ -14,6 +14,7 @@ line (invalid UTF-8, longer than data.max_line_bytes) is quarantined alone and e
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def read_text(path: Path, source: str, max_line_bytes: int, file: str, mode: str
     if mode == "line":
         pieces = (p for p in lines if isinstance(p, tuple) or p.text.strip())
     else:
-        pieces = _grouped(_paragraphs(lines), chunk_chars, split_long=mode == "chunk")
+        pieces = _grouped(_paragraphs(lines, max_line_bytes), chunk_chars, split_long=mode == "chunk")
     for piece in pieces:
         if isinstance(piece, tuple):  # an issue
             yield piece
@@ -102,9 +103,12 @@ def _lines(path: Path, file: str, max_line_bytes: int, stripe: Stripe = WHOLE) -
         yield unreadable(file, err, line=number + 1)
 
 
-def _paragraphs(lines: Iterator[Piece | tuple]) -> Iterator[Piece | tuple]:
-    """Runs of non-blank lines (their line ends kept inside, the last one dropped); issues pass."""
+def _paragraphs(lines: Iterator[Piece | tuple], max_chars: int) -> Iterator[Piece | tuple]:
+    """Runs of non-blank lines (their line ends kept inside, the last one dropped); issues pass. A run
+    is also ended at a line end once over `max_chars` (data.max_line_bytes): a file with no blank
+    line is not held in memory whole."""
     run: list[Piece] = []
+    size = 0
 
     def flush() -> Iterator[Piece]:
         if run:
@@ -116,8 +120,11 @@ def _paragraphs(lines: Iterator[Piece | tuple]) -> Iterator[Piece | tuple]:
             yield from flush()
             if isinstance(line, tuple):
                 yield line
-        else:
-            run.append(line)
+            continue
+        size = len(line.text) + (size if run else 0)
+        run.append(line)
+        if size > max_chars:
+            yield from flush()
     yield from flush()
 
 
@@ -152,24 +159,30 @@ def cut(paragraph: Piece, limit: int, first: int | None = None) -> list[Piece]:
     """A long paragraph in pieces of at most `limit` characters (the first at most `first`), each ending
     at the last sentence end in its second half, else at the last space, else at its size (a run
     with no space at all)."""
-    text, pieces, start, size = paragraph.text, [], 0, first or limit
+    text, bounds, start, size = paragraph.text, [], 0, first or limit
     ends = [m.end() for m in SENTENCE_END.finditer(text)]
     while len(text) - start > size:
         window = start + size
-        best = max((e for e in ends if start + size // 2 <= e <= window), default=None)
+        best = max((e for e in ends[bisect.bisect_left(ends, start + size // 2):bisect.bisect_right(ends, window)]),
+                   default=None)
         if best is None:
             space = text.rfind(" ", start + 1, window + 1)
             best = space + 1 if space > start else window
-        pieces.append(_piece(paragraph, start, best))
+        bounds.append((start, best))
         start, size = best, limit
         while start < len(text) and text[start].isspace():
             start += 1
     if start < len(text):
-        pieces.append(_piece(paragraph, start, len(text)))
-    return [p for p in pieces if p.text]
+        bounds.append((start, len(text)))
+    return [p for p in _pieces(paragraph, bounds) if p.text]
 
 
-def _piece(paragraph: Piece, start: int, end: int) -> Piece:
-    before = paragraph.text[:start]
-    offset = paragraph.offset + len(before.encode("utf-8", errors="surrogatepass"))
-    return Piece(paragraph.line + before.count("\n"), offset, paragraph.text[start:end].rstrip())
+def _pieces(paragraph: Piece, bounds: list[tuple[int, int]]) -> Iterator[Piece]:
+    """The pieces text[start:end] with their line and byte offset, counted on from the previous piece."""
+    line, offset, done = paragraph.line, paragraph.offset, 0
+    for start, end in bounds:
+        skipped = paragraph.text[done:start]
+        line, offset = line + skipped.count("\n"), offset + len(skipped.encode("utf-8", errors="surrogatepass"))
+        piece = paragraph.text[start:end]
+        yield Piece(line, offset, piece.rstrip())
+        line, offset, done = line + piece.count("\n"), offset + len(piece.encode("utf-8", errors="surrogatepass")), end
