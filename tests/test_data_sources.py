@@ -609,6 +609,7 @@ def test_url_blocklist_acts_on_jsonl_and_says_which_source_it_cannot_judge(tmp_p
     assert m["url_blocklist_dropped"] == 1 and m["url_blocklist_no_url"] == 4
     assert m["sources"]["notes"]["url_blocklist_no_url"] == 4 and "url_blocklist_no_url" not in m["sources"]["crawl"]
     assert [r for r in caplog.messages if "cannot judge 4 documents of source 'notes'" in r]
+    assert "Not judged by data.url_blocklist (no url; kept): 4 of notes documents." in (tmp_path / "out" / "report.md").read_text()
     kept = {d["id"]: d["metadata"] for d in _kept(tmp_path / "out")}
     assert "doc-2" not in kept and kept["doc-0"]["url"] == "https://site0.example.org/a"
     assert kept["doc-0"]["date"] == "2020-03-29T09:04:10Z"

@@ -249,6 +249,9 @@ def write_report(out_dir: Path, m: dict) -> None:
     lines += [f"| {name} | {c['type']} | {c['weight'] if c['weight'] is not None else '-'} | {c['docs_in']} | {c['quarantined']} "
               f"| {c['skipped']} | {c['docs_taken']} | {c['bytes_taken']} | {c['docs_out']} | {c['bytes_out']} |"
               for name, c in m.get("sources", {}).items()]
+    unjudged = [f"{c['url_blocklist_no_url']} of {name}" for name, c in m.get("sources", {}).items() if c.get("url_blocklist_no_url")]
+    if unjudged:
+        lines += ["", f"Not judged by data.url_blocklist (no url; kept): {', '.join(unjudged)} documents."]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
     measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision", "fineweb_recall",
