@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import check, check_choice, check_known_keys, expand_paths
-from components.data.ingest.fields import reader_options
+from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, reader_options
 
 SOURCE_TYPES = ("embedded", "jsonl", "parquet", "text", "html", "hf", "warc")
 SUFFIX_TYPES = {  # longest suffix first wins
@@ -49,7 +49,7 @@ class SourceSpec:
     metadata_keys: tuple[tuple[str, str], ...] = ()  # (name, dotted field); url and date are found anyway
     # ... and how a text file becomes documents: file, line, paragraph or chunk (of about chunk_chars)
     mode: str = "file"
-    chunk_chars: int = 4000
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
 
 
 def suffix_type(path: str) -> str | None:
