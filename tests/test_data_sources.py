@@ -423,3 +423,235 @@ def test_stripes_of_a_file_together_read_it_once(tmp_path, samples):
         assert one, path
         key = lambda o: json.dumps(o, sort_keys=True)  # noqa: E731
         assert sorted(map(key, _stripes_of(spec, 3, tmp_path))) == sorted(map(key, one)), path
+
+
+# --- which fields a document keeps; text modes (issue 13) --------------------------------------
+
+
+def _dolma_row(i: int, **extra) -> dict:
+    """The shape of a dolma / CCNet line: the url inside `metadata`, dates at the top level."""
+    return {"id": f"doc-{i}", "text": f"{TEXT} Page {i}.", "source": "common-crawl", "created": "2020-03-29T09:04:10Z",
+            "metadata": {"url": f"https://site{i}.example.org/a", "language": "en", "title": f"Title {i}"}, **extra}
+
+
+def test_jsonl_reader_keeps_url_date_and_declared_fields(tmp_path):
+    src = tmp_path / "crawl.jsonl"
+    rows = [_dolma_row(0), {"text": TEXT, "doc_id": "x1", "URL": "http://upper.example/b", "timestamp": 1700000000},
+            {"text": TEXT, "source_url": "http://s.example/c"}, {"text": TEXT, "doc_id": ""}, {"text": TEXT}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = _docs(read_jsonl(src, "text", 10_000, "crawl"))
+    assert [d["metadata"].get("url") for d in plain] == ["https://site0.example.org/a", "http://upper.example/b",
+                                                          "http://s.example/c", None, None]
+    assert plain[0]["metadata"]["date"] == "2020-03-29T09:04:10Z" and plain[1]["metadata"]["date"] == 1700000000
+    assert plain[0]["metadata"]["source"] == "crawl"  # the record's own `source` never replaces the source name
+    (spec,) = parse_sources([{"path": str(src), "id_key": "doc_id",
+                              "metadata_keys": {"lang": "metadata.language", "origin": "source", "title": "metadata.title"}}])
+    out = list(read_source(spec, "text", 10_000, tmp_path))
+    kept = _docs(out)
+    assert [d["id"] for d in kept] == ["x1"]  # a declared id field missing or empty is the record's error
+    assert _reasons(out) == [(1, "missing_field"), (3, "missing_field"), (4, "missing_field"), (5, "missing_field")]
+    assert "doc_id" in [b for _, b in out if b][0]["reason"]
+    (spec,) = parse_sources([{"path": str(src), "metadata_keys": ["metadata.language", "metadata.title"]}])
+    first = _docs(read_source(spec, "text", 10_000, tmp_path))[0]["metadata"]
+    assert first == {"url": "https://site0.example.org/a", "date": "2020-03-29T09:04:10Z", "language": "en",
+                     "title": "Title 0", "source": str(src), "file": str(src), "line": 1}
+
+
+def test_parquet_and_hf_readers_keep_metadata_columns(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    when = datetime.datetime(2024, 5, 1, 12, 30)
+    table = {"content": ["hello world", "fine again"], "url": ["https://a.example/1", None], "crawl_date": [when, when],
+             "lang": ["en", "de"], "unused": ["x" * 50, "y" * 50]}
+    pq.write_table(pa.table(table), tmp_path / "t.parquet")
+    Dataset.from_dict({k: v for k, v in table.items() if k != "crawl_date"}).save_to_disk(str(tmp_path / "saved"))
+    for path in (tmp_path / "t.parquet", tmp_path / "saved"):
+        (spec,) = parse_sources([{"path": str(path), "text_key": "content", "metadata_keys": ["lang"]}])
+        docs = _docs(read_source(spec, "text", 1000, tmp_path))
+        assert [d["metadata"].get("url") for d in docs] == ["https://a.example/1", None], path
+        assert [d["metadata"]["lang"] for d in docs] == ["en", "de"] and "unused" not in docs[0]["metadata"]
+    (spec,) = parse_sources([str(tmp_path / "t.parquet")])
+    assert _docs(read_source(spec, "content", 1000, tmp_path))[0]["metadata"]["date"] == "2024-05-01T12:30:00"
+
+
+@pytest.mark.parametrize("entry, key", [
+    ({"path": "a.jsonl", "metadata_keys": ["source"]}, r"data.sources\[0\].metadata_keys"),  # the pipeline's own
+    ({"path": "a.jsonl", "metadata_keys": ["a.lang", "b.lang"]}, r"data.sources\[0\].metadata_keys"),  # one name twice
+    ({"path": "a.txt", "id_key": "doc_id"}, r"data.sources\[0\].id_key"),
+    ({"path": "a.jsonl", "mode": "line"}, r"data.sources\[0\].mode"),
+    ({"path": "a.txt", "mode": "sentence"}, r"data.sources\[0\].mode"),
+    ({"path": "a.txt", "mode": "line", "chunk_chars": 500}, r"data.sources\[0\].chunk_chars"),
+    ({"path": "a.txt", "mode": "chunk", "chunk_chars": 10}, r"data.sources\[0\].chunk_chars"),
+])
+def test_bad_reader_fields_fail_at_config_time(entry, key):
+    with pytest.raises(ValueError, match=key):
+        parse_sources([entry])
+
+
+ARTICLE_WORDS = ("the river of a town and its mill in spring where people from the valley came to trade wool grain "
+                 "and timber with merchants who travelled along the old road over the hills to the coast").split()
+
+
+def _article(seed: int, sentences: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(" ".join(rng.choice(ARTICLE_WORDS) for _ in range(rng.randint(8, 18))).capitalize() + "."
+                    for _ in range(sentences))
+
+
+def _text_spec(path: Path, mode: str, **extra):
+    (spec,) = parse_sources([{"path": str(path), "mode": mode, **extra}])
+    return spec
+
+
+def test_line_mode_one_article_per_line(tmp_path):
+    """A Wikipedia-style dump: an article per line, ids `<file>@<byte offset>`, a bad line quarantined alone."""
+    articles = [_article(i, 6) for i in range(5)]
+    src = tmp_path / "wiki.txt"
+    src.write_bytes(("\ufeff" + articles[0] + "\n\n" + articles[1] + "\n").encode() + b"bad \xff line\n"
+                    + ("\n".join(articles[2:]) + "\n   \n").encode())
+    out = list(read_source(_text_spec(src, "line"), "text", 10_000, tmp_path))
+    docs = _docs(out)
+    assert [d["text"] for d in docs] == articles and _reasons(out) == [(4, "invalid_utf8")]
+    raw = src.read_bytes()
+    for doc in docs:
+        offset = doc["metadata"]["offset"]
+        assert doc["id"] == f"{src}@{offset}" and raw[offset:].decode(errors="replace").startswith(doc["text"])
+    assert [d["metadata"]["line"] for d in docs] == [1, 3, 5, 6, 7]
+
+
+def test_paragraph_mode_groups_paragraphs_up_to_the_size(tmp_path):
+    paragraphs = [_article(i, 3) for i in range(12)]  # 200-400 characters each
+    src = tmp_path / "essay.md"
+    src.write_text("\n\n\n".join(p[:60] + "\n" + p[60:] for p in paragraphs) + "\n")  # wrapped lines, wide gaps
+    docs = _docs(read_source(_text_spec(src, "paragraph", chunk_chars=1000), "text", 10_000, tmp_path))
+    total = len("\n\n".join(paragraphs)) + len(paragraphs)
+    assert total / 1000 <= len(docs) < len(paragraphs) / 2 and all(len(d["text"]) <= 1000 for d in docs)
+    joined = "\n\n".join(d["text"] for d in docs)
+    assert joined == "\n\n".join(p[:60] + "\n" + p[60:] for p in paragraphs)  # nothing lost, line ends kept
+    one_long = tmp_path / "long.txt"
+    one_long.write_text(_article(99, 40))  # one paragraph over the size: paragraph mode keeps it whole
+    assert len(_docs(read_source(_text_spec(one_long, "paragraph", chunk_chars=1000), "text", 100_000, tmp_path))) == 1
+
+
+def _book(path: Path, size: int) -> str:
+    """A book-shaped file: chapters of long wrapped paragraphs and some single paragraphs of 10k characters."""
+    parts, n = [], 0
+    while sum(map(len, parts)) < size:
+        body = _article(n, 120 if n % 7 == 0 else 12)
+        parts.append(f"CHAPTER {n}" if n % 20 == 0 else body)
+        n += 1
+    text = "\n\n".join(parts) + "\n"
+    path.write_text(text)
+    return text
+
+
+def test_chunk_mode_cuts_a_book_at_sentence_ends(tmp_path):
+    src = tmp_path / "book.txt"
+    text = _book(src, 1_000_000)
+    out = list(read_source(_text_spec(src, "chunk", chunk_chars=4000), "text", 1_000_000, tmp_path))
+    docs = _docs(out)
+    assert not _reasons(out) and 230 <= len(docs) <= 330
+    assert max(len(d["text"]) for d in docs) <= 4000 and sum(len(d["text"]) > 2000 for d in docs) > 0.9 * len(docs)
+    assert " ".join(d["text"] for d in docs).split() == text.split()  # every word once, in order
+    assert all(d["text"].rstrip()[-1] in ".0123456789" for d in docs)  # ends of sentences (or a chapter title)
+    raw = src.read_bytes()
+    assert all(raw[d["metadata"]["offset"]:].decode().startswith(d["text"][:200]) for d in docs)
+    assert len({d["id"] for d in docs}) == len(docs)
+    words = tmp_path / "nospace.txt"
+    words.write_text("x" * 9000)  # no sentence end, no space: cut at the size
+    assert [len(d["text"]) for d in _docs(read_text(words, "s", 100_000, str(words), "chunk", 4000))] == [4000, 4000, 1000]
+
+
+def test_text_modes_split_into_stripes_read_each_document_once(tmp_path):
+    src = tmp_path / "book.txt"
+    _book(src, 60_000)
+    with open(src, "ab") as handle:
+        handle.write(b"\xff broken line\n\n" + _article(5, 3).encode() + b"\n")
+    for mode in ("line", "paragraph", "chunk"):
+        spec = _text_spec(src, mode)
+        one = list(read_source(spec, "text", 1_000_000, tmp_path))
+        key = lambda o: json.dumps(o, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, _stripes_of(spec, 3, tmp_path))) == sorted(map(key, one)), mode
+        assert sum(1 for d, _ in one if d) > 3 and _reasons(one)[0][1] == "invalid_utf8"
+
+
+def test_a_book_in_chunks_passes_the_length_rule_that_drops_it_whole(tmp_path):
+    """One document per file: a 1 MB book is over Gopher's max_doc_words and dropped; as chunks it is kept."""
+    src = tmp_path / "book.txt"
+    _book(src, 1_000_000)
+    only_gopher = {**NO_BLOCKS, "gopher_quality": True}
+    whole = run(DataConfig(sources=[str(src)], tasks=1, workers=1, **only_gopher), {}, StageContext.local(tmp_path / "a"))
+    assert (whole["docs_in"], whole["docs_out"]) == (1, 0)
+    chunked = run(DataConfig(sources=[{"path": str(src), "mode": "chunk"}], tasks=2, workers=1, **only_gopher), {},
+                  StageContext.local(tmp_path / "b"))
+    assert chunked["docs_in"] > 200 and chunked["docs_out"] >= 0.95 * chunked["docs_in"]
+
+
+def test_url_blocklist_acts_on_jsonl_and_says_which_source_it_cannot_judge(tmp_path, caplog):
+    crawl = tmp_path / "crawl.jsonl"
+    rows = [_dolma_row(i) for i in range(6)]
+    rows[2]["metadata"]["url"] = "https://www.spam-site.com/p"
+    crawl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n".join(f"{TEXT} Note {i}." for i in range(4)) + "\n")
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("# spam\nspam-site.com\n")
+    cfg = DataConfig(sources=[{"path": str(crawl), "name": "crawl"}, {"path": str(notes), "name": "notes", "mode": "line"}],
+                     url_blocklist=str(blocklist), tasks=1, workers=1, **NO_BLOCKS)
+    with caplog.at_level("WARNING", logger="components.data.run"):
+        m = run(cfg, {}, StageContext.local(tmp_path / "out"))
+    assert m["url_blocklist_dropped"] == 1 and m["url_blocklist_no_url"] == 4
+    assert m["sources"]["notes"]["url_blocklist_no_url"] == 4 and "url_blocklist_no_url" not in m["sources"]["crawl"]
+    assert [r for r in caplog.messages if "cannot judge 4 documents of source 'notes'" in r]
+    assert "Not judged by data.url_blocklist (no url; kept): 4 of notes documents." in (tmp_path / "out" / "report.md").read_text()
+    kept = {d["id"]: d["metadata"] for d in _kept(tmp_path / "out")}
+    assert "doc-2" not in kept and kept["doc-0"]["url"] == "https://site0.example.org/a"
+    assert kept["doc-0"]["date"] == "2020-03-29T09:04:10Z"
+
+
+def test_real_dolma_lines_keep_url_and_metadata(samples):
+    path = samples / "pretrain" / "ccnet_en_head-0091_dolma.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    (spec,) = parse_sources([{"path": str(path), "metadata_keys": {"lang": "metadata.language", "title": "metadata.title",
+                                                                   "origin": "source"}}])
+    docs = _docs(read_source(spec, "text", 1_000_000, path.parent))
+    assert len(docs) == len(rows)
+    for doc, row in zip(docs, rows):
+        assert doc["metadata"]["url"] == row["metadata"]["url"] and doc["metadata"]["date"] == row["created"]
+        assert (doc["metadata"]["lang"], doc["metadata"]["title"]) == (row["metadata"]["language"], row["metadata"]["title"])
+        assert doc["metadata"]["origin"] == row["source"] and doc["id"] == row["id"]
+
+
+def test_reader_fields_from_the_command_line(tmp_path):
+    """The override form the presets document: a mapping with a list of fields, a text mode."""
+    register()
+    book, rows = tmp_path / "book.txt", tmp_path / "rows.jsonl"
+    book.write_text(TEXT)
+    rows.write_text(json.dumps({"text": TEXT}) + "\n")
+    override = (f"data.sources=[{{path: '{tmp_path}/*.txt', mode: chunk, chunk_chars: 6000}}, "
+                f"{{path: '{rows}', id_key: doc_id, metadata_keys: [lang, metadata.title]}}]")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        text, table = to_pipeline_config(compose("config", overrides=[override])).data.source_specs()
+    assert (text.type, text.mode, text.chunk_chars) == ("text", "chunk", 6000)
+    assert (table.id_key, table.metadata_keys) == ("doc_id", (("lang", "lang"), ("title", "metadata.title")))
+
+
+def test_chunk_mode_on_a_file_without_blank_lines_stays_bounded(tmp_path):
+    """No blank line at all (a paragraph a line, or hard-wrapped text): runs end at a line end once
+    over data.max_line_bytes, every piece keeps its true line and offset."""
+    src = tmp_path / "noblank.txt"
+    lines = [_article(i, 4) for i in range(400)]
+    src.write_text("\n".join(lines) + "\n")
+    docs = _docs(read_text(src, "s", 20_000, str(src), "chunk", 3000))
+    raw = src.read_bytes()
+    assert " ".join(d["text"] for d in docs).split() == src.read_text().split()
+    for doc in docs:
+        meta = doc["metadata"]
+        assert raw[meta["offset"]:].decode().startswith(doc["text"][:300]) and len(doc["text"]) <= 3000
+        assert raw[:meta["offset"]].count(b"\n") + 1 == meta["line"]

@@ -44,7 +44,8 @@ def read_blocklist(path: str | Path) -> tuple[list[str], list[str]]:
 
 class URLBlocklistFilter(URLFilter):
     """Drops documents whose metadata url is on the user's list (reasons: domain, subdomain, url).
-    Documents without a url are kept and counted as `no_url`: the list cannot judge them."""
+    Documents without a url are kept and counted as `no_url`, and per source as `no_url_in:<source>`
+    (warned once per source and task here, and by the stage after the pass): the list cannot judge them."""
 
     name = "url_blocklist"
 
@@ -55,10 +56,18 @@ class URLBlocklistFilter(URLFilter):
         super().__init__(extra_domains=domains, extra_urls=urls, use_integrated_lists=False,
                          exclusion_writer=exclusion_writer)
         self.tldextractor = TLDExtract(suffix_list_urls=())  # bundled suffix list: never goes online
+        self.sources_without_url: set[str] = set()
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if not doc.metadata.get("url"):
-            self.stat_update("no_url")
+            source = str(doc.metadata.get("source"))
+            self.stat_update("no_url", f"no_url_in:{source}")
+            if source not in self.sources_without_url:
+                from loguru import logger
+
+                self.sources_without_url.add(source)
+                logger.warning(f"data.url_blocklist: source {source!r} has documents without a url (kept, unjudged); "
+                               "a jsonl/parquet/hf source names its url field with metadata_keys: {url: <field>}")
             return True
         keep = super().filter(doc)
         return keep if keep is True else (False, f"blocklisted_{keep[1]}")

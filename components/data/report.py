@@ -129,8 +129,15 @@ def _per_source(specs: list, stats: Counter) -> dict:
     """Per source: read, quarantined, skipped, taken by the mix, and kept after the filters (the reader's
     and the split's counters)."""
     names = ("docs_in", "bytes_in", "quarantined", "skipped", "docs_taken", "bytes_taken", "docs_out", "bytes_out")
-    return {spec.name: {"type": spec.type, "weight": spec.weight, **{n: stats[f"source_{i}_{n}"] for n in names}}
+    return {spec.name: {"type": spec.type, "weight": spec.weight, **{n: stats[f"source_{i}_{n}"] for n in names},
+                        **_blocks_unable(spec.name, stats)}
             for i, spec in enumerate(specs)}
+
+
+def _blocks_unable(source: str, stats: Counter) -> dict:
+    """Documents of a source a block could not judge (kept): the url blocklist's, without a url."""
+    n = stats.get(f"no_url_in:{source}", 0)
+    return {"url_blocklist_no_url": n} if n else {}
 
 
 def _issue_counts(stats: Counter) -> dict:
@@ -242,6 +249,9 @@ def write_report(out_dir: Path, m: dict) -> None:
     lines += [f"| {name} | {c['type']} | {c['weight'] if c['weight'] is not None else '-'} | {c['docs_in']} | {c['quarantined']} "
               f"| {c['skipped']} | {c['docs_taken']} | {c['bytes_taken']} | {c['docs_out']} | {c['bytes_out']} |"
               for name, c in m.get("sources", {}).items()]
+    unjudged = [f"{c['url_blocklist_no_url']} of {name}" for name, c in m.get("sources", {}).items() if c.get("url_blocklist_no_url")]
+    if unjudged:
+        lines += ["", f"Not judged by data.url_blocklist (no url; kept): {', '.join(unjudged)} documents."]
     lines += ["", "| PII type | replaced |", "|---|---|"]
     lines += [f"| {kind} | {m.get('pii_' + kind.lower(), 0)} |" for kind in PII_TYPES]
     measured = [k for k in ("prose_kept_frac", "junk_removed_frac", "quality_recall", "quality_precision", "fineweb_recall",

@@ -106,6 +106,11 @@ def after_reading(cfg: DataConfig, out_dir: Path, truth: dict | None) -> None:
     specs = cfg.source_specs()
     log.info("data: %d documents read from %d sources, %d records quarantined, %d skipped", stats["input_docs"],
              len(specs), quarantined, sum(v for k, v in stats.items() if k.startswith("skipped_")))
+    for spec in specs:  # a block that could not act on a source is said once, not only counted
+        if stats.get(f"no_url_in:{spec.name}"):
+            log.warning("data.url_blocklist cannot judge %d documents of source %r (%s): no url (kept); "
+                        "name the url field with metadata_keys: {url: <field>}", stats[f"no_url_in:{spec.name}"],
+                        spec.name, spec.type)
     index = next((i for i, s in enumerate(specs) if s.type == "embedded"), None)
     if truth is not None and stats[f"source_{index}_docs_taken"] == stats[f"source_{index}_docs_in"]:
         (out_dir / "ground_truth.json").write_text(json.dumps(truth))

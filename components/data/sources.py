@@ -1,7 +1,8 @@
 """Source specs: what `data.sources` entries mean, checked before any work. Light: no heavy imports.
 
 An entry is a string (a path, a glob or "embedded") or a mapping
-{type, path, text_key, weight, split, subset, revision, name}. Without `type`, the
+{type, path, text_key, weight, split, subset, revision, name} and the reader's
+{id_key, metadata_keys, mode, chunk_chars} (components/data/ingest/fields.py). Without `type`, the
 type comes from the extension (see SUFFIX_TYPES) or, for a directory written by
 `datasets.save_to_disk`, is `hf`. A path that is neither a file, a glob nor a
 directory is read by `hf` as a Hugging Face hub id.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import check, check_choice, check_known_keys, expand_paths
+from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, reader_options
 
 SOURCE_TYPES = ("embedded", "jsonl", "parquet", "text", "html", "hf", "warc")
 SUFFIX_TYPES = {  # longest suffix first wins
@@ -25,6 +27,7 @@ SUFFIX_TYPES = {  # longest suffix first wins
     ".warc": "warc", ".warc.gz": "warc",
 }
 SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name")
+READER_KEYS = ("id_key", "metadata_keys", "mode", "chunk_chars")  # checked by ingest/fields.py
 HF_ONLY_KEYS = ("split", "subset", "revision")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -41,6 +44,12 @@ class SourceSpec:
     split: str = "train"
     subset: str | None = None  # hf configuration name (load_dataset's `name`)
     revision: str | None = None  # hf hub revision; pin it for a reproducible cache key
+    # the reader's fields (components/data/ingest/fields.py): which record fields a document keeps ...
+    id_key: str | None = None  # None: the record's `id`, else file and position
+    metadata_keys: tuple[tuple[str, str], ...] = ()  # (name, dotted field); url and date are found anyway
+    # ... and how a text file becomes documents: file, line, paragraph or chunk (of about chunk_chars)
+    mode: str = "file"
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
 
 
 def suffix_type(path: str) -> str | None:
@@ -92,7 +101,7 @@ def parse_source(entry: Any, index: int) -> SourceSpec:
     if isinstance(entry, str):
         entry = {"type": "embedded"} if entry == "embedded" else {"path": entry}
     check(isinstance(entry, dict), key, entry, "give a path, a glob, 'embedded' or a mapping {type, path, ...}")
-    check_known_keys(entry, SPEC_KEYS, key)
+    check_known_keys(entry, SPEC_KEYS + READER_KEYS, key)
     path = entry.get("path")
     check(path is None or (isinstance(path, str) and path.strip() != ""), f"{key}.path", path, "must be a non-empty string")
     kind = entry.get("type") or (infer_type(path) if path else None)
@@ -113,7 +122,8 @@ def parse_source(entry: Any, index: int) -> SourceSpec:
     check(isinstance(name, str), f"{key}.name", name, "must be a string")
     spec = SourceSpec(key=key, type=kind, name=name, path=path, text_key=text_key,
                       weight=None if weight is None else float(weight), split=str(entry.get("split", "train")),
-                      subset=entry.get("subset"), revision=entry.get("revision"))
+                      subset=entry.get("subset"), revision=entry.get("revision"),
+                      **reader_options(entry, key, kind))
     check_hub_reachable(spec)
     return spec
 

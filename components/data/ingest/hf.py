@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.records import WHOLE, Outcome, Stripe, read_table_rows, unreadable
+from components.data.ingest.records import (WHOLE, Outcome, RowFields, Stripe, as_fields, read_table_rows,
+                                            unreadable)
 from components.data.sources import SourceSpec, check_hub_reachable, expand_files, is_hub_id, is_saved_dataset
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -51,7 +52,7 @@ def load(spec: SourceSpec, cache_dir: str):
                                  split=spec.split, cache_dir=cache_dir)
 
 
-def read_hf(spec: SourceSpec, text_key: str, max_bytes: int, stripe: Stripe = WHOLE) -> Iterator[Outcome]:
+def read_hf(spec: SourceSpec, fields: RowFields | str, max_bytes: int, stripe: Stripe = WHOLE) -> Iterator[Outcome]:
     """Each stripe loads the dataset (memory-mapped) and checks the rows it owns only."""
     from datasets.exceptions import DatasetGenerationError
 
@@ -63,11 +64,11 @@ def read_hf(spec: SourceSpec, text_key: str, max_bytes: int, stripe: Stripe = WH
                 yield unreadable(spec.path, err.__cause__ or err)
             return
         columns = list(dataset.column_names)
-        wanted = [c for c in (text_key, "id") if c in columns]
+        wanted = as_fields(fields).columns(columns)
 
         def rows() -> Iterator[dict]:
             for batch in dataset.select_columns(wanted).iter(batch_size=1000):
                 yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
         label = spec.path if is_hub_id(spec.path) else str(Path(spec.path))
-        yield from read_table_rows(rows(), columns, text_key, label, spec.name, max_bytes, stripe)
+        yield from read_table_rows(rows(), columns, fields, label, spec.name, max_bytes, stripe)

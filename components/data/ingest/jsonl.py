@@ -5,32 +5,33 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, Stripe, check_text, issue, open_binary,
-                                            rows_as_documents, unreadable)
+from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, RowFields, Stripe, as_fields, check_text, issue,
+                                            open_binary, row_document, rows_as_documents, unreadable)
 
 
-def read_jsonl(path: Path, text_key: str, max_line_bytes: int, source_name: str | None = None,
+def read_jsonl(path: Path, fields: RowFields | str, max_line_bytes: int, source_name: str | None = None,
                file_label: str | None = None, stripe: Stripe = WHOLE) -> Iterator[Outcome]:
-    """Lines outside `stripe` are skipped unparsed (another task owns them)."""
-    file = file_label or str(path)
+    """Lines outside `stripe` are skipped unparsed (another task owns them). `fields`: the text key, or
+    which fields a document keeps (components/data/ingest/fields.py)."""
+    file, fields = file_label or str(path), as_fields(fields)
     number = 0
     try:
         with open_binary(path) as handle:
             head = handle.read(64).lstrip()
             handle.seek(0)
             if path.name.lower().endswith((".json", ".json.gz")) and head.startswith(b"["):
-                yield from _read_json_array(handle.read(), file, text_key, max_line_bytes, source_name, stripe)
+                yield from _read_json_array(handle.read(), file, fields, max_line_bytes, source_name, stripe)
                 return
             for number, raw in enumerate(handle, 1):
                 if not stripe.owns(number - 1) or not raw.strip():
                     continue
-                yield _line_outcome(raw, number, path, file, text_key, max_line_bytes, source_name)
+                yield _line_outcome(raw, number, path, file, fields, max_line_bytes, source_name)
     except UNREADABLE as err:
         if stripe.owns(number):  # the record after the last one read: reported once, by its stripe
             yield unreadable(file, err, line=number + 1)
 
 
-def _line_outcome(raw: bytes, number: int, path: Path, file: str, text_key: str, max_line_bytes: int,
+def _line_outcome(raw: bytes, number: int, path: Path, file: str, fields: RowFields, max_line_bytes: int,
                   source_name: str | None) -> Outcome:
     if len(raw) > max_line_bytes:
         return issue(file, f"line_too_long ({len(raw)} bytes > data.max_line_bytes)", line=number)
@@ -40,14 +41,13 @@ def _line_outcome(raw: bytes, number: int, path: Path, file: str, text_key: str,
         return issue(file, "invalid_utf8", line=number)
     except json.JSONDecodeError as err:
         return issue(file, f"invalid_json ({err.msg})", line=number)
-    text, bad = check_text(row, text_key, file, max_line_bytes, line=number)
+    text, bad = check_text(row, fields.text_key, file, max_line_bytes, line=number)
     if bad:
         return None, bad
-    doc_id = str(row.get("id", f"{path.name}:{number}"))
-    return {"text": text, "id": doc_id, "metadata": {"source": source_name or str(path), "file": file, "line": number}}, None
+    return row_document(row, fields, text, f"{path.name}:{number}", source=source_name or str(path), file=file, line=number)
 
 
-def _read_json_array(blob: bytes, file: str, text_key: str, max_bytes: int, source: str | None,
+def _read_json_array(blob: bytes, file: str, fields: RowFields, max_bytes: int, source: str | None,
                      stripe: Stripe) -> Iterator[Outcome]:
     try:
         rows = json.loads(blob.decode("utf-8"))
@@ -60,4 +60,4 @@ def _read_json_array(blob: bytes, file: str, text_key: str, max_bytes: int, sour
         if stripe.owns(err.lineno - 1):
             yield issue(file, f"invalid_json ({err.msg})", line=err.lineno)
         return
-    yield from rows_as_documents(rows, text_key, file, source or file, max_bytes, stripe)
+    yield from rows_as_documents(rows, fields, file, source or file, max_bytes, stripe)

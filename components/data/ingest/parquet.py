@@ -1,13 +1,15 @@
-"""Parquet tables: one document per row, read in batches of the text and id columns only."""
+"""Parquet tables: one document per row, read in batches of the columns a document keeps only
+(text, id, url, date, declared metadata: components/data/ingest/fields.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
-from components.data.ingest.records import UNREADABLE, WHOLE, Outcome, Stripe, read_table_rows, unreadable
+from components.data.ingest.records import (UNREADABLE, WHOLE, Outcome, RowFields, Stripe, as_fields, read_table_rows,
+                                            unreadable)
 
 
-def read_parquet(path: Path, text_key: str, max_bytes: int, source: str, file: str,
+def read_parquet(path: Path, fields: RowFields | str, max_bytes: int, source: str, file: str,
                  stripe: Stripe = WHOLE) -> Iterator[Outcome]:
     import pyarrow
     import pyarrow.parquet as pq
@@ -15,13 +17,13 @@ def read_parquet(path: Path, text_key: str, max_bytes: int, source: str, file: s
     try:
         table = pq.ParquetFile(path)
         columns = table.schema_arrow.names
-        wanted = [c for c in (text_key, "id") if c in columns]
+        wanted = as_fields(fields).columns(columns)
 
         def rows() -> Iterator[dict]:
             for batch in table.iter_batches(batch_size=1024, columns=wanted):
                 yield from batch.to_pylist()
 
-        yield from read_table_rows(rows(), columns, text_key, file, source, max_bytes, stripe)
+        yield from read_table_rows(rows(), columns, fields, file, source, max_bytes, stripe)
     except UNREADABLE + (pyarrow.ArrowException,) as err:
         if stripe.index == 0:
             yield unreadable(file, err)

@@ -8,8 +8,10 @@ image): counted by reason, not quarantined. Reasons start with a code
 (invalid_json, invalid_utf8, missing_field, ...) followed by details.
 
 Numbering: `line` counts from 1 (text lines), `row` and `record` from 0 (table rows,
-WARC records). Plain text and HTML files are one document per file: a file is the unit
-a writer meant as a whole (a page, a chapter, a README).
+WARC records). HTML files are one document per file (a page); plain text files too by
+default (a chapter, a README), or, by the source's `mode`, one per line, paragraphs or
+chunks (components/data/ingest/text.py). Which record fields a document keeps besides
+its text: components/data/ingest/fields.py.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+# re-exported: the format readers import records.py only (no cycles among siblings)
+from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, RowFields, as_fields, row_id, row_metadata  # noqa: F401
 
 Outcome = tuple[dict | None, dict | None]
 UNREADABLE = (OSError, EOFError, zlib.error)  # permission, missing, corrupt gzip (BadGzipFile is an OSError)
@@ -91,25 +96,34 @@ def check_text(record, text_key: str, file: str, max_bytes: int, **where) -> tup
     return text, None
 
 
-def rows_as_documents(rows: Iterable[dict], text_key: str, file: str, source: str, max_bytes: int,
+def row_document(record: dict, fields: RowFields, text: str, fallback_id: str, **where) -> Outcome:
+    """The document of a valid row: its id (fields.id_key, `id`, or `fallback_id`) and metadata
+    (url, date, declared fields; then the pipeline's own source, file and position)."""
+    doc_id, reason = row_id(record, fields, fallback_id)
+    if reason:
+        return issue(where["file"], reason, **{k: v for k, v in where.items() if k in WHERE_KEYS})
+    return {"text": text, "id": doc_id, "metadata": {**row_metadata(record, fields), **where}}, None
+
+
+def rows_as_documents(rows: Iterable[dict], fields: RowFields | str, file: str, source: str, max_bytes: int,
                       stripe: Stripe = WHOLE) -> Iterator[Outcome]:
     """Rows (of a JSON array, a table) as documents, each bad row quarantined with its number."""
+    fields = as_fields(fields)
     for number, row in enumerate(rows):
         if not stripe.owns(number):
             continue
-        text, bad = check_text(row, text_key, file, max_bytes, row=number)
+        text, bad = check_text(row, fields.text_key, file, max_bytes, row=number)
         if bad:
             yield None, bad
             continue
-        doc_id = row.get("id")
-        doc_id = str(doc_id) if doc_id is not None else f"{Path(file).name}:{number}"
-        yield {"text": text, "id": doc_id, "metadata": {"source": source, "file": file, "row": number}}, None
+        yield row_document(row, fields, text, f"{Path(file).name}:{number}", source=source, file=file, row=number)
 
 
-def read_table_rows(rows: Iterable[dict], columns: list[str], text_key: str, file: str, source: str,
+def read_table_rows(rows: Iterable[dict], columns: list[str], fields: RowFields | str, file: str, source: str,
                     max_bytes: int, stripe: Stripe = WHOLE) -> Iterator[Outcome]:
     """Rows of a table (parquet, a Hugging Face dataset); a missing text column is one issue for the table."""
+    text_key = as_fields(fields).text_key
     if text_key not in columns:
         yield issue(file, f"missing_field '{text_key}' (no such column; columns: {', '.join(columns)})")
         return
-    yield from rows_as_documents(rows, text_key, file, source, max_bytes, stripe)
+    yield from rows_as_documents(rows, fields, file, source, max_bytes, stripe)

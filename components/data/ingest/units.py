@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from components.data.ingest.fields import RowFields
 from components.data.ingest.records import WHOLE, Outcome, Stripe, owned
 from components.data.sources import SourceSpec, expand_files
 
@@ -66,7 +67,8 @@ def read_unit(unit: Unit, text_key: str, max_bytes: int, extract=None) -> Iterat
     from components.data.ingest.text import read_text
     from components.data.ingest.web import read_html, read_warc
 
-    spec, stripe, key = unit.spec, unit.stripe, unit.spec.text_key or text_key
+    spec, stripe = unit.spec, unit.stripe
+    key = RowFields(spec.text_key or text_key, spec.id_key, spec.metadata_keys)
     path = Path(unit.path) if unit.path is not None else None
     if spec.type == "embedded":
         outcomes = read_jsonl(path, "text", max_bytes, "embedded", unit.label, stripe)
@@ -74,8 +76,9 @@ def read_unit(unit: Unit, text_key: str, max_bytes: int, extract=None) -> Iterat
         outcomes = read_jsonl(path, key, max_bytes, spec.name, unit.label, stripe)
     elif spec.type == "parquet":
         outcomes = read_parquet(path, key, max_bytes, spec.name, unit.label, stripe)
-    elif spec.type == "text":
-        outcomes = read_text(path, spec.name, max_bytes, unit.label) if stripe.index == 0 else iter(())
+    elif spec.type == "text":  # a whole file has no position (stripe 0); the other modes' documents do
+        read = spec.mode != "file" or stripe.index == 0
+        outcomes = read_text(path, spec.name, max_bytes, unit.label, spec.mode, spec.chunk_chars, stripe) if read else iter(())
     elif spec.type == "warc":
         outcomes = read_warc(path, spec.name, max_bytes, unit.label, extract, stripe)
     elif spec.type == "html":
