@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ SUFFIX_TYPES = {  # longest suffix first wins
     ".html": "html", ".htm": "html",
     ".warc": "warc", ".warc.gz": "warc",
 }
-SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name")
+SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name", "blocks", "settings")
 HF_ONLY_KEYS = ("split", "subset", "revision")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -41,6 +41,9 @@ class SourceSpec:
     split: str = "train"
     subset: str | None = None  # hf configuration name (load_dataset's `name`)
     revision: str | None = None  # hf hub revision; pin it for a reproducible cache key
+    # per-source block settings: {block: False (off for this source) | {rule: value} (its own rules)};
+    # names and rules are checked by DataConfig, which knows the blocks
+    blocks: dict = field(default_factory=dict, hash=False)
 
 
 def suffix_type(path: str) -> str | None:
@@ -113,9 +116,27 @@ def parse_source(entry: Any, index: int) -> SourceSpec:
     check(isinstance(name, str), f"{key}.name", name, "must be a string")
     spec = SourceSpec(key=key, type=kind, name=name, path=path, text_key=text_key,
                       weight=None if weight is None else float(weight), split=str(entry.get("split", "train")),
-                      subset=entry.get("subset"), revision=entry.get("revision"))
+                      subset=entry.get("subset"), revision=entry.get("revision"), blocks=parse_block_settings(entry, key))
     check_hub_reachable(spec)
     return spec
+
+
+def parse_block_settings(entry: dict, key: str) -> dict:
+    """`blocks: {c4: false, gopher_quality: {min_doc_words: 20}}` and `settings: {c4: {...}}` (the same as
+    a mapping under blocks) -> {block: False | {rule: value}}; true is {} (on, with the global rules)."""
+    merged: dict = {}
+    for part in ("blocks", "settings"):
+        given = entry.get(part) or {}
+        check(isinstance(given, dict), f"{key}.{part}", given, "must be a mapping {block: ...}")
+        for block, value in given.items():
+            where = f"{key}.{part}.{block}"
+            if part == "settings":
+                check(isinstance(value, dict), where, value, "must be a mapping {rule: value}")
+            check(isinstance(value, (bool, dict)), where, value, "give true, false or a mapping {rule: value}")
+            check(block not in merged or isinstance(value, dict) and merged[block] is not False, where, value,
+                  "the block is switched off for this source in blocks:")
+            merged[block] = {**merged.get(block, {}), **value} if isinstance(value, dict) else ({} if value else False)
+    return merged
 
 
 def parse_sources(entries: list[Any]) -> list[SourceSpec]:
