@@ -287,26 +287,32 @@ class ToxicityFilter(BaseFilter):
     model on word n-grams trained on offensive comments; English). Each non-blank line is scored; a
     document is dropped (reason `toxic`) when more than `max_fraction` of its words sit in lines scoring
     at least `threshold`. Lines, not the whole document: one insult in a long article does not drop it,
-    a thread of insults under neutral post headers does."""
+    a thread of insults under neutral post headers does. Documents are scored `batch_size` at a time:
+    the model costs ~12 ms a call whatever the number of lines, ~0.1 ms a line."""
 
     name = "toxicity"
 
-    def __init__(self, threshold: float, max_fraction: float, exclusion_writer=None):
-        super().__init__(exclusion_writer)
+    def __init__(self, threshold: float, max_fraction: float, exclusion_writer=None, batch_size: int = 64):
+        super().__init__(exclusion_writer, batch_size=batch_size)
         self.threshold, self.max_fraction = threshold, max_fraction
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.filter_batch([doc])[0]
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         from profanity_check.profanity_check import model, vectorizer  # loads the bundled model once per process
 
-        lines = [line for line in doc.text.splitlines() if line.strip()]
-        if not lines:
-            return True
-        scores = model.predict_proba(vectorizer.transform(lines))[:, 1]
-        words = [len(line.split()) for line in lines]
-        toxic = sum(n for n, score in zip(words, scores) if score >= self.threshold)
-        if toxic:
-            self.stat_update("docs_with_toxic_lines")
-        return True if toxic <= self.max_fraction * sum(words) else (False, "toxic")
+        lines = [[line for line in doc.text.splitlines() if line.strip()] for doc in batch]
+        flat = [line for doc_lines in lines for line in doc_lines]
+        scores = iter(model.predict_proba(vectorizer.transform(flat))[:, 1] if flat else ())
+        verdicts = []
+        for doc_lines in lines:
+            words = [len(line.split()) for line in doc_lines]
+            toxic = sum(n for n, score in zip(words, scores) if score >= self.threshold)  # zip: one score per line
+            if toxic:
+                self.stat_update("docs_with_toxic_lines")
+            verdicts.append(True if toxic <= self.max_fraction * sum(words) else (False, "toxic"))
+        return verdicts
 
 
 class PerSourceBlock(BaseFilter):
@@ -318,16 +324,31 @@ class PerSourceBlock(BaseFilter):
 
     def __init__(self, name: str, default: BaseFilter | None, by_source: dict[str, BaseFilter | None],
                  exclusion_writer=None):
-        super().__init__(exclusion_writer)
+        inners = [inner for inner in (default, *by_source.values()) if inner is not None]
+        super().__init__(exclusion_writer, batch_size=max([1, *(inner.batch_size for inner in inners)]))
         self.name, self.default, self.by_source = name, default, by_source
         for inner in (default, *by_source.values()):
             if inner is not None:
                 inner.stats = self.stats
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+    def inner(self, doc: Document) -> BaseFilter | None:
         source = doc.metadata.get("source")
-        inner = self.by_source[source] if source in self.by_source else self.default
-        if inner is None:
-            self.stat_update("skipped_by_source")
-            return True
-        return inner.filter(doc)
+        return self.by_source[source] if source in self.by_source else self.default
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.filter_batch([doc])[0]
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        """Each inner filter gets its documents as one batch (a batched filter stays batched)."""
+        groups: dict[int, tuple[BaseFilter | None, list[int]]] = {}
+        for index, doc in enumerate(batch):
+            inner = self.inner(doc)
+            groups.setdefault(id(inner), (inner, []))[1].append(index)
+        verdicts: list = [True] * len(batch)
+        for inner, indices in groups.values():
+            if inner is None:
+                self.stat_update("skipped_by_source", value=len(indices))
+                continue
+            for index, verdict in zip(indices, inner.filter_batch([batch[i] for i in indices])):
+                verdicts[index] = verdict
+        return verdicts
