@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--samples", default=str(Path(__file__).resolve().parents[2] / "shared" / "samples"))
     args = parser.parse_args()
     cfg = DataConfig()
-    blocks = {"language": BundledLanguageFilter(cfg.languages, cfg.language_threshold),
+    blocks = {"language": BundledLanguageFilter(cfg.languages, cfg.language_threshold, cfg.language_min_words),
               "toxicity": ToxicityFilter(cfg.toxicity_threshold, cfg.toxicity_max_fraction)}
     for block in blocks.values():  # load the bundled models before timing
         block.filter(Document(text="warm up", id="0"))

@@ -148,6 +148,7 @@ class DataConfig:
     language_model: str | None = input_path()  # local fastText language-id model (e.g. lid.176.bin); null: py3langid's
     languages: list[str] = field(default_factory=lambda: ["en"])  # languages kept by the language filter
     language_threshold: float = 0.65  # minimum score of one kept language
+    language_min_words: int = 10  # shorter documents are kept unjudged (py3langid is unreliable on them)
     toxicity: bool = True  # offensive-language filter (alt-profanity-check's bundled model, English), per line
     toxicity_threshold: float = 0.8  # a line scoring at least this probability is offensive
     toxicity_max_fraction: float = 0.25  # documents with a larger share of their words in offensive lines are dropped
@@ -169,7 +170,8 @@ class DataConfig:
               "must be in (0, 0.5)")
         check(self.max_documents is None or self.max_documents >= 10, "data.max_documents", self.max_documents,
               "must be null or >= 10")
-        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes"):
+        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes",
+                     "language_min_words"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
         for name in ("language_threshold", "minhash_guard_jaccard", "toxicity_threshold", "toxicity_max_fraction"):
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")
@@ -191,7 +193,8 @@ class DataConfig:
         rules = PER_SOURCE_BLOCKS[block]
         if rules not in (None, "own"):
             return {**asdict(getattr(self, rules)), **(overrides or {})}
-        own = {"language": {"languages": list(self.languages), "threshold": self.language_threshold},
+        own = {"language": {"languages": list(self.languages), "threshold": self.language_threshold,
+                            "min_words": self.language_min_words},
                "toxicity": {"threshold": self.toxicity_threshold, "max_fraction": self.toxicity_max_fraction}}
         return {**own.get(block, {}), **(overrides or {})}
 
@@ -215,6 +218,8 @@ class DataConfig:
             if rule in value:
                 check(isinstance(value[rule], (int, float)) and 0 <= value[rule] <= 1, f"{key}.{rule}", value[rule],
                       "must be in [0, 1]")
+        check(not isinstance(value.get("min_words", 1), bool) and isinstance(value.get("min_words", 1), int)
+              and value.get("min_words", 1) > 0, f"{key}.min_words", value.get("min_words"), "must be an integer > 0")
         if "languages" in value:
             check(isinstance(value["languages"], list) and len(value["languages"]) > 0, f"{key}.languages",
                   value["languages"], "name at least one language code, e.g. [en]")

@@ -264,15 +264,22 @@ class BundledLanguageFilter(BaseFilter):
     """Language id with py3langid's bundled model (on by default: it needs no file). Keeps a document
     whose probability for one of `languages` is at least the threshold; the reason names the language
     found instead (`language_fr`), as LocalLanguageFilter's. Scores the first `max_chars` characters:
-    a book's first pages decide its language as well as the whole book, at a fraction of the time."""
+    a book's first pages decide its language as well as the whole book, at a fraction of the time.
+    Documents of fewer than `min_words` words are kept unjudged (counted as `too_short_to_judge`):
+    measured on real English answers, under 10 words half score below 0.65 ("DNA stands for
+    deoxyribonucleic acid." 0.19), from 10 words on nearly all pass and other languages are found."""
 
     name = "language"
 
-    def __init__(self, languages: list[str], threshold: float, exclusion_writer=None, max_chars: int = 20_000):
+    def __init__(self, languages: list[str], threshold: float, min_words: int = 10, exclusion_writer=None,
+                 max_chars: int = 20_000):
         super().__init__(exclusion_writer)
-        self.languages, self.threshold, self.max_chars = tuple(languages), threshold, max_chars
+        self.languages, self.threshold, self.min_words, self.max_chars = tuple(languages), threshold, min_words, max_chars
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if len(doc.text.split(None, self.min_words)) < self.min_words:
+            self.stat_update("too_short_to_judge")
+            return True
         scores = bundled_identifier().rank(doc.text[:self.max_chars])  # [(language, probability)], best first
         best, best_score = scores[0]
         doc.metadata["language"], doc.metadata["language_score"] = best, round(float(best_score), 4)

@@ -122,7 +122,7 @@ def block_builders(cfg: DataConfig) -> dict:
     def language(rules, writer):
         if cfg.language_model is not None:
             return LocalLanguageFilter(cfg.language_model, rules["languages"], rules["threshold"], exclusion_writer=writer)
-        return BundledLanguageFilter(rules["languages"], rules["threshold"], exclusion_writer=writer)
+        return BundledLanguageFilter(rules["languages"], rules["threshold"], rules["min_words"], exclusion_writer=writer)
 
     def repetition(rules, writer):
         return GopherRepetition(exclusion_writer=writer, language=words, **{
