@@ -11,6 +11,7 @@ DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core
 DEPS    += dockerfile  # test: docker/Dockerfile read by Docker's own parser (tests/test_docker.py)
 DEPS    += hydra-joblib-launcher hydra-optuna-sweeper  # sweeps: hydra/launcher=parallel|joblib, hydra/sweeper=optuna
 DEPS    += ray  # data.executor=ray (80 MB wheel, ~13 s; tests/test_scale_out.py runs it on a local cluster)
+DEPS    += py3langid alt-profanity-check  # data.language / data.toxicity: their models ship inside the wheels (offline)
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false

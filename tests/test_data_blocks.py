@@ -397,7 +397,7 @@ def test_a_task_left_empty_by_the_filters_keeps_the_numbering(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     m = run(DataConfig(sources=[str(src)], tasks=3, workers=1, gopher_repetition=False, c4=False, fineweb=False,
-                       pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {},
+                       language=False, pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {},
             StageContext.local(out))
     kept = {json.loads(line)["id"] for split in ("train", "validation")
             for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}
