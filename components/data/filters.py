@@ -332,8 +332,9 @@ class PerSourceBlock(BaseFilter):
     def __init__(self, name: str, default: BaseFilter | None, by_source: dict[str, BaseFilter | None],
                  exclusion_writer=None):
         inners = [inner for inner in (default, *by_source.values()) if inner is not None]
+        self.name = name  # before PipelineStep's init, which names the stats after it
         super().__init__(exclusion_writer, batch_size=max([1, *(inner.batch_size for inner in inners)]))
-        self.name, self.default, self.by_source = name, default, by_source
+        self.default, self.by_source = default, by_source
         for inner in (default, *by_source.values()):
             if inner is not None:
                 inner.stats = self.stats

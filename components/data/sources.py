@@ -1,7 +1,8 @@
 """Source specs: what `data.sources` entries mean, checked before any work. Light: no heavy imports.
 
 An entry is a string (a path, a glob or "embedded") or a mapping
-{type, path, text_key, weight, split, subset, revision, name}. Without `type`, the
+{type, path, text_key, weight, split, subset, revision, name, blocks, settings} (blocks:
+per-source block settings, e.g. {c4: false}; checked by DataConfig). Without `type`, the
 type comes from the extension (see SUFFIX_TYPES) or, for a directory written by
 `datasets.save_to_disk`, is `hf`. A path that is neither a file, a glob nor a
 directory is read by `hf` as a Hugging Face hub id.
