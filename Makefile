@@ -12,6 +12,7 @@ DEPS    += dockerfile  # test: docker/Dockerfile read by Docker's own parser (te
 DEPS    += hydra-joblib-launcher hydra-optuna-sweeper  # sweeps: hydra/launcher=parallel|joblib, hydra/sweeper=optuna
 DEPS    += ray  # data.executor=ray (80 MB wheel, ~13 s; tests/test_scale_out.py runs it on a local cluster)
 DEPS    += phonenumbers  # data.pii: phone numbers by libphonenumber's metadata (components/data/pii.py)
+DEPS    += py3langid alt-profanity-check  # data.language / data.toxicity: their models ship inside the wheels (offline)
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false

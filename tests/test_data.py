@@ -9,7 +9,7 @@ from components.data.blocks import PIIScrubber, normalise
 from components.data.pii import find_pii
 from components.data.config import DataConfig
 from components.data.ingest.jsonl import read_jsonl
-from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS
+from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
 from components.data.run import run
 
 
@@ -95,7 +95,7 @@ def test_embedded_run_removes_planted_contamination_and_keeps_prose(small_run):
     dropped = sum(m[f"{b}_dropped"] for b in DROPPING_BLOCKS)
     assert m["docs_in"] == m["docs_out"] + dropped  # nothing lost silently
     ran = [b for b in COUNTED_BLOCKS if f"{b}_docs_in" in m]
-    assert ran == ["gopher_quality", "gopher_repetition", "c4", "fineweb", "exact_dedup", "minhash", "pii"]
+    assert ran == ["language", "toxicity", "gopher_quality", "gopher_repetition", "c4", "fineweb", "exact_dedup", "minhash", "pii"]
     for block, following in zip(ran, ran[1:]):  # each block's output is the next one's input
         assert m[f"{block}_docs_out"] == m[f"{following}_docs_in"] and m[f"{block}_bytes_out"] == m[f"{following}_bytes_in"]
     for block in ran[:-1]:
@@ -103,7 +103,7 @@ def test_embedded_run_removes_planted_contamination_and_keeps_prose(small_run):
     assert m["pii_bytes_out"] < m["pii_bytes_in"] and m["pii_docs_changed"] > 0  # placeholders are shorter
     assert m["minhash_removed"] == m["minhash_dropped"] and m["minhash_clusters"] >= 1
     assert m["near_dup_pairs_target"] >= 3 and m["near_dup_recall"] >= 0.95 and m["near_dup_precision"] >= 0.99
-    rejected = _lines(next((out / "rejected" / "07_exact_dedup").glob("*.jsonl.gz")))
+    rejected = _lines(next((out / "rejected" / rejected_dir("exact_dedup")).glob("*.jsonl.gz")))
     assert all(r["metadata"]["filter_reason"] == "exact_duplicate" for r in rejected)
     assert "Data report" in (out / "report.md").read_text()
 

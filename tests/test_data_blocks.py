@@ -33,7 +33,8 @@ def test_fineweb_thresholds_come_from_config():
     assert fineweb(short_line_thr=0.9, new_line_ratio=1.0, line_punct_thr=0.5) == (
         False, "line_punct_ratio")  # 1 line in 5 ends a sentence
     assert fineweb(short_line_length=5, new_line_ratio=1.0) is True
-    assert "url_blocklist" not in blocks and "language" not in blocks  # off unless given a file
+    assert "url_blocklist" not in blocks  # off unless given a file
+    assert type(blocks["language"]).__name__ == "BundledLanguageFilter"  # on by default: py3langid's bundled model
 
 
 def test_gopher_and_c4_rules_come_from_config():
@@ -143,6 +144,7 @@ def _chain_run(tmp_path, guard):
     out = tmp_path / f"out{guard}"
     out.mkdir()
     cfg = DataConfig(sources=[str(_chain_corpus(tmp_path))], gopher_quality=False, gopher_repetition=False, c4=False,
+                     language=False, toxicity=False,  # the chain is made-up words, not a language
                      fineweb=False, pii=False, tasks=1, workers=1, validation_fraction=0.01,
                      minhash_buckets=16, minhash_hashes_per_bucket=2,  # links pairs at Jaccard 0.4 surely
                      minhash_guard_jaccard=guard)
@@ -395,7 +397,7 @@ def test_a_task_left_empty_by_the_filters_keeps_the_numbering(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     m = run(DataConfig(sources=[str(src)], tasks=3, workers=1, gopher_repetition=False, c4=False, fineweb=False,
-                       pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {},
+                       language=False, pii=False, validation_fraction=0.01, minhash_buckets=16, minhash_hashes_per_bucket=2), {},
             StageContext.local(out))
     kept = {json.loads(line)["id"] for split in ("train", "validation")
             for path in (out / split).glob("*.jsonl.gz") for line in gzip.open(path, "rt")}

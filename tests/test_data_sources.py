@@ -355,7 +355,8 @@ def test_mixed_sources_through_the_whole_stage(tmp_path, samples):
     docs = _jsonl(tmp_path / "docs.jsonl", prose)
     warc = samples / "web" / "cc_whirlwind.warc.gz"
     cfg = DataConfig(sources=[str(docs), str(warc)], gopher_repetition=False, gopher_quality=False, c4=False, fineweb=False,
-                     minhash=False, validation_fraction=0.2, tasks=1, workers=1)
+                     minhash=False, validation_fraction=0.2, tasks=1, workers=1,
+                     language=False)  # the WARC's page is Aragonese Wikipedia: language id (on by default) drops it
     m = run(cfg, {}, StageContext.local(tmp_path / "out"))
     sources = m["sources"]
     assert sources[str(docs)]["docs_in"] == 20 and sources[str(warc)]["docs_in"] == 1

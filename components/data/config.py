@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,13 @@ def _is_phone_region(region: Any) -> bool:
     return isinstance(region, str) and region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
-def _check_rules(rules: Any, section: str) -> None:
+def _check_rules(rules: Any, section: str, prefix: str = "data.") -> None:
     """Ratios and fractions in [0, 1], counts and lengths > 0; null switches a rule off."""
     for f in fields(rules):
         value = getattr(rules, f.name)
         if value is None or isinstance(value, bool):
             continue
-        key = f"data.{section}.{f.name}"
+        key = f"{prefix}{section}.{f.name}"
         if isinstance(value, dict):  # {n: fraction} for n-gram rules
             for n, frac in value.items():
                 check(int(n) > 0 and 0 <= frac <= 1, key, value, "map n-gram sizes > 0 to fractions in [0, 1]")
@@ -111,6 +111,14 @@ class RayConfig:
     tasks_per_job: int = 1  # datatrove tasks run by each Ray job
 
 
+# Blocks a source can switch off or tune (data.sources[i].blocks): block -> the DataConfig section with
+# its rules, "own" (settings named in DataConfig.block_rules) or None (on/off only). Dedup and PII act on the whole corpus.
+PER_SOURCE_BLOCKS: dict[str, Any] = {
+    "url_blocklist": None, "language": "own", "toxicity": "own",
+    "gopher_quality": "gopher_quality_rules", "gopher_repetition": "gopher_repetition_rules", "c4": "c4_rules",
+    "fineweb": "fineweb_rules"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     sources: list[Any] = field(default_factory=lambda: ["embedded"])  # paths, globs, "embedded" or {type, path, weight, ...}: see components/data/sources.py
@@ -146,9 +154,14 @@ class DataConfig:
     fineweb: bool = True  # FineWeb heuristics (datatrove's FineWebQualityFilter)
     fineweb_rules: FineWebRules = field(default_factory=FineWebRules)
     url_blocklist: str | None = input_path()  # file of blocked domains/urls, one a line (# comments); needs metadata.url
-    language_model: str | None = input_path()  # local fastText language-id model (e.g. lid.176.bin); null: no language filter
+    language: bool = True  # language id: py3langid's bundled model (offline), or fastText with data.language_model
+    language_model: str | None = input_path()  # local fastText language-id model (e.g. lid.176.bin); null: py3langid's
     languages: list[str] = field(default_factory=lambda: ["en"])  # languages kept by the language filter
     language_threshold: float = 0.65  # minimum score of one kept language
+    language_min_words: int = 10  # shorter documents are kept unjudged (py3langid is unreliable on them)
+    toxicity: bool = True  # offensive-language filter (alt-profanity-check's bundled model, English), per line
+    toxicity_threshold: float = 0.8  # a line scoring at least this probability is offensive
+    toxicity_max_fraction: float = 0.25  # documents with a larger share of their words in offensive lines are dropped
     minhash_guard_jaccard: float = 0.6  # a cluster member under this true Jaccard to every kept member is kept
     executor: str = log_only("local")  # local | slurm | ray: datatrove executor running every pass
     slurm: SlurmConfig = log_only(default_factory=SlurmConfig)
@@ -172,9 +185,9 @@ class DataConfig:
         check(self.max_documents is None or self.max_documents >= 10, "data.max_documents", self.max_documents,
               "must be null or >= 10")
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks", "workers", "max_line_bytes",
-                     "max_html_bytes"):
+                     "max_html_bytes", "language_min_words"):
             check(getattr(self, name) > 0, f"data.{name}", getattr(self, name), "must be > 0")
-        for name in ("language_threshold", "minhash_guard_jaccard"):
+        for name in ("language_threshold", "minhash_guard_jaccard", "toxicity_threshold", "toxicity_max_fraction"):
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")
         for name in ("gopher_quality_rules", "gopher_repetition_rules", "c4_rules", "fineweb_rules"):
             _check_rules(getattr(self, name), name)
@@ -184,7 +197,46 @@ class DataConfig:
                   "no such file: give an existing local path, or null to switch the block off")
         check(len(self.languages) > 0, "data.languages", self.languages, "name at least one language code, e.g. [en]")
         check_choice("data.executor", self.executor, EXECUTORS)
+        for spec in self.specs:
+            for block, value in spec.blocks.items():
+                self.check_source_block(spec, block, value)
         check(self.slurm.poll_seconds > 0, "data.slurm.poll_seconds", self.slurm.poll_seconds, "must be > 0")
+
+    def block_rules(self, block: str, overrides: dict | None = None) -> dict:
+        """A per-source block's settings: the global ones with a source's overrides on top."""
+        rules = PER_SOURCE_BLOCKS[block]
+        if rules not in (None, "own"):
+            return {**asdict(getattr(self, rules)), **(overrides or {})}
+        own = {"language": {"languages": list(self.languages), "threshold": self.language_threshold,
+                            "min_words": self.language_min_words},
+               "toxicity": {"threshold": self.toxicity_threshold, "max_fraction": self.toxicity_max_fraction}}
+        return {**own.get(block, {}), **(overrides or {})}
+
+    def check_source_block(self, spec: SourceSpec, block: str, value) -> None:
+        """A source's `blocks.<block>` names a per-source block and only its rules, with valid values."""
+        key = f"{spec.key}.blocks.{block}"
+        check(block in PER_SOURCE_BLOCKS, key, value,
+              f"no such block for source {spec.name!r}: per-source blocks are {list(PER_SOURCE_BLOCKS)}")
+        check(block != "url_blocklist" or value is False or self.url_blocklist is not None, key, value,
+              f"source {spec.name!r} turns the URL blocklist on, but data.url_blocklist names no file")
+        if not isinstance(value, dict):
+            return
+        known = list(self.block_rules(block))
+        for rule in value:
+            check(rule in known, f"{key}.{rule}", value[rule], f"no such rule of {block} (source {spec.name!r}): "
+                  f"its rules are {known}" if known else f"{block} has no rules to set per source, only true/false")
+        rules = PER_SOURCE_BLOCKS[block]
+        if rules not in (None, "own"):
+            _check_rules(replace(getattr(self, rules), **value), key, prefix="")
+        for rule in ("threshold", "max_fraction"):
+            if rule in value:
+                check(isinstance(value[rule], (int, float)) and 0 <= value[rule] <= 1, f"{key}.{rule}", value[rule],
+                      "must be in [0, 1]")
+        check(not isinstance(value.get("min_words", 1), bool) and isinstance(value.get("min_words", 1), int)
+              and value.get("min_words", 1) > 0, f"{key}.min_words", value.get("min_words"), "must be an integer > 0")
+        if "languages" in value:
+            check(isinstance(value["languages"], list) and len(value["languages"]) > 0, f"{key}.languages",
+                  value["languages"], "name at least one language code, e.g. [en]")
 
     # Derived once per config object and kept with it (a frozen config never changes, and a pickled
     # one carries them): the plan's key and the data stage's run see the very same files.

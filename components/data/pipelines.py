@@ -1,7 +1,7 @@
 """The data stage's datatrove passes, built from config: what runs, in which order, on how many tasks.
 
     1_quality      the sources read, validated and (HTML, WARC) extracted in the tasks, bad records to the
-                   quarantine (components/data/ingest/); URL blocklist, language id, Gopher quality, Gopher repetition, C4, FineWeb; then,
+                   quarantine (components/data/ingest/); URL blocklist, language id, toxicity, Gopher quality, Gopher repetition, C4, FineWeb; then,
                    for each document kept, its exact-dedup digest and its MinHash signature   (tasks)
     2_exact_dedup  the digests in task order, first seen kept; duplicates' signatures dropped (one task)
     3-5 minhash    buckets, clusters, cluster guard (datatrove's passes + ours)
@@ -9,8 +9,8 @@
 
 The order (measured: benchmarks/README.md). Blocks that need no words go first: the URL list
 reads metadata and fastText reads characters, so what they drop never reaches spaCy. Language id
-therefore scores the text before C4's line removal (it scored C4's output when it ran last; it
-is off unless data.language_model is given). The four heuristic filters are not free to move: C4
+therefore scores the text before C4's line removal (it scored C4's output when it ran last), and
+toxicity (word n-grams, no spaCy) right after it, on the text as written. The four heuristic filters are not free to move: C4
 rewrites the text (it removes lines), so the Gopher filters must see the text before it and
 FineWeb the text after it, as in datatrove's FineWeb example; which Gopher filter goes first
 made no measurable difference (they share the split words). Exact dedup stays after the filters:
@@ -29,7 +29,7 @@ per block. The executor (local, Slurm, Ray) is chosen elsewhere: a pass is only 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
@@ -38,7 +38,7 @@ from datatrove.pipeline.base import PipelineStep
 from components.data.config import DataConfig
 
 # blocks in pipeline order; rejected/<NN>_<block> numbers them in this order
-DROPPING_BLOCKS = ["url_blocklist", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb",
+DROPPING_BLOCKS = ["url_blocklist", "language", "toxicity", "gopher_quality", "gopher_repetition", "c4", "fineweb",
                    "exact_dedup", "minhash"]
 COUNTED_BLOCKS = [*DROPPING_BLOCKS, "pii"]
 
@@ -83,34 +83,59 @@ def n_gram_pairs(rules: dict) -> tuple[tuple[int, float], ...]:
 def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
     """(block name, datatrove filter) for the enabled quality blocks, in pipeline order. The blocks that
     split words or sentences share one tokenizer (components/data/words.py): same tokens, a fraction
-    of the time, and Gopher repetition reuses the words Gopher quality split."""
-    from components.data.filters import (C4Filter, FineWebQuality, GopherQuality, GopherRepetition, LocalLanguageFilter,
-                                         URLBlocklistFilter)
+    of the time, and Gopher repetition reuses the words Gopher quality split. A block that some source
+    switches off or tunes (data.sources[i].blocks) is a PerSourceBlock: one filter per setting, picked
+    by the document's source; a block off globally still runs for the sources that switch it on."""
+    from components.data.filters import PerSourceBlock
+
+    builders = block_builders(cfg)
+    blocks = []
+    for name, build in builders.items():
+        by_source = {spec.name: spec.blocks[name] for spec in cfg.specs if name in spec.blocks}
+        on = block_enabled(cfg, name)
+        if not on and all(value is False for value in by_source.values()):
+            continue
+        if not by_source:
+            blocks.append((name, build(cfg.block_rules(name), sink(name))))
+            continue
+        inner = {source: None if value is False else build(cfg.block_rules(name, value), None)
+                 for source, value in by_source.items()}
+        default = build(cfg.block_rules(name), None) if on else None
+        blocks.append((name, PerSourceBlock(name, default, inner, exclusion_writer=sink(name))))
+    return blocks
+
+
+def block_enabled(cfg: DataConfig, name: str) -> bool:
+    return cfg.url_blocklist is not None if name == "url_blocklist" else bool(getattr(cfg, name))
+
+
+def block_builders(cfg: DataConfig) -> dict:
+    """block name -> build(settings, exclusion_writer), in pipeline order; settings as DataConfig.block_rules."""
+    from components.data.filters import (BundledLanguageFilter, C4Filter, FineWebQuality, GopherQuality,
+                                         GopherRepetition, LocalLanguageFilter, ToxicityFilter, URLBlocklistFilter)
     from components.data.words import WarmSpaCyTokenizer
 
     words = WarmSpaCyTokenizer()
-    blocks = []
-    if cfg.url_blocklist is not None:
-        blocks.append(("url_blocklist", URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=sink("url_blocklist"))))
-    if cfg.language_model is not None:
-        blocks.append(("language", LocalLanguageFilter(cfg.language_model, cfg.languages, cfg.language_threshold,
-                                                       exclusion_writer=sink("language"))))
-    if cfg.gopher_quality:
-        blocks.append(("gopher_quality", GopherQuality(exclusion_writer=sink("gopher_quality"), language=words,
-                                                       alpha_words=cfg.gopher_alpha_words,
-                                                       **asdict(cfg.gopher_quality_rules))))
-    if cfg.gopher_repetition:
-        rules = cfg.gopher_repetition_rules
-        blocks.append(("gopher_repetition", GopherRepetition(
-            exclusion_writer=sink("gopher_repetition"), language=words, **{
-                **asdict(rules), "top_n_grams": n_gram_pairs(rules.top_n_grams),
-                "dup_n_grams": n_gram_pairs(rules.dup_n_grams)})))
-    if cfg.c4:  # no bad-words list: it needs a download
-        blocks.append(("c4", C4Filter(exclusion_writer=sink("c4"), language=words, **asdict(cfg.c4_rules))))
-    if cfg.fineweb:
-        blocks.append(("fineweb", FineWebQuality(exclusion_writer=sink("fineweb"), language=words,
-                                                 **asdict(cfg.fineweb_rules))))
-    return blocks
+
+    def language(rules, writer):
+        if cfg.language_model is not None:
+            return LocalLanguageFilter(cfg.language_model, rules["languages"], rules["threshold"], exclusion_writer=writer)
+        return BundledLanguageFilter(rules["languages"], rules["threshold"], rules["min_words"], exclusion_writer=writer)
+
+    def repetition(rules, writer):
+        return GopherRepetition(exclusion_writer=writer, language=words, **{
+            **rules, "top_n_grams": n_gram_pairs(rules["top_n_grams"]), "dup_n_grams": n_gram_pairs(rules["dup_n_grams"])})
+
+    return {
+        "url_blocklist": lambda rules, writer: URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=writer),
+        "language": language,
+        "toxicity": lambda rules, writer: ToxicityFilter(rules["threshold"], rules["max_fraction"], exclusion_writer=writer),
+        "gopher_quality": lambda rules, writer: GopherQuality(exclusion_writer=writer, language=words,
+                                                              alpha_words=cfg.gopher_alpha_words, **rules),
+        "gopher_repetition": repetition,
+        "c4": lambda rules, writer: C4Filter(exclusion_writer=writer, language=words, **rules),  # no bad-words list: it needs a download
+        "fineweb": lambda rules, writer: FineWebQuality(exclusion_writer=writer, language=words, **rules),
+    }
 
 
 def minhash_config(cfg: DataConfig):

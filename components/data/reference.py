@@ -7,9 +7,9 @@ GopherQuality, C4Quality, FineWebQuality, then MinHash's four passes, then PII, 
 LocalPipelineExecutor per pass. Here with the stage's settings (conf/data), plus what the stage has
 and the example has not, placed where the stage had them before it was reordered: exact dedup after
 the quality filters (one task, a global view) and the cluster guard between MinHash's clusters and
-its filter. The URL blocklist and language id are the stage's offline wrappers (off by default).
+its filter. The URL blocklist (off by default), language id and toxicity are the stage's offline blocks.
 
-    1_quality     reader -> [URL blocklist, language id,] Gopher repetition, Gopher quality, C4, FineWeb -> writer
+    1_quality     reader -> [URL blocklist,] language id, toxicity, Gopher repetition, Gopher quality, C4, FineWeb -> writer
     2_exact_dedup one task -> writer (one file)
     3-6 minhash   signatures (one task: one file in), buckets, clusters, cluster guard
     7_final       MinHash filter, PII -> train/validation split
@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from components.data.config import DataConfig
-from components.data.pipelines import Pass, n_gram_pairs, minhash_config
+from components.data.pipelines import Pass, block_builders, n_gram_pairs, minhash_config
 
 
 def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]:
@@ -30,7 +30,7 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
     from datatrove.pipeline.writers import JsonlWriter
 
     from components.data.blocks import ExactDedupFilter, PIIScrubber, TrainValidationSplit
-    from components.data.filters import GopherQuality, LocalLanguageFilter, URLBlocklistFilter
+    from components.data.filters import GopherQuality, URLBlocklistFilter
     from components.data.minhash_guard import MinhashClusterGuard
 
     work = out_dir / "work"
@@ -42,9 +42,8 @@ def reference_passes(cfg: DataConfig, staged: Path, out_dir: Path) -> list[Pass]
     quality = []
     if cfg.url_blocklist is not None:
         quality.append(URLBlocklistFilter(cfg.url_blocklist, exclusion_writer=sink("url_blocklist")))
-    if cfg.language_model is not None:
-        quality.append(LocalLanguageFilter(cfg.language_model, cfg.languages, cfg.language_threshold,
-                                           exclusion_writer=sink("language")))
+    content = block_builders(cfg)  # language id and toxicity: the stage's offline blocks (no datatrove equivalent)
+    quality += [content[name](cfg.block_rules(name), sink(name)) for name in ("language", "toxicity") if getattr(cfg, name)]
     if cfg.gopher_repetition:
         rules = cfg.gopher_repetition_rules
         quality.append(GopherRepetitionFilter(exclusion_writer=sink("gopher_repetition"), **{

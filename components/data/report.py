@@ -10,7 +10,7 @@ from typing import Iterator
 from components.data.pii import PII_TYPES
 from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
 
-QUALITY_BLOCKS = DROPPING_BLOCKS[:6]
+QUALITY_BLOCKS = DROPPING_BLOCKS[:DROPPING_BLOCKS.index("exact_dedup")]
 NEAR_DUP_TARGET_JACCARD = 0.8  # pairs at least this similar must be removed; below is a grey zone
 
 

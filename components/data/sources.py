@@ -1,8 +1,9 @@
 """Source specs: what `data.sources` entries mean, checked before any work. Light: no heavy imports.
 
 An entry is a string (a path, a glob or "embedded") or a mapping
-{type, path, text_key, weight, split, subset, revision, name} and the reader's
-{id_key, metadata_keys, mode, chunk_chars} (components/data/ingest/fields.py). Without `type`, the
+{type, path, text_key, weight, split, subset, revision, name, blocks, settings}, the reader's
+{id_key, metadata_keys, mode, chunk_chars} (components/data/ingest/fields.py) and per-source block
+settings (blocks, e.g. {c4: false}; checked by DataConfig). Without `type`, the
 type comes from the extension (see SUFFIX_TYPES) or, for a directory written by
 `datasets.save_to_disk`, is `hf`. A path that is neither a file, a glob nor a
 directory is read by `hf` as a Hugging Face hub id.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ SUFFIX_TYPES = {  # longest suffix first wins
     ".html": "html", ".htm": "html",
     ".warc": "warc", ".warc.gz": "warc",
 }
-SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name")
+SPEC_KEYS = ("type", "path", "text_key", "weight", "split", "subset", "revision", "name", "blocks", "settings")
 READER_KEYS = ("id_key", "metadata_keys", "mode", "chunk_chars")  # checked by ingest/fields.py
 HF_ONLY_KEYS = ("split", "subset", "revision")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -50,6 +51,9 @@ class SourceSpec:
     # ... and how a text file becomes documents: file, line, paragraph or chunk (of about chunk_chars)
     mode: str = "file"
     chunk_chars: int = DEFAULT_CHUNK_CHARS
+    # per-source block settings: {block: False (off for this source) | {rule: value} (its own rules)};
+    # names and rules are checked by DataConfig, which knows the blocks
+    blocks: dict = field(default_factory=dict, hash=False)
 
 
 def suffix_type(path: str) -> str | None:
@@ -123,9 +127,27 @@ def parse_source(entry: Any, index: int) -> SourceSpec:
     spec = SourceSpec(key=key, type=kind, name=name, path=path, text_key=text_key,
                       weight=None if weight is None else float(weight), split=str(entry.get("split", "train")),
                       subset=entry.get("subset"), revision=entry.get("revision"),
-                      **reader_options(entry, key, kind))
+                      blocks=parse_block_settings(entry, key), **reader_options(entry, key, kind))
     check_hub_reachable(spec)
     return spec
+
+
+def parse_block_settings(entry: dict, key: str) -> dict:
+    """`blocks: {c4: false, gopher_quality: {min_doc_words: 20}}` and `settings: {c4: {...}}` (the same as
+    a mapping under blocks) -> {block: False | {rule: value}}; true is {} (on, with the global rules)."""
+    merged: dict = {}
+    for part in ("blocks", "settings"):
+        given = entry.get(part) or {}
+        check(isinstance(given, dict), f"{key}.{part}", given, "must be a mapping {block: ...}")
+        for block, value in given.items():
+            where = f"{key}.{part}.{block}"
+            if part == "settings":
+                check(isinstance(value, dict), where, value, "must be a mapping {rule: value}")
+            check(isinstance(value, (bool, dict)), where, value, "give true, false or a mapping {rule: value}")
+            check(block not in merged or isinstance(value, dict) and merged[block] is not False, where, value,
+                  "the block is switched off for this source in blocks:")
+            merged[block] = {**merged.get(block, {}), **value} if isinstance(value, dict) else ({} if value else False)
+    return merged
 
 
 def parse_sources(entries: list[Any]) -> list[SourceSpec]:
