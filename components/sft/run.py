@@ -19,6 +19,7 @@ from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
 from components.chat.formats import read_located, sft_record
 from components.chat.template import encode_chat
 from components.context import StageContext
+from components.evidence import count_kinds, top_reasons
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
@@ -110,15 +111,17 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     max_len = model.config.max_position_embeddings
 
     examples, quarantined, per_file = load_examples(cfg)
+    write_quarantine(ctx, quarantined)  # now: kept with the failed build's files if encoding raises
     train_rows, too_long = encode_examples(tokenizer, examples, max_len)
     quarantined += too_long
     write_quarantine(ctx, quarantined)
+    if not train_rows:  # the failed build's files (this quarantine) are set aside where its error says
+        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
+                         f"{len(quarantined)} quarantined ({top_reasons(count_kinds(quarantined))}); see quarantine.jsonl")
     if quarantined:
-        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
-                    len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
-                    Path(out_dir) / "quarantine.jsonl")
-    if not train_rows:
-        raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}")
+        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens; %s): see quarantine.jsonl "
+                    "in the artifact", len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
+                    top_reasons(count_kinds(quarantined)))
     val_rows, _ = encode_examples(tokenizer, [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)], max_len)
     val_batch = pad_batch(val_rows, tokenizer.pad_token_id)
 
