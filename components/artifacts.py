@@ -369,7 +369,8 @@ def _failure_note(stage: str, key: str, partial: Path) -> str:
     except OSError as err:  # keep the stage's own error; say why the files stayed
         return f"stage {stage} ({key}) failed; its files are kept in {partial} (not set aside: {err})"
     if aside is None:
-        return f"stage {stage} ({key}) failed; its files are kept in {partial}"
+        files = partial.exists() and any(partial.iterdir())
+        return f"stage {stage} ({key}) failed; " + (f"its files are kept in {partial}" if files else "it wrote no file")
     names = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in aside.iterdir()))
     resume = f"; {partial} keeps what a rerun resumes from" if partial.exists() else ""
     return f"stage {stage} ({key}) failed; its files are kept in {aside} ({names}){resume}"

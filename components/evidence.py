@@ -6,8 +6,10 @@ the reasons of one kind share, so a failure can say "40 quarantined (31 ..., 9 .
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Iterable
 
 TOP_REASONS = 3
@@ -52,3 +54,19 @@ def corpus_drops(metrics: dict) -> Counter:
         if key.startswith("quarantined_") and isinstance(n, int):
             drops[f"quarantined: {key.removeprefix('quarantined_')}"] += n
     return drops
+
+
+def empty_corpus(data_dir: Path, train_docs: int, validation_docs: int) -> str:
+    """Why a stage cannot use a data artifact with no train or no validation document: the artifact, what
+    dropped its documents (its manifest's metrics) and where they are."""
+    manifest = Path(data_dir) / "manifest.json"
+    try:
+        metrics = json.loads(manifest.read_text()).get("metrics", {})
+    except (OSError, ValueError):
+        metrics = {}
+    missing = "no document at all" if not train_docs else "no validation document"
+    hint = ("relax the blocks that dropped them (data.<block>=false, data.<block>_rules), or give more sources"
+            if not train_docs else "give more documents, or raise data.validation_fraction")
+    return (f"the data artifact {data_dir} has {train_docs} train and {validation_docs} validation documents "
+            f"({missing}): of {metrics.get('docs_in', '?')} documents read, {top_reasons(corpus_drops(metrics))}; "
+            f"{hint}; see {Path(data_dir) / 'report.md'} and its rejected/, quarantine.jsonl")

@@ -147,7 +147,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
     if cfg.sources:
         pairs, quarantined = read_sources(cfg)
         pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len)
-        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs)
+        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs) if pairs else ([], [])  # none: run() says why
         train_enc, val_enc = [encoded[i] for i in train_idx[: cfg.num_pairs]], [encoded[i] for i in val_idx]
         counts.update(source_pairs=len(pairs) + len(too_long), quarantined_pairs=len(quarantined),
                       unused_pairs=max(0, len(train_idx) - cfg.num_pairs))
