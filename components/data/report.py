@@ -250,9 +250,9 @@ def write_report(out_dir: Path, m: dict) -> None:
     if m["docs_out"] == 0:  # a valid artifact all the same: what dropped everything, and where it is
         lines += ["", f"**No document survived.** Top reasons: {top_reasons(corpus_drops(m))}; every dropped "
                   "document is in rejected/, every quarantined record in quarantine.jsonl."]
-    lines += ["", "| block | reason | dropped |", "|---|---|---|"]
-    lines += [f"| {block} | {reason} | {n} |" for block, reasons in m.get("drop_reasons", {}).items()
-              for reason, n in reasons.items()]
+    if m.get("drop_reasons"):
+        lines += ["", "| block | reason | dropped |", "|---|---|---|"]
+        lines += [f"| {block} | {reason} | {n} |" for block, reasons in m["drop_reasons"].items() for reason, n in reasons.items()]
     if plot_blocks(m, out_dir / "docs_per_block.png"):
         lines += ["", "![documents kept after each block](docs_per_block.png)"]
     lines += ["", f"Changed, not dropped: {m['c4_lines_removed']} lines removed by C4 line rules (javascript, policy, short lines...); "
