@@ -335,23 +335,45 @@ def _set_aside(path: Path, kind: str) -> Path:
     return aside
 
 
-def _restart(partial: Path) -> None:
-    """Prepare a partial build left by a failed or killed run: its resume state (checkpoints,
-    log.jsonl, wandb runs) stays so training resumes with its history; everything else moves to
-    a `.<key>.failed-<time>` sibling (evidence; a half-written model must not ship)."""
-    if not partial.exists():
-        return
-    stale = [child for child in partial.iterdir() if child.name not in RESUME_STATE]
-    if not stale:
-        return
+def keep_evidence(partial: Path) -> Path | None:
+    """Move a partial build's files, except its resume state (checkpoints, log.jsonl, wandb runs), to a
+    `.<key>.failed-<time>` sibling, where nothing moves them again (evidence: quarantine.jsonl, rejected/,
+    report, logs; and a half-written model must not ship). Returns that folder; None: nothing to keep."""
+    if not partial.exists() or all(child.name in RESUME_STATE for child in partial.iterdir()):
+        return None
+    resume = [child.name for child in partial.iterdir() if child.name in RESUME_STATE]
     aside = _set_aside(partial, "failed")
-    partial.mkdir()
-    for child in aside.iterdir():
-        if child.name in RESUME_STATE:
-            os.rename(child, partial / child.name)
-    kept = sorted(p.name for p in partial.iterdir())
+    if resume:
+        partial.mkdir()
+    for name in resume:
+        os.rename(aside / name, partial / name)
+    return aside
+
+
+def _restart(partial: Path) -> None:
+    """Prepare a partial build left by a killed run (a failed one set its evidence aside already): training
+    resumes with its history; everything else is kept aside (keep_evidence)."""
+    aside = keep_evidence(partial)
+    if aside is None:
+        return
+    kept = sorted(p.name for p in partial.iterdir()) if partial.exists() else []
     log.warning("%s: a previous build did not finish; %s; its other files are kept in %s", partial,
                 f"resuming with {', '.join(kept)}" if kept else "starting again", aside)
+
+
+def _failure_note(stage: str, key: str, partial: Path) -> str:
+    """Where a failed build's files are: its evidence set aside at once (a path the next run leaves alone),
+    its resume state in the partial."""
+    try:
+        aside = keep_evidence(partial)
+    except OSError as err:  # keep the stage's own error; say why the files stayed
+        return f"stage {stage} ({key}) failed; its files are kept in {partial} (not set aside: {err})"
+    if aside is None:
+        files = partial.exists() and any(partial.iterdir())
+        return f"stage {stage} ({key}) failed; " + (f"its files are kept in {partial}" if files else "it wrote no file")
+    names = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in aside.iterdir()))
+    resume = f"; {partial} keeps what a rerun resumes from" if partial.exists() else ""
+    return f"stage {stage} ({key}) failed; its files are kept in {aside} ({names}){resume}"
 
 
 def build(
@@ -395,8 +417,8 @@ def build(
             }
             _write_atomically(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.rename(tmp, final)
-        except BaseException as err:  # the partial stays: evidence, and the checkpoints a rerun resumes from
-            err.add_note(f"stage {stage} ({key}) failed; its files are kept in {tmp}")
+        except BaseException as err:  # evidence set aside now; the checkpoints a rerun resumes from stay
+            err.add_note(_failure_note(stage, key, tmp))
             raise
         shutil.rmtree(final / "checkpoints", ignore_errors=True)  # only now: a kill before the rename resumes
     log.info("%s: built %s", stage, final)

@@ -12,9 +12,11 @@ import traceback
 
 def failure_reason(err: BaseException) -> str:
     """One line: the stage that failed (build() notes it) and the error's first line."""
-    where = next((n.split(" failed;")[0] for n in getattr(err, "__notes__", []) if n.startswith("stage ")), "")
+    note = next((n for n in getattr(err, "__notes__", []) if n.startswith("stage ")), "")
+    where, _, kept = note.partition(" failed;")
     first = (str(err).strip().splitlines() or [""])[0]
-    return f"pipeline failed: {where + ': ' if where else ''}{type(err).__name__}: {first}"
+    kept = f" ({kept.strip().split(' (')[0]})" if "kept in" in kept else ""  # the failed build's files
+    return f"pipeline failed: {where + ': ' if where else ''}{type(err).__name__}: {first}{kept}"
 
 
 def failure_report(err: BaseException) -> str:

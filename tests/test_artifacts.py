@@ -80,13 +80,13 @@ def test_a_stage_that_raises_leaves_nothing_trusted(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom") as raised:
         build(tmp_path, "toy", "k2", Toy(), {}, crash)
-    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [".k2.lock", ".k2.partial"]  # nothing trusted
-    assert (tmp_path / "toy" / ".k2.partial" / "half.bin").read_bytes() == b"partial"  # the evidence stays
-    assert "kept in" in raised.value.__notes__[0] and ".k2.partial" in raised.value.__notes__[0]
+    (aside,) = (tmp_path / "toy").glob(".k2.failed-*")  # the evidence, set aside at once: nothing trusted
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [aside.name, ".k2.lock"]
+    assert (aside / "half.bin").read_bytes() == b"partial"
+    assert f"kept in {aside} (half.bin)" in raised.value.__notes__[0]
     path, built = build(tmp_path, "toy", "k2", Toy(), {}, _write)
     assert built and is_complete(path) and not (path / "half.bin").exists()
-    (aside,) = (tmp_path / "toy").glob(".k2.failed-*")  # the failed attempt's files, out of the way
-    assert (aside / "half.bin").read_bytes() == b"partial"
+    assert (aside / "half.bin").read_bytes() == b"partial"  # where the note said, after the next run too
 
 
 def test_directory_without_manifest_is_rebuilt(tmp_path):

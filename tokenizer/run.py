@@ -11,6 +11,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from components.context import StageContext
+from components.evidence import empty_corpus
 from tokenizer.config import TokenizerConfig
 from tokenizer.encode import encode_documents, encode_split, read_texts, shard_dtype
 from tokenizer.train import export_hf, train_sentencepiece
@@ -73,7 +74,7 @@ def run(cfg: TokenizerConfig, inputs: dict[str, Path], ctx: StageContext) -> dic
     data = Path(inputs["data"])
     train_texts, val_texts = list(read_texts(data / "train")), list(read_texts(data / "validation"))
     if not train_texts or not val_texts:
-        raise ValueError(f"tokenizer: {data} has {len(train_texts)} train and {len(val_texts)} validation documents")
+        raise ValueError(f"tokenizer: {empty_corpus(data, len(train_texts), len(val_texts))}")
     if cfg.init_from:
         tok, extra = import_tokenizer(cfg.init_from, out_dir), {"imported_from": cfg.init_from}
     else:

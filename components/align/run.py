@@ -17,10 +17,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
 from components.chat.batches import epoch_indices
-from components.chat.sources import read_source, select, top_reasons
+from components.chat.sources import read_source, select
 from components.chat.generate import generate
 from components.chat.template import encode_chat
 from components.context import StageContext
+from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
 from components.train.device import model_device, to_device
 from components.train.losses import IGNORE, dpo_loss
@@ -189,10 +190,6 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
     if quarantined:
         log.warning("align: %d malformed source records quarantined (first: %s)", len(quarantined),
                     quarantined[0]["reason"])
-    if not train_enc or not val_enc:
-        raise ValueError(f"align: no usable {'training' if not train_enc else 'held-out'} pair "
-                         f"({len(quarantined)} quarantined, {len(too_long)} too long): "
-                         f"{top_reasons(quarantined + too_long)}")
     counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
     return train_enc, val_enc, quarantined + too_long, counts
 
@@ -222,13 +219,18 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     accelerator = make_accelerator(cfg, model, ctx.strategy)
     model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
     train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
+    if ctx.is_main:  # before any failure: kept with the failed build's files
+        with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
+            f.writelines(json.dumps(row) + "\n" for row in quarantine)
+    if not train_pairs or not val_pairs:
+        raise ValueError(f"align: no usable {'training' if not train_pairs else 'held-out'} pair in "
+                         f"{cfg.sources or 'the generated pairs'}: {len(quarantine)} left out "
+                         f"({top_reasons(count_kinds(quarantine))}); see quarantine.jsonl")
     log.info("align: %s", counts)
     ref_train = all_logps(model, train_pairs, pad, cfg, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg, accelerator)
     if ctx.is_main:
         torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
-        with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
-            f.writelines(json.dumps(row) + "\n" for row in quarantine)
     log.info("align: reference log-probs of %d + %d pairs cached", len(train_pairs), len(val_pairs))
 
     def batch_fn(step: int, micro: int) -> dict:

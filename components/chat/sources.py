@@ -172,15 +172,6 @@ def select(pools: list[list[int]], sources: list[ChatSource], total: int, seed: 
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
-def top_reasons(quarantined: list[dict], n: int = 3) -> str:
-    """The most frequent quarantine rules, each with a first example: what a failed stage's error quotes."""
-    by_rule: dict[str, list[dict]] = {}
-    for q in quarantined:
-        by_rule.setdefault(q.get("rule", q.get("stage", "?")), []).append(q)
-    top = sorted(by_rule.items(), key=lambda kv: -len(kv[1]))[:n]
-    return "; ".join(f"{len(rows)} {rule} (first: {rows[0]['reason']})" for rule, rows in top) or "nothing quarantined"
-
-
 def held_out(prompts: list[str], n_val: int) -> set[int]:
     """Indices held out: whole prompts in sha256 order until n_val items, so the split does not move when
     files are reordered or grow, and items sharing a prompt stay on one side."""

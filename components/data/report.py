@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.data.pii import PII_TYPES
+from components.evidence import corpus_drops, top_reasons
 from components.data.pipelines import COUNTED_BLOCKS, DROPPING_BLOCKS, rejected_dir
 
 QUALITY_BLOCKS = DROPPING_BLOCKS[:DROPPING_BLOCKS.index("exact_dedup")]
@@ -40,17 +41,34 @@ def pass_stats(work: Path, passes: str = "*") -> Counter:
     return counts
 
 
-def _dropped(work: Path) -> dict[str, int]:
-    """Documents each block dropped, from the block's own `dropped` counter: the step before the Tally
-    counting what leaves it (what reached rejected/<NN>_<block>/, without reading it back)."""
-    dropped = {block: 0 for block in DROPPING_BLOCKS}
+def _block_stats(work: Path) -> Iterator[tuple[str, dict]]:
+    """(block, its step's stats) per task: the step before the Tally counting what leaves the block."""
     for stats_file in _stat_files(work):
         steps = json.loads(stats_file.read_text())
         for before, step in zip(steps, steps[1:]):
             for block in DROPPING_BLOCKS:
                 if f"{block}_docs" in step.get("stats", {}):
-                    dropped[block] += _stat_total(before.get("stats", {}).get("dropped", 0))
+                    yield block, before.get("stats", {})
+
+
+def _dropped(work: Path) -> dict[str, int]:
+    """Documents each block dropped, from the block's own `dropped` counter (what reached
+    rejected/<NN>_<block>/, without reading it back)."""
+    dropped = {block: 0 for block in DROPPING_BLOCKS}
+    for block, stats in _block_stats(work):
+        dropped[block] += _stat_total(stats.get("dropped", 0))
     return dropped
+
+
+def _drop_reasons(work: Path) -> dict[str, dict[str, int]]:
+    """{block: {reason: documents}} for the blocks that dropped any (datatrove's `dropped_<reason>`
+    counters: the reason each rejected document carries as metadata.filter_reason)."""
+    reasons: dict[str, Counter] = {}
+    for block, stats in _block_stats(work):
+        for key, value in stats.items():
+            if key.startswith("dropped_") and _stat_total(value):
+                reasons.setdefault(block, Counter())[key.removeprefix("dropped_")] += _stat_total(value)
+    return {block: dict(counts.most_common()) for block, counts in reasons.items()}
 
 
 def _pii_counts(stats: Counter) -> dict[str, int]:
@@ -160,6 +178,7 @@ def measure(cfg, out_dir: Path, work: Path, specs: list) -> dict:
         "train_bytes": stats["train_bytes"],
         **_issue_counts(stats),
         **{f"{block}_dropped": n for block, n in _dropped(work).items()},
+        "drop_reasons": _drop_reasons(work),
         **_block_flow(stats),
         **_cluster_stats(work),
         "url_blocklist_no_url": stats.get("no_url", 0),
@@ -235,6 +254,12 @@ def write_report(out_dir: Path, m: dict) -> None:
              "| block | docs in | docs out | bytes in | bytes out | dropped (rejected/) |", "|---|---|---|---|---|---|"]
     lines += [f"| {b} | {m[b + '_docs_in']} | {m[b + '_docs_out']} | {m[b + '_bytes_in']} | {m[b + '_bytes_out']} "
               f"| {m.get(b + '_dropped', 0)} |" for b in COUNTED_BLOCKS if b + "_docs_in" in m]
+    if m["docs_out"] == 0:  # a valid artifact all the same: what dropped everything, and where it is
+        lines += ["", f"**No document survived.** Top reasons: {top_reasons(corpus_drops(m))}; every dropped "
+                  "document is in rejected/, every quarantined record in quarantine.jsonl."]
+    if m.get("drop_reasons"):
+        lines += ["", "| block | reason | dropped |", "|---|---|---|"]
+        lines += [f"| {block} | {reason} | {n} |" for block, reasons in m["drop_reasons"].items() for reason, n in reasons.items()]
     if plot_blocks(m, out_dir / "docs_per_block.png"):
         lines += ["", "![documents kept after each block](docs_per_block.png)"]
     lines += ["", f"Changed, not dropped: {m['c4_lines_removed']} lines removed by C4 line rules (javascript, policy, short lines...); "

@@ -26,6 +26,7 @@ from components.data.ingest.records import InputError
 from components.data.ingest.step import SourceCounter, SourceReader, job_file
 from components.data.ingest.units import Unit, plan_units
 from components.data.report import measure, pass_stats, write_report
+from components.evidence import top_reasons
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def stderr_to(path: Path):
         except BaseException as err:
             os.dup2(saved, 2)
             tail = path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"datatrove pipeline failed ({err}); end of its log {path}:\n{tail}") from err
+            where = Path(path.parent.name) / path.name  # in the stage's files, wherever a failure sets them aside
+            raise RuntimeError(f"datatrove pipeline failed ({err}); end of its log {where}:\n{tail}") from err
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -101,8 +103,10 @@ def after_reading(cfg: DataConfig, out_dir: Path, truth: dict | None) -> None:
     and the ground truth, kept only when the embedded corpus was taken whole (it measures the filters)."""
     quarantined = merge_quarantine(out_dir)
     stats = pass_stats(out_dir / "work", "1_quality")
-    if stats["input_docs"] == 0:
-        raise ValueError(f"data: no valid document in {cfg.sources} (see {out_dir / 'quarantine.jsonl'})")
+    if stats["input_docs"] == 0:  # the failed build's files (this quarantine) are set aside where the error says
+        reasons = {k.removeprefix("quarantined_"): n for k, n in stats.items() if k.startswith("quarantined_")}
+        raise ValueError(f"data: no valid document in {cfg.sources}: {quarantined} records quarantined "
+                         f"({top_reasons(reasons)}); see quarantine.jsonl")
     specs = cfg.source_specs()
     log.info("data: %d documents read from %d sources, %d records quarantined, %d skipped", stats["input_docs"],
              len(specs), quarantined, sum(v for k, v in stats.items() if k.startswith("skipped_")))

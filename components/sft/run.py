@@ -15,9 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
-from components.chat.sources import held_out, read_source, select, top_reasons
+from components.chat.sources import held_out, read_source, select
 from components.chat.template import encode_chat, use_template, with_system_prompt
 from components.context import StageContext
+from components.evidence import count_kinds, top_reasons
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
@@ -147,14 +148,14 @@ def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) ->
     too_long += val_too_long
     quarantined += too_long
     write_quarantine(ctx, quarantined)
-    if quarantined:
-        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens): see %s",
-                    len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
-                    Path(ctx.out_dir) / "quarantine.jsonl")
-    warn_if_mostly_too_long(len(too_long), len(examples) + len(source_val), max_len, "sft: examples", "sft.max_length")
-    if not train_rows:
+    if not train_rows:  # the failed build's files (this quarantine) are set aside where its error says
         raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
-                         f"{top_reasons(quarantined)}")
+                         f"{len(quarantined)} quarantined ({top_reasons(count_kinds(quarantined))}); see quarantine.jsonl")
+    if quarantined:
+        log.warning("sft: %d records quarantined (%d unreadable, %d longer than %d tokens; %s): see quarantine.jsonl "
+                    "in the artifact", len(quarantined), len(quarantined) - len(too_long), len(too_long), max_len,
+                    top_reasons(count_kinds(quarantined)))
+    warn_if_mostly_too_long(len(too_long), len(examples) + len(source_val), max_len, "sft: examples", "sft.max_length")
     return train_rows, source_val_rows, quarantined, {
         "records_read": per_file, "sources": per_source, "heldout_source_examples": len(source_val_rows),
         "quarantined": len(quarantined), "quarantined_unreadable": len(quarantined) - len(too_long),

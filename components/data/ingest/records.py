@@ -16,6 +16,7 @@ its text: components/data/ingest/fields.py.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from components.data.ingest.fields import DEFAULT_CHUNK_CHARS, RowFields, as_fie
 Outcome = tuple[dict | None, dict | None]
 UNREADABLE = (OSError, EOFError, zlib.error)  # permission, missing, corrupt gzip (BadGzipFile is an OSError)
 WHERE_KEYS = ("line", "row", "record")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds one only when decoded from an escape (JSON) or surrogateescape
 
 
 class InputError(ValueError):
@@ -90,6 +92,10 @@ def check_text(record, text_key: str, file: str, max_bytes: int, **where) -> tup
         return issue(file, f"non_string_field '{text_key}' ({type(text).__name__})", **where)
     if not text.strip():
         return issue(file, f"empty_field '{text_key}'", **where)
+    surrogate = LONE_SURROGATE.search(text)
+    if surrogate:  # valid JSON ("\\ud800"), but no UTF-8 writer or tokenizer takes it
+        return issue(file, f"invalid_unicode (lone surrogate U+{ord(surrogate.group()):04X} at character "
+                           f"{surrogate.start()} of '{text_key}')", **where)
     size = text_bytes(text)
     if size > max_bytes:
         return issue(file, f"text_too_long ({size} bytes > data.max_line_bytes)", **where)
