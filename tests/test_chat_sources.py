@@ -276,7 +276,7 @@ def test_sft_failing_on_all_quarantined_quotes_the_top_reasons(model_dir, tmp_pa
 
     bad = [{"messages": [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Hi"}]}] * 3
     (tmp_path / "out").mkdir()
-    with pytest.raises(ValueError, match=r"3 role_order \(first: .*turn 0 is assistant"):
+    with pytest.raises(ValueError, match=r"3 quarantined \(3 turn N is assistant, expected user\)"):
         run(SFTConfig(sources=[_jsonl(tmp_path / "bad.jsonl", bad)], **FEW), {"pretrain": model_dir},
             StageContext.local(tmp_path / "out"))
 

@@ -352,4 +352,4 @@ def test_a_failing_stage_prints_its_reason_first_and_last_and_one_traceback(tmp_
     assert lines[0] == lines[-1] and lines[0].startswith("pipeline failed: stage data")
     assert f"{source}, line 21" in lines[0]
     assert (out + err).count("Traceback (most recent call last)") == 1
-    assert len(lines) < 60
+    assert len(lines) < 100  # one traceback: through the worker, a few frames per quality block

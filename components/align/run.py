@@ -159,7 +159,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
     if cfg.sources:
         pairs, quarantined, per_source = read_sources(cfg)
         pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len, cfg.max_prompt_length)
-        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs)
+        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs) if pairs else ([], [])  # none: run() says why
         names = [s.name for s in cfg.chat_sources]
         pools = [[i for i in train_idx if pairs[i]["source"] == name] for name in names]
         chosen = select(pools, list(cfg.chat_sources), cfg.num_pairs, cfg.seed)  # not the first N in file order
