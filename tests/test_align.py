@@ -14,25 +14,19 @@ from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
-from tests.tiny import make_tokenizer_artifact
+from tests.tiny import save_tiny_model, tiny_tokenizer
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(make_tokenizer_artifact(tmp_path_factory.mktemp("tok")) / "hf")
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("sft")
-    model = build_model(TINY, tokenizer, seed=1)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root
+    return save_tiny_model(tmp_path_factory.mktemp("sft"), tokenizer, TINY, seed=1)
 
 
 # prompts ending in a space or newline, answers starting with one: where tokenisers merge across the boundary

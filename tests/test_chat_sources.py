@@ -10,11 +10,10 @@ from components.align.config import AlignConfig
 from components.chat.formats import FormatError, preference_record, sft_record
 from components.chat.sources import ChatSource, parse_sources, read_source, select
 from components.context import StageContext
-from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.sft.config import SFTConfig
 from components.train.losses import IGNORE
-from tests.tiny import make_tokenizer_artifact
+from tests.tiny import save_tiny_model, tiny_tokenizer
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
 
@@ -220,18 +219,12 @@ def test_dpo_prompt_cap_cuts_the_oldest_prompt_tokens():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(make_tokenizer_artifact(tmp_path_factory.mktemp("tok")) / "hf")
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("model")
-    model = build_model(TINY, tokenizer, seed=0)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root
+    return save_tiny_model(tmp_path_factory.mktemp("model"), tokenizer, TINY, seed=0)
 
 
 SHORT = [{"question": "2+2?", "answer": "4"}, {"question": "3+4?", "answer": "7"}]  # fit 48 tokens

@@ -5,6 +5,7 @@ import json
 import pytest
 from datatrove.data import Document
 
+from benchmarks.content_filters import NOT_ENGLISH  # the benchmark's texts, one copy
 from components.context import StageContext
 from components.data.config import DataConfig
 from components.data.pipelines import DROPPING_BLOCKS, quality_blocks, rejected_dir
@@ -13,16 +14,6 @@ from components.data.run import run
 ENGLISH = ("The town council approved next year's budget last night after a long debate. Residents of the "
            "northern district have waited years for the primary school to be repaired, and work should begin "
            "in the spring once the contractor has been chosen.")
-NOT_ENGLISH = {
-    "fr": "Le conseil municipal a voté hier soir le budget de l'année prochaine. Les habitants du quartier nord "
-          "attendent depuis longtemps la rénovation de l'école primaire, qui devrait commencer au printemps.",
-    "de": "Die Stadtverwaltung hat gestern den Haushalt für das kommende Jahr beschlossen. Die Bewohner des "
-          "Nordviertels warten seit langem auf die Sanierung der Grundschule, die im Frühjahr beginnen soll.",
-    "es": "El ayuntamiento aprobó anoche el presupuesto del año que viene. Los vecinos del barrio norte esperan "
-          "desde hace tiempo la reforma de la escuela primaria, que debería empezar en primavera.",
-    "ru": "Городской совет вчера вечером утвердил бюджет на следующий год. Жители северного района давно ждут "
-          "ремонта начальной школы, который должен начаться весной.",
-}
 # a forum thread: neutral post headers, offensive posts (what a header-driven rule misses)
 THREAD = ("Posted by darkwolf77 on 12 March\nYou are a fucking idiot and everyone here knows it.\n"
           "Reply from kingpin\nShut the fuck up, you stupid piece of shit.\n"

@@ -52,3 +52,19 @@ def make_tokenizer_artifact(root: Path, vocab_size: int = 400) -> Path:
         np.array(ids, dtype=np.uint16).tofile(root / "shards" / f"{split}.bin")
         np.save(root / "shards" / f"{split}.idx.npy", np.array(starts, dtype=np.int64))
     return root
+
+
+def tiny_tokenizer(root: Path):
+    """The chat tokenizer of make_tokenizer_artifact, loaded as a stage loads one."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(make_tokenizer_artifact(root) / "hf")
+
+
+def save_tiny_model(root: Path, tokenizer, config, seed: int) -> Path:
+    """A freshly initialised model and its tokenizer in root/model, shaped like a training stage's artifact."""
+    from components.model.build import build_model
+
+    build_model(config, tokenizer, seed=seed).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
