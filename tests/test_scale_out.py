@@ -161,7 +161,9 @@ def test_machines_with_different_keys_fail_at_once_instead_of_training_together(
         for future in (built, joined):
             with pytest.raises(RuntimeError, match="exited with code"):
                 future.result(timeout=300)
-    log = (root / "pretrain" / f".{'a' * 16}.partial" / "launch" / "launch.log").read_text()
+    kept = sorted((root / "pretrain").glob(f".{'a' * 16}.failed-*"))  # a failed build's files, set aside at once
+    assert len(kept) == 1, sorted(p.name for p in (root / "pretrain").iterdir())
+    log = (kept[0] / "launch" / "launch.log").read_text()
     assert "run different stages" in log and f"pretrain {'b' * 16}" in log
     assert not (root / "pretrain" / ("a" * 16)).exists()  # nothing trained, no manifest
 
