@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from components.artifacts import read_manifest
+from components.train.launch import free_port
 
 log = logging.getLogger("sweep")
 
@@ -93,12 +93,6 @@ def _artifacts_root(config: DictConfig) -> Path:
     from flows.plan import artifacts_root
 
     return artifacts_root(config.run)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_shared_server() -> Any:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,18 +18,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from components.train.launch import free_port
 from flows.compose import compose_pipeline_config
 from flows.deploy import DeploymentSpec, check_overrides, read_deployment, read_deployments
 from flows.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(prefect_home: Path, **extra: str) -> dict[str, str]:

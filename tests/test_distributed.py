@@ -94,12 +94,17 @@ def test_a_failing_launch_raises_with_the_exit_code_and_log(tmp_path):
 
 def test_launcher_arguments_and_checks():
     args = accelerate_args(LauncherConfig(strategy="fsdp", num_processes=8, num_machines=2, machine_rank=1,
-                                          main_process_ip="10.0.0.1"), on_gpu=True)
+                                          main_process_ip="10.0.0.1", main_process_port=29500), on_gpu=True)
     assert args[args.index("--num_processes") + 1] == "16" and "--multi_gpu" in args
     assert args[args.index("--main_process_ip") + 1] == "10.0.0.1"
-    assert "--multi_gpu" in accelerate_args(LauncherConfig(strategy="ddp", num_processes=2), on_gpu=False)
+    assert args[args.index("--main_process_port") + 1] == "29500"
+    one_machine = accelerate_args(LauncherConfig(strategy="ddp", num_processes=2), on_gpu=False)
+    assert "--multi_gpu" in one_machine
+    # port 0 on one machine: a free port each launch, so concurrent launches (parallel sweeps) never collide
+    assert int(one_machine[one_machine.index("--main_process_port") + 1]) > 0
     for bad, key in [({"strategy": "deepspeed"}, "launcher.strategy"), ({"num_processes": 2}, "launcher.strategy"),
                      ({"strategy": "ddp", "num_machines": 2}, "launcher.main_process_ip"),
+                     ({"strategy": "ddp", "num_machines": 2, "main_process_ip": "10.0.0.1"}, "launcher.main_process_port"),
                      ({"machine_rank": 3}, "launcher.machine_rank")]:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             LauncherConfig(**bad)

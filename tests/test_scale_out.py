@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from components.context import StageContext
+from components.train.launch import free_port
 from flows.config import register, to_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,14 +79,6 @@ def test_a_failing_ray_task_raises_naming_its_logs(ray_cluster, tmp_path):
 
 # --- launcher=multi_node: machine ranks 0 and 1 on 127.0.0.1, one process each ---
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pretrain_cfg():
     from components.model.config import ModelConfig
     from components.pretrain.config import PretrainConfig
@@ -115,7 +108,7 @@ def test_two_machine_ranks_train_like_one_process(tmp_path):
     cfg, inputs = _pretrain_cfg(), {"tokenizer": tok}
     (tmp_path / "single").mkdir()
     pretrain(cfg, inputs, StageContext.local(tmp_path / "single"))
-    port, root, key = _free_port(), tmp_path / "shared", "k" * 16
+    port, root, key = free_port(), tmp_path / "shared", "k" * 16
     machine = {rank: LauncherConfig(strategy="ddp", num_processes=1, num_machines=2, machine_rank=rank,
                                     main_process_ip="127.0.0.1", main_process_port=port, follow_timeout_s=300)
                for rank in (0, 1)}
@@ -149,7 +142,7 @@ def test_machines_with_different_keys_fail_at_once_instead_of_training_together(
     from components.train.launch import launch
     from tests.tiny import make_tokenizer_artifact
 
-    cfg, inputs, port = _pretrain_cfg(), {"tokenizer": make_tokenizer_artifact(tmp_path / "tok")}, _free_port()
+    cfg, inputs, port = _pretrain_cfg(), {"tokenizer": make_tokenizer_artifact(tmp_path / "tok")}, free_port()
     machine = {rank: LauncherConfig(strategy="ddp", num_processes=1, num_machines=2, machine_rank=rank,
                                     main_process_ip="127.0.0.1", main_process_port=port) for rank in (0, 1)}
     root = tmp_path / "shared"
@@ -183,7 +176,7 @@ def test_the_whole_pipeline_on_two_machine_ranks(tmp_path):
     import subprocess
     import sys
 
-    root, port = tmp_path / "shared", _free_port()
+    root, port = tmp_path / "shared", free_port()
     procs, logs = {}, {}
     for rank in (0, 1):
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # never the user's server

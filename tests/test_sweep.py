@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.sweep import ARTIFACT_KEY, PLOT, SUMMARY, free_port, read_jobs, summary_markdown, swept_keys
+from components.train.launch import free_port
+from flows.sweep import ARTIFACT_KEY, PLOT, SUMMARY, read_jobs, summary_markdown, swept_keys
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke experiment, smaller still: the sweep's cost is its processes, not its steps.

@@ -66,7 +66,7 @@ class LauncherConfig:
     num_machines: int = 1
     machine_rank: int = 0  # this machine's rank (multi-node: run the pipeline on every node)
     main_process_ip: str = ""  # multi-node: address of machine 0
-    main_process_port: int = 29500
+    main_process_port: int = 0  # 0: a free port on this machine (one machine; concurrent runs never collide); several machines need one fixed
     extra_args: list[str] = field(default_factory=list)  # passed to `accelerate launch` as they are
     # machine ranks > 0: how long to wait for machine 0 to write a stage's manifest (it builds the
     # stages that are not launched, and writes every manifest) before giving up with a message
@@ -83,6 +83,10 @@ class LauncherConfig:
         check(self.follow_timeout_s > 0, "launcher.follow_timeout_s", self.follow_timeout_s, "must be > 0")
         check(self.num_machines == 1 or bool(self.main_process_ip), "launcher.main_process_ip",
               self.main_process_ip, "is needed with several machines")
+        check(0 <= self.main_process_port < 65536, "launcher.main_process_port", self.main_process_port,
+              "must be in [0, 65536)")
+        check(self.num_machines == 1 or self.main_process_port > 0, "launcher.main_process_port",
+              self.main_process_port, "must be a fixed port, open between the machines, with several machines")
 
     @property
     def world_size(self) -> int:

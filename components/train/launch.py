@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,19 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def accelerate_args(launcher: LauncherConfig, on_gpu: bool) -> list[str]:
     world = launcher.world_size
+    # a fixed default port makes two launches on one machine (a parallel sweep, two pipelines) collide
+    port = launcher.main_process_port or free_port()
     args = ["--num_processes", str(world), "--num_machines", str(launcher.num_machines),
-            "--machine_rank", str(launcher.machine_rank), "--main_process_port", str(launcher.main_process_port),
+            "--machine_rank", str(launcher.machine_rank), "--main_process_port", str(port),
             "--dynamo_backend", "no", "--mixed_precision", "no"]  # precision is the stage's (Accelerator kwarg)
     if launcher.main_process_ip:
         args += ["--main_process_ip", launcher.main_process_ip]
