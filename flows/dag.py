@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from components.artifacts import build, follow, is_complete, read_manifest
+from components.eval.html import inline_images
 from components.lifeline import ensure_watchdog
 from components.stages import STAGES
 from flows.compose import compose_pipeline_config
@@ -210,7 +211,9 @@ def run_plan(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
     create_markdown_artifact(key="pipeline-summary", markdown=summary_markdown(rows), description="stages of this run")
     report = Path(paths.get("eval", "")) / "report.md"
     if "eval" in paths and report.is_file():
-        create_markdown_artifact(key="eval-report", markdown=report.read_text(), description=str(report))
+        # images inlined: the UI has no access to the PNGs beside report.md
+        create_markdown_artifact(key="eval-report", markdown=inline_images(report.read_text(), report.parent),
+                                 description=str(report.with_suffix(".html")))
     return rows
 
 

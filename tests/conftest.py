@@ -36,7 +36,9 @@ for _name in [n for n in os.environ if n in ("PREFECT_API_URL", "PREFECT_API_KEY
     del os.environ[_name]
 atexit.register(shutil.rmtree, TEST_PREFECT_HOME, ignore_errors=True)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist (`make test` runs 2 workers) the cores are split between the workers
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Eval stage on hermetic tiny artifacts: every metric checked against a direct computation."""
+import html
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +225,44 @@ def test_report_links_existing_plots_and_states_definitions(result):
     for task in metrics["per_task"]["base"]:
         assert f"| {task} |" in report
     assert report.count("  - greedy: ") == 3 and "top_p=0.9" in report
+    for name in MODELS:  # every accuracy carries its 95% interval, and the interval holds the value
+        lo, hi = metrics[name]["task_accuracy_ci95"]
+        assert lo <= metrics[name]["task_accuracy"] <= hi and f"{metrics[name]['task_accuracy']:.3f} [" in report
+    assert "| base → sft |" in report and report.count("within noise") + report.count("better") + \
+        report.count("worse") >= 4
+
+
+def test_confidence_intervals_match_hand_values():
+    lo, hi = m.wilson_interval(0.5, 100)  # Wilson: centre 0.5, half-width z*sqrt(.25/100 + z^2/40000)/(1 + z^2/100)
+    z = m.Z95
+    half = z * math.sqrt(0.25 / 100 + z * z / 40000) / (1 + z * z / 100)
+    assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
+    assert m.wilson_interval(0.0, 10)[0] == 0.0 and 0.2 < m.wilson_interval(0.0, 10)[1] < 0.35  # never below 0
+    diff, half = m.difference_interval(0.565, 0.570, 200, 200)  # the issue's case: sft vs aligned at n=200
+    assert diff == pytest.approx(0.005) and half > 0.09  # far inside the noise
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_html_shows_its_tables_and_images_in_headless_chromium(result, tmp_path):
+    *_, out = result
+    page = (out / "report.html").read_text()
+    assert 'src="data:image/png;base64,' in page and 'src="loss_curves.png"' not in page  # self-contained
+    # the browser's own view: how many images decoded (naturalWidth > 0) and tables rendered
+    probe = ("<script>addEventListener('load', () => { const images = [...document.images]; "
+             "document.body.dataset.probe = JSON.stringify({images: images.length, "
+             "decoded: images.filter(i => i.complete && i.naturalWidth > 0).length, "
+             "tables: document.querySelectorAll('table').length, cells: document.querySelectorAll('td').length}); "
+             "});</script>")
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", (tmp_path / "probe.html").as_uri()],
+                         capture_output=True, text=True, timeout=180).stdout
+    seen = json.loads(html.unescape(re.search(r'data-probe="([^"]+)"', dom).group(1)))
+    assert seen["images"] >= 2 and seen["decoded"] == seen["images"]
+    assert seen["tables"] >= 5 and seen["cells"] > 30
 
 
 def test_config_yaml_composes_and_validation_names_the_key():

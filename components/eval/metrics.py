@@ -63,3 +63,21 @@ def samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, se
         for row, answer in zip(shown, generate(model, tokenizer, prompts, max_new_tokens, max(1, len(prompts)), **kw)):
             row[name] = answer
     return shown
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def wilson_interval(accuracy: float, n: int, z: float = Z95) -> list[float]:
+    """95% Wilson score interval of a proportion measured on n items (sound near 0 and 1, unlike p +- z*se)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def difference_interval(a: float, b: float, n_a: int, n_b: int, z: float = Z95) -> tuple[float, float]:
+    """b - a and the half-width of its 95% interval (normal approximation of two independent proportions)."""
+    se = math.sqrt(a * (1 - a) / max(n_a, 1) + b * (1 - b) / max(n_b, 1))
+    return b - a, z * se

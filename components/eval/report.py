@@ -14,6 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from components.eval.html import render_html  # noqa: E402
+from components.eval.metrics import difference_interval  # noqa: E402
+
 STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
                  "exact_dedup_dropped", "minhash_dropped")
@@ -87,14 +90,38 @@ def _plot_accuracy(out_dir: Path, results: dict) -> str:
     return "accuracy.png"
 
 
+def _with_ci(r: dict, metric: str) -> str:
+    ci = r.get(f"{metric}_ci95")
+    return _fmt(r[metric]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
 def _headline(results: dict) -> list[str]:
-    lines = ["| model | val_ppl | bits/byte | task_accuracy | preference_accuracy |", "|---|---|---|---|---|"]
+    lines = ["| model | val_ppl | bits/byte | task_accuracy [95% CI] | preference_accuracy [95% CI] |",
+             "|---|---|---|---|---|"]
     for name in STAGE_OF:
         r = results[name]
         lines.append(f"| {name} | {_fmt(r['val_ppl'], 2)} | {_fmt(r.get('val_bits_per_byte'))} | "
-                     f"{_fmt(r['task_accuracy'])} | {_fmt(r['preference_accuracy'])} |")
+                     f"{_with_ci(r, 'task_accuracy')} | {_with_ci(r, 'preference_accuracy')} |")
     lines.append(f"| unigram baseline | {_fmt(results['unigram_ppl'], 2)} | "
                  f"{_fmt(results.get('unigram_bits_per_byte'))} | | |")
+    return lines
+
+
+def _differences(results: dict) -> list[str]:
+    """Each stage against the one before it: is the change larger than the noise of n items?"""
+    n = results.get("n", {})
+    lines = ["| change | task_accuracy | preference_accuracy |", "|---|---|---|"]
+    names = list(STAGE_OF)
+    for before, after in zip(names, names[1:]):
+        cells = []
+        for metric, count in (("task_accuracy", n.get("tasks")), ("preference_accuracy", n.get("pairs"))):
+            if not count:
+                cells.append("n/a")
+                continue
+            diff, half = difference_interval(results[before][metric], results[after][metric], count, count)
+            verdict = "within noise" if abs(diff) <= half else ("better" if diff > 0 else "worse")
+            cells.append(f"{diff:+.3f} ± {half:.3f} ({verdict})")
+        lines.append(f"| {before} → {after} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -142,6 +169,10 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "frequencies of the training shard, scored on the same tokens. Bits per byte divide by the "
              "tokenizer's validation bytes per token. Task accuracy: exact match (whitespace stripped) of greedy "
              "answers to held-out generated instructions.", "", PREFERENCE_DEFINITION, "",
+             "Intervals: 95% Wilson score intervals over the n items scored "
+             f"({results.get('n', {}).get('tasks', 'n/a')} tasks, {results.get('n', {}).get('pairs', 'n/a')} pairs). "
+             "A change between stages is called noise when it is within the 95% interval of the difference of two "
+             "proportions (normal approximation).", "", *_differences(results), "",
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "",
@@ -153,3 +184,4 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "Greedy, then sampling (temperature 0.8; top-k 20; top-p 0.9), each reseeded with eval.seed.", "",
              *_samples(samples)]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    render_html(out_dir / "report.md")

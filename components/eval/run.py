@@ -48,21 +48,25 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
             results["val_tokens"] = int(windows[:, 1:].numel())
         acc, per_task, _ = m.task_accuracy(model, tokenizer, tasks, cfg.max_new_tokens, cfg.batch_size)
+        pref = m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size)
         results[name] = {
             "val_ppl": m.val_ppl(model, windows, cfg.batch_size),
             "task_accuracy": acc,
-            "preference_accuracy": m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size),
+            "task_accuracy_ci95": m.wilson_interval(acc, len(tasks)),
+            "preference_accuracy": pref,
+            "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
         }
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
-                 {k: round(v, 4) for k, v in results[name].items()})
+                 {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
         log.warning("tokenizer manifest has no bytes_per_token: bits per byte left out")
+    results["n"] = {"tasks": len(tasks), "pairs": len(pairs)}
     results["unigram_bits_per_byte"] = _bits_per_byte(results["unigram_ppl"], bytes_per_token)
     for name in MODELS:
         results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)
@@ -70,7 +74,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     write_report(out_dir, results, samples, inputs)
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
-        flat.update({f"{name}/{k}": v for k, v in results[name].items()})
+        flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
     flat = {k: v for k, v in flat.items() if v is not None}
     tracking.start(ctx, cfg).finish(flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")})
     return flat
