@@ -383,6 +383,7 @@ def build(
     cfg: Any,
     inputs: dict[str, Path],
     run: Callable[[Any, dict[str, Path], StageContext], dict],
+    run_group: str = "",
 ) -> tuple[Path, bool]:
     """Return (artifact dir, built). Runs `run(cfg, inputs, ctx)` only when no intact artifact exists
     (ctx.out_dir: the temporary sibling renamed into place once the manifest is written); a damaged one
@@ -402,7 +403,9 @@ def build(
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             started = time.time()
-            metrics = run(cfg, dict(inputs), StageContext(stage=stage, key=key, out_dir=tmp))
+            ctx = StageContext(stage=stage, key=key, out_dir=tmp, run_group=run_group,
+                               upstream={name: Path(p).name for name, p in inputs.items()})
+            metrics = run(cfg, dict(inputs), ctx)
             manifest = {
                 "stage": stage,
                 "key": key,

@@ -22,6 +22,9 @@ class StageContext:
     strategy: str = "single"  # single (this process) | ddp | fsdp: how the training loop wraps the model
     rank: int = 0  # this process among world_size (accelerate's process_index)
     world_size: int = 1
+    # what it is part of, for trackers only (never in a key): the pipeline run, and its inputs' keys (lineage)
+    run_group: str = ""
+    upstream: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -46,4 +49,5 @@ class StageContext:
 
     def to_dict(self) -> dict:
         """What travels to a launched process (its rank and world size are its own)."""
-        return {"stage": self.stage, "key": self.key, "out_dir": str(self.out_dir), "strategy": self.strategy}
+        return {"stage": self.stage, "key": self.key, "out_dir": str(self.out_dir), "strategy": self.strategy,
+                "run_group": self.run_group, "upstream": dict(self.upstream)}

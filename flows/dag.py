@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf.errors import OmegaConfBaseException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 
 from components.artifacts import build, follow, is_complete, read_manifest
@@ -60,7 +61,8 @@ _ONE_AT_A_TIME = threading.Lock()  # held by a stage that is not `concurrent` wh
 
 
 @task(cache_key_fn=_cache_key, persist_result=True)
-def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str, launcher: Any = None) -> dict:
+def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str, launcher: Any = None,
+              run_group: str = "") -> dict:
     spec = STAGES[stage]
     with contextlib.nullcontext() if spec.concurrent else _ONE_AT_A_TIME, training_progress(stage, key, cfg, root):
         if launcher is not None and launcher.machine_rank > 0:  # multi-node: machine 0 builds, this one joins launches
@@ -68,7 +70,8 @@ def run_stage(stage: str, key: str, cfg: Any, inputs: dict[str, str], root: str,
             path, _ = follow(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, join,
                              launcher.follow_timeout_s)
             return {"path": str(path), "built": False}
-        path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher))
+        path, built = build(Path(root), stage, key, cfg, {k: Path(v) for k, v in inputs.items()}, spec.runner(launcher),
+                            run_group=run_group)
     return {"path": str(path), "built": built}
 
 
@@ -133,9 +136,16 @@ def key_metric(stage: str, manifest: dict) -> str:
     return ""
 
 
+def run_group_name() -> str:
+    """The wandb group of every stage this flow run builds: one pipeline run, one group."""
+    context = FlowRunContext.get()
+    return f"{context.flow.name}-{context.flow_run.name}-{str(context.flow_run.id)[:8]}"
+
+
 def submit_stages(plan: list[Step], root: str, launcher: Any, paths: dict[str, str]) -> dict[str, PrefectFuture]:
     """One task run per step, started once the steps filling its inputs are done."""
     futures: dict[str, PrefectFuture] = {}
+    group = run_group_name()
     results = Path(root) / ".prefect-results"  # cache records beside the artifacts, in every process that runs this
     for step in plan:  # in topological order: every input's future exists already
         refresh = not is_complete(step.path(Path(root)))
@@ -148,6 +158,7 @@ def submit_stages(plan: list[Step], root: str, launcher: Any, paths: dict[str, s
             inputs={role: paths[src] for role, src in step.sources.items()},
             root=root,
             launcher=launcher,
+            run_group=group,  # not in the task's cache key (_cache_key): stage and key only
             wait_for=[futures[src] for src in dict.fromkeys(step.sources.values())],
         )
     return futures

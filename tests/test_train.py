@@ -12,7 +12,7 @@ from components.context import StageContext
 from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.pretrain.config import PretrainConfig
-from components.train import device
+from components.train import device, tracking
 from components.train.losses import IGNORE, lm_loss, token_nll_sum
 from components.train.loop import accumulate_gradients, adamw_kernel, lr_at, make_accelerator, make_optimizer, train
 from components.train.tracking import transaction_log_records
@@ -265,17 +265,26 @@ def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch)
 
     out = tmp_path / "anywhere"  # the run's name comes from the stage's context, not from the path
     out.mkdir()
-    run(_cfg(), {"tokenizer": tok_dir}, StageContext(stage="pretrain", key="0123abcd", out_dir=out))
+    run(_cfg(), {"tokenizer": tok_dir}, StageContext(stage="pretrain", key="0123abcd", out_dir=out,
+                                                     run_group="llm-pipeline-calm-fox-1a2b3c4d",
+                                                     upstream={"tokenizer": "77ee"}))
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     (records,) = run_dir.glob("run-*.wandb")
-    name, history = None, []
+    name, group, config, history, artifacts = None, None, {}, [], []
     for record in transaction_log_records(records):
         if record.HasField("run"):
-            name = record.run.display_name
+            name, group = record.run.display_name, record.run.run_group
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
         if record.HasField("history"):
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                             for item in record.history.item})
+        if record.HasField("artifact"):
+            artifacts.append(record.artifact)
     assert name == "pretrain-0123abcd"
+    assert group == "llm-pipeline-calm-fox-1a2b3c4d"  # one group per pipeline run, not per stage
+    assert config["upstream"] == {"tokenizer": "77ee"} and config["key"] == "0123abcd"  # lineage
+    assert [a.type for a in artifacts] == ["model"]  # the exported model, logged as a reference
+    assert any(e.ref.endswith("/model/config.json") for e in artifacts[0].manifest.contents), artifacts[0].manifest
     losses = [row["loss"] for row in history if "loss" in row]
     assert losses == pytest.approx(_losses(out))  # every logged step, the same values as log.jsonl
     # A log still being written (wandb-core flushes on close) reads as the records complete so far.
@@ -286,3 +295,15 @@ def test_wandb_offline_run_lands_in_the_artifact(tok_dir, tmp_path, monkeypatch)
         partial.write_bytes(records.read_bytes()[:cut])
         got = [r.WhichOneof("record_type") for r in transaction_log_records(partial)]
         assert got == kinds[: len(got)] and len(got) < len(kinds)
+
+
+def test_wandb_tables_are_logged(tmp_path, monkeypatch):
+    """Eval's per-task accuracy and sample generations reach wandb as tables (offline run, real records)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = tracking.start(StageContext(stage="eval", key="feed", out_dir=tmp_path), None)
+    tracker.finish({"base/task_accuracy": 0.5},
+                   tables={"per_task_accuracy": (["task", "base"], [["copy", 0.5], ["sort", 0.25]])})
+    (records,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for r in transaction_log_records(records)
+              if r.HasField("history") for item in r.history.item}
+    assert logged["per_task_accuracy/_type"] == "table-file" and logged["per_task_accuracy/nrows"] == 2

@@ -19,6 +19,7 @@ class AlignConfig(TrainConfig):
     rpo_alpha: float = 1.0  # weight of the chosen answers' NLL added to the loss (RPO); 0: pure preference loss
     lr: float = 5e-5
     max_steps: int = 400
+    eval_every: int = log_only(100)  # validation 4 times a stage: the report's validation curve
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
     # preference files (.json list, .jsonl(.gz), .parquet, .csv; paths or globs; their content is in the cache

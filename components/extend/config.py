@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.config import check, check_choice
+from components.config import check, check_choice, log_only
 from components.model.config import ROPE_SCALINGS
 from components.train.config import TrainConfig
 
@@ -19,6 +19,7 @@ class ExtendConfig(TrainConfig):
     rope_factor: float = 0.0  # 0: context_length / the pretrain model's context
     lr: float = 1e-3
     max_steps: int = 200
+    eval_every: int = log_only(50)  # validation 4 times a stage: the report's validation curve
     warmup_steps: int = 20
     batch_size: int = 8  # x context_length tokens per micro-batch
     spike_factor: float = 3.0

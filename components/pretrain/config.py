@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.config import check
+from components.config import check, log_only
 from components.model.config import ModelConfig
 from components.train.config import TrainConfig
 
@@ -14,6 +14,7 @@ class PretrainConfig(TrainConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     lr: float = 3e-3
     max_steps: int = 320  # 0 with model.init_from: import the checkpoint unchanged
+    eval_every: int = log_only(80)  # validation 4 times a stage: the report's validation curve
     warmup_steps: int = 30
     batch_size: int = 16
     spike_factor: float = 3.0  # pretraining loss never legitimately triples its running average

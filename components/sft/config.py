@@ -7,7 +7,7 @@ from typing import Any
 from components.chat.formats import SFT_FORMATS
 from components.chat.sources import ChatSource, parse_sources
 from components.chat.named_templates import TEMPLATE_NAMES
-from components.config import check, check_choice, input_files
+from components.config import check, check_choice, input_files, log_only
 from components.train.config import TrainConfig
 ADAPTERS = ("none", "lora")
 TRUNCATION_MODES = ("drop", "keep_start", "keep_end")
@@ -20,6 +20,7 @@ class SFTConfig(TrainConfig):
 
     lr: float = 2e-3
     max_steps: int = 1000
+    eval_every: int = log_only(250)  # validation 4 times a stage: the report's validation curve
     warmup_steps: int = 50
     batch_size: int = 32
     num_examples: int = 20000  # training examples: generated, or at most this many from the sources (seeded draw)

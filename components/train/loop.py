@@ -374,5 +374,5 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
         if attention_before is not None:
             accelerator.unwrap_model(model).set_attn_implementation(attention_before)
     metrics = summarize(final, state, guard, cost, clock, model, accelerator, ctx.strategy)
-    tracker.finish(metrics)
+    tracker.finish(metrics, model_dir=export[1] if export is not None else None)
     return metrics

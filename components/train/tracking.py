@@ -28,7 +28,9 @@ class Tracker:
         if self.run is not None:
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
 
-    def finish(self, summary: dict, images: dict[str, Path] | None = None) -> None:
+    def finish(self, summary: dict, images: dict[str, Path] | None = None,
+               tables: dict[str, tuple[list[str], list[list]]] | None = None, model_dir: Path | None = None) -> None:
+        """Summary metrics; images; tables as name -> (columns, rows); the exported model as a wandb artifact."""
         if self.run is None:
             return
         import wandb
@@ -37,6 +39,13 @@ class Tracker:
         for name, path in (images or {}).items():
             if Path(path).is_file():
                 self.run.log({name: wandb.Image(str(path))})
+        for name, (columns, rows) in (tables or {}).items():
+            self.run.log({name: wandb.Table(columns=columns, data=rows)})
+        if model_dir is not None and Path(model_dir).is_dir():
+            # a reference, not a copy: the artifact directory holds the files (and its manifest their digests)
+            model = wandb.Artifact(self.run.name, type="model", metadata={"stage": self.run.job_type})
+            model.add_reference(Path(model_dir).resolve().as_uri(), name="model")
+            self.run.log_artifact(model)
         self._finish()
 
     def fail(self) -> None:
@@ -68,9 +77,13 @@ def start(ctx: StageContext, cfg: Any) -> Tracker:
 
     stage, key = ctx.stage, ctx.key
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    # lineage: this build's key and its inputs' keys, so a run's config says which artifacts made it
+    config = {**config, "stage": stage, "key": key, "upstream": dict(ctx.upstream)}
     try:
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "llm-pipeline"), name=f"{stage}-{key}", group=stage,
-                         job_type=stage, dir=str(ctx.out_dir), config=config, mode=mode, reinit="finish_previous")
+        # one group per pipeline run (every stage it built); a library call outside a pipeline: the stage
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "llm-pipeline"), name=f"{stage}-{key}",
+                         group=ctx.run_group or stage, job_type=stage, dir=str(ctx.out_dir), config=config,
+                         mode=mode, reinit="finish_previous")
     except Exception as error:  # a tracker must never fail the stage it watches
         log.warning("wandb.init failed (%s): this stage is not tracked in wandb", error)
         return Tracker()
