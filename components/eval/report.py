@@ -152,6 +152,20 @@ def _training(inputs: dict) -> list[str]:
     return lines
 
 
+def _data_funnel(out_dir: Path, data: dict) -> list[str]:
+    """Documents kept after each block, and the reasons behind the drops (from the data manifest)."""
+    from components.data.report import plot_blocks
+
+    lines = ["### Data funnel", ""]
+    if plot_blocks(data, out_dir / "data_funnel.png"):
+        lines += ["![documents kept after each block](data_funnel.png)", ""]
+    reasons = [(n, block, reason) for block, per in data.get("drop_reasons", {}).items() for reason, n in per.items()]
+    if reasons:
+        lines += ["| block | reason | documents dropped |", "|---|---|---|"]
+        lines += [f"| {block} | {reason} | {n} |" for n, block, reason in sorted(reasons, reverse=True)]
+    return lines + [""] if len(lines) > 2 else []
+
+
 def _samples(samples: dict) -> list[str]:
     lines = []
     for name, rows in samples.items():
@@ -177,6 +191,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "",
              "## Data and tokenizer", "",
+             *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),
              *_summary("Tokenizer", read_manifest(inputs.get("tokenizer")).get("metrics", {}), TOKENIZER_HEADLINE),
              "## Training", "", *_training(inputs), "",
