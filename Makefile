@@ -13,6 +13,9 @@ DEPS    += hydra-joblib-launcher hydra-optuna-sweeper  # sweeps: hydra/launcher=
 DEPS    += ray  # data.executor=ray (80 MB wheel, ~13 s; tests/test_scale_out.py runs it on a local cluster)
 DEPS    += phonenumbers  # data.pii: phone numbers by libphonenumber's metadata (components/data/pii.py)
 DEPS    += py3langid alt-profanity-check  # data.language / data.toxicity: their models ship inside the wheels (offline)
+DEPS    += markdown-it-py  # eval: report.md rendered to the self-contained report.html (components/eval/html.py)
+DEPS    += pytest-xdist  # `make test` runs the test files on TEST_WORKERS processes (most tests wait on subprocesses)
+TEST_WORKERS ?= 2
 STAMP   := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -81,7 +84,7 @@ sweep: server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/python -m flows.pipeline -m hydra/launcher=parallel align.beta=0.05,0.1,0.5 $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
 
 # Speed against a baseline measured in the same run (benchmarks/README.md); ~15 min on 2 cores, not part of
 # `make test`. Each script prints `ratio <name>=<x.xx>` (higher = ours faster); the list is repeated at the end.
