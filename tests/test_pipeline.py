@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from components.eval.html import inline_images
 from flows.config import register, to_pipeline_config
 from flows.pipeline import run_pipeline
 
@@ -78,7 +79,10 @@ def test_the_run_attaches_its_summary_and_eval_report_as_artifacts(root):
         artifacts = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[latest.id])))}
     assert all(f"| {s} | cached |" in artifacts["pipeline-summary"].data for s in STAGES)
-    assert artifacts["eval-report"].data == (Path(rows[-1]["path"]) / "report.md").read_text()
+    report = Path(rows[-1]["path"]) / "report.md"
+    assert artifacts["eval-report"].data == inline_images(report.read_text(), report.parent)
+    assert "](loss_curves.png)" not in artifacts["eval-report"].data  # the UI shows the images, not alt text
+    assert "](data:image/png;base64," in artifacts["eval-report"].data
 
 
 def test_changing_sft_lr_rebuilds_sft_align_eval_only(root):
