@@ -47,9 +47,8 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
             results["val_tokens"] = int(windows[:, 1:].numel())
-        decoding, per_strategy = m.decoding_accuracy(model, tokenizer, tasks, cfg)
-        first = next(iter(cfg.decoding))  # greedy by default: the headline task accuracy
-        acc, per_task = decoding[first]["task_accuracy"], per_strategy[first]
+        decoding, per_task = m.decoding_accuracy(model, tokenizer, tasks, cfg)  # per_task: the first strategy's
+        acc = decoding[next(iter(cfg.decoding))]["task_accuracy"]  # the first (greedy by default): the headline
         pref = m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size)
         results[name] = {
             "val_ppl": m.val_ppl(model, windows, cfg.batch_size),
@@ -69,8 +68,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
         log.warning("tokenizer manifest has no bytes_per_token: bits per byte left out")
-    results["n"] = {"tasks": len(tasks), "pairs": len(pairs)}
-    results["decoding_strategies"] = cfg.decoding  # name -> GenerationConfig kwargs, for the report
+    results["n"], results["decoding_strategies"] = {"tasks": len(tasks), "pairs": len(pairs)}, cfg.decoding
     results["unigram_bits_per_byte"] = _bits_per_byte(results["unigram_ppl"], bytes_per_token)
     for name in MODELS:
         results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)
