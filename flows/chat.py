@@ -18,7 +18,6 @@ import shlex
 import sys
 from pathlib import Path
 
-log = logging.getLogger("chat")
 STAGES = ("pretrain", "extend", "sft", "align")
 
 

@@ -1,7 +1,6 @@
 """Exported models stop where a turn ends (plain generate, HF pipeline); `flows.chat` answers, streams, resets."""
 import io
 import json
-import os
 import sys
 
 import pytest

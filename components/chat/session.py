@@ -7,7 +7,6 @@ Commands in the loop: /reset clears the history (the system prompt stays), /quit
 """
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +18,6 @@ from components.chat.generate import cut_answer, generation_config
 from components.chat.template import end_of_turn, with_system_prompt
 from components.train.device import default_device, model_device
 
-log = logging.getLogger(__name__)
 Write = Callable[[str], None]
 RESET, QUIT = "/reset", ("/quit", "/exit")
 
