@@ -36,7 +36,7 @@ PREFECT_PORT ?= 4200
 PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
 
 .PHONY: setup server server-stop serve serve-stop pipeline test check sweep bench clean distclean
-.PHONY: plan cache
+.PHONY: plan cache chat
 
 setup: $(STAMP)
 
@@ -77,6 +77,12 @@ check: plan  # the old name of `make plan`
 # ARGS='gc -- experiment=smoke' (what no config reaches: a dry run; add --yes to delete).
 cache: setup
 	$(BIN)/python -m flows.cache $(ARGS)
+
+# Talk to a trained model through its chat template (streamed): ARGS='sft experiment=smoke' (a stage's artifact
+# for that config; default align), ARGS='path/to/model', flags --temperature --top-k --top-p --num-beams
+# --repetition-penalty --max-new-tokens --system --prompt "..." (one answer, no loop); /reset, /quit.
+chat: setup
+	$(BIN)/python -m flows.chat $(ARGS)
 
 # Three align.beta values at once (hydra/launcher=parallel: joblib, 3 processes) on one artifact cache: the stages
 # before align are built once. The summary (summary.md, summary.png) lands in the sweep folder and in the UI.

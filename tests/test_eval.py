@@ -18,11 +18,13 @@ from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.run import run
 from components.tasks import preference_pairs, sft_examples
+from components.model.export import save_export
 from tests.tiny import make_tokenizer_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64
-CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0)
+CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0,
+           decoding={"greedy": {}, "top_p": {"do_sample": True, "top_p": 0.9}}, num_return_sequences=3, pass_k=[1, 2])
 MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 
 
@@ -59,8 +61,7 @@ def inputs(tmp_path_factory):
     paths = {"data": root / "data", "tokenizer": tok_dir}
     for seed, stage in enumerate(MODELS.values()):
         paths[stage] = root / stage
-        _tiny_model(tokenizer, seed).save_pretrained(root / stage / "model")
-        tokenizer.save_pretrained(root / stage / "model")
+        save_export(_tiny_model(tokenizer, seed), tokenizer, root / stage / "model")  # as the training stages export
         rows = [{"step": s, "loss": 5.0 - s / 10, "lr": 1e-3, "tokens": 64 * s} for s in range(1, 11)]
         rows += [{"step": 5, "val_loss": 4.7}, {"step": 10, "val_loss": 4.3}]
         (root / stage / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -148,6 +149,7 @@ def test_batch_size_does_not_change_results(result, tmp_path):
             assert other[name]["task_accuracy"] == metrics[name]["task_accuracy"]
             assert other[name]["preference_accuracy"] == metrics[name]["preference_accuracy"]
             assert other[name]["val_ppl"] == pytest.approx(metrics[name]["val_ppl"], rel=1e-5)
+            assert other[name]["decoding"] == metrics[name]["decoding"]  # sampled draws too: fixed batches, seeded
 
 
 def _manual_logp(model, tokenizer, prompt: list[dict], answer: str) -> float:
@@ -224,7 +226,8 @@ def test_report_links_existing_plots_and_states_definitions(result):
     assert "| bytes_per_token | 2.0000 |" in report
     for task in metrics["per_task"]["base"]:
         assert f"| {task} |" in report
-    assert report.count("  - greedy: ") == 3 and "top_p=0.9" in report
+    assert report.count("  - greedy: ") == 3 and report.count("  - top_p: ") == 3
+    assert "| sft | top_p | do_sample=True, top_p=0.9 | 3 |" in report and "pass@2" in report
     for name in MODELS:  # every accuracy carries its 95% interval, and the interval holds the value
         lo, hi = metrics[name]["task_accuracy_ci95"]
         assert lo <= metrics[name]["task_accuracy"] <= hi and f"{metrics[name]['task_accuracy']:.3f} [" in report

@@ -10,6 +10,7 @@ import torch
 from components.chat.batches import pad_batch
 from components.chat.generate import generate
 from components.chat.template import encode_chat
+from components.eval.decoding import SAMPLING_PROMPTS, is_sampling, samples_per_task, score_strategy
 from components.train.device import model_device, to_device
 from components.train.losses import mean_token_nll, sequence_logps
 
@@ -26,14 +27,36 @@ def val_ppl(model, windows: torch.Tensor, batch_size: int) -> float:
     return math.exp(mean_token_nll(model, windows, batch_size))
 
 
-def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[float, dict, list]:
-    """Exact match (whitespace stripped) of greedy answers: overall, per task, and the answers."""
-    answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], max_new_tokens, batch_size)
+def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, batch_size: int,
+                  num_return_sequences: int = 1, seed: int | None = None, **decoding) -> tuple[float, dict, list]:
+    """Exact match (whitespace stripped) of the answers (greedy unless `decoding` says otherwise; n per
+    example, in a row): overall and per task over every answer, and the answers."""
+    n = num_return_sequences
+    answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], max_new_tokens, batch_size,
+                       num_return_sequences=n, seed=seed, **decoding)
     per_task: dict[str, list[bool]] = defaultdict(list)
-    for ex, answer in zip(examples, answers):
-        per_task[ex["task"]].append(answer.strip() == ex["answer"].strip())
-    overall = sum(sum(v) for v in per_task.values()) / len(examples)
+    for i, ex in enumerate(examples):
+        per_task[ex["task"]] += [answer.strip() == ex["answer"].strip() for answer in answers[i * n : (i + 1) * n]]
+    overall = sum(sum(v) for v in per_task.values()) / (len(examples) * n)
     return overall, {t: sum(v) / len(v) for t, v in sorted(per_task.items())}, answers
+
+
+def decoding_accuracy(model, tokenizer, examples: list[dict], cfg) -> tuple[dict, dict]:
+    """Every strategy of cfg.decoding on the examples: {name: task_accuracy, its interval, pass@k, n}, and
+    the per-task accuracy of the first strategy (the headline). Sampled strategies draw in seeded batches of a fixed size
+    (SAMPLING_PROMPTS): their answers do not depend on eval.batch_size."""
+    scores, per_task = {}, {}
+    for name, kwargs in cfg.decoding.items():
+        n = samples_per_task(kwargs, cfg.num_return_sequences)
+        sampled = is_sampling(kwargs)
+        _, per_task[name], answers = task_accuracy(
+            model, tokenizer, examples, cfg.max_new_tokens, SAMPLING_PROMPTS if sampled else cfg.batch_size,
+            num_return_sequences=n, seed=cfg.seed if sampled else None, **kwargs)
+        correct = [[a.strip() == ex["answer"].strip() for a in answers[i * n : (i + 1) * n]]
+                   for i, ex in enumerate(examples)]
+        scores[name] = score_strategy(correct, cfg.pass_k)
+        scores[name]["task_accuracy_ci95"] = wilson_interval(scores[name]["task_accuracy"], len(examples))  # tasks are the independent items
+    return scores, per_task[next(iter(cfg.decoding))]
 
 
 @torch.no_grad()
@@ -50,17 +73,16 @@ def preference_accuracy(model, tokenizer, pairs: list[dict], batch_size: int) ->
     return wins / len(pairs)
 
 
-def samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, seed: int) -> list[dict]:
-    """Each prompt answered greedily and by three sampling strategies, each reseeded (reproducible).
+def samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, seed: int,
+            strategies: dict[str, dict]) -> list[dict]:
+    """Each prompt answered once by each decoding strategy (eval.decoding), each reseeded (reproducible).
 
     One batch per strategy (all prompts together): the draws depend on eval.num_samples, not batch_size.
     """
-    strategies = {"greedy": {}, "temperature=0.8": {"temperature": 0.8},
-                  "top_k=20": {"top_k": 20, "temperature": 1.0}, "top_p=0.9": {"top_p": 0.9, "temperature": 1.0}}
     shown = [{"prompt": prompt[-1]["content"]} for prompt in prompts]
     for name, kw in strategies.items():
-        torch.manual_seed(seed)
-        for row, answer in zip(shown, generate(model, tokenizer, prompts, max_new_tokens, max(1, len(prompts)), **kw)):
+        for row, answer in zip(shown, generate(model, tokenizer, prompts, max_new_tokens, max(1, len(prompts)),
+                                               seed=seed, **kw)):
             row[name] = answer
     return shown
 

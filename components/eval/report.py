@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from components.eval.decoding import describe  # noqa: E402
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
 
@@ -166,6 +167,20 @@ def _data_funnel(out_dir: Path, data: dict) -> list[str]:
     return lines + [""] if len(lines) > 2 else []
 
 
+def _decoding(results: dict) -> list[str]:
+    """Task accuracy and pass@k per decoding strategy (eval.decoding), one row per model and strategy."""
+    strategies = results.get("decoding_strategies", {})
+    ks = sorted({k for name in STAGE_OF for d in results[name].get("decoding", {}).values() for k in d
+                 if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    lines = ["| model | strategy | GenerationConfig | n per task | task_accuracy [95% CI] | " + " | ".join(ks) + " |",
+             "|---|---|---|---|---|" + "---|" * len(ks)]
+    for name in STAGE_OF:
+        for strategy, d in results[name].get("decoding", {}).items():
+            lines.append(f"| {name} | {strategy} | {describe(strategies.get(strategy, {}))} | {d['samples_per_task']} | "
+                         f"{_with_ci(d, 'task_accuracy')} | " + " | ".join(_fmt(d.get(k)) for k in ks) + " |")
+    return lines
+
+
 def _samples(samples: dict) -> list[str]:
     lines = []
     for name, rows in samples.items():
@@ -181,8 +196,8 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"Perplexity: exp(mean next-token NLL) over {results['val_tokens']} validation tokens (fixed "
              "non-overlapping windows of the model's context). The unigram baseline uses add-one smoothed token "
              "frequencies of the training shard, scored on the same tokens. Bits per byte divide by the "
-             "tokenizer's validation bytes per token. Task accuracy: exact match (whitespace stripped) of greedy "
-             "answers to held-out generated instructions.", "", PREFERENCE_DEFINITION, "",
+             "tokenizer's validation bytes per token. Task accuracy: exact match (whitespace stripped) of the first "
+             "decoding strategy's (eval.decoding; greedy by default) answers to held-out generated instructions.", "", PREFERENCE_DEFINITION, "",
              "Intervals: 95% Wilson score intervals over the n items scored "
              f"({results.get('n', {}).get('tasks', 'n/a')} tasks, {results.get('n', {}).get('pairs', 'n/a')} pairs). "
              "A change between stages is called noise when it is within the 95% interval of the difference of two "
@@ -190,13 +205,18 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "",
+             "## Decoding strategies", "", "Exact match per strategy (eval.decoding). A sampling strategy draws n "
+             "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
+             "that one of k draws is right.", "", *_decoding(results), "",
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),
              *_summary("Tokenizer", read_manifest(inputs.get("tokenizer")).get("metrics", {}), TOKENIZER_HEADLINE),
              "## Training", "", *_training(inputs), "",
              "## Sample generations", "",
-             "Greedy, then sampling (temperature 0.8; top-k 20; top-p 0.9), each reseeded with eval.seed.", "",
+             "One answer per decoding strategy (" + "; ".join(
+                 f"{k}: {describe(v)}" for k, v in results.get("decoding_strategies", {}).items())
+             + "), each reseeded with eval.seed.", "",
              *_samples(samples)]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     render_html(out_dir / "report.md")

@@ -47,7 +47,8 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
             results["val_tokens"] = int(windows[:, 1:].numel())
-        acc, per_task, _ = m.task_accuracy(model, tokenizer, tasks, cfg.max_new_tokens, cfg.batch_size)
+        decoding, per_task = m.decoding_accuracy(model, tokenizer, tasks, cfg)  # per_task: the first strategy's
+        acc = decoding[next(iter(cfg.decoding))]["task_accuracy"]  # the first (greedy by default): the headline
         pref = m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size)
         results[name] = {
             "val_ppl": m.val_ppl(model, windows, cfg.batch_size),
@@ -55,10 +56,11 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "task_accuracy_ci95": m.wilson_interval(acc, len(tasks)),
             "preference_accuracy": pref,
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
+            "decoding": decoding,
         }
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
-                                  cfg.max_new_tokens, cfg.seed)
+                                  cfg.max_new_tokens, cfg.seed, cfg.decoding)
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
                  {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
@@ -66,7 +68,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
         log.warning("tokenizer manifest has no bytes_per_token: bits per byte left out")
-    results["n"] = {"tasks": len(tasks), "pairs": len(pairs)}
+    results["n"], results["decoding_strategies"] = {"tasks": len(tasks), "pairs": len(pairs)}, cfg.decoding
     results["unigram_bits_per_byte"] = _bits_per_byte(results["unigram_ppl"], bytes_per_token)
     for name in MODELS:
         results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)

@@ -19,6 +19,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 
 from components.context import StageContext
+from components.model.export import save_export
 from components.train import budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
 from components.train.guard import ACCEPT, SKIP, SpikeGuard
@@ -159,8 +160,7 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         plain, state_dict = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded)
-        plain.save_pretrained(path, state_dict=state_dict)
-        tokenizer.save_pretrained(path)
+        save_export(plain, tokenizer, path, state_dict)  # stops at the end of a turn, readable files
     accelerator.wait_for_everyone()
 
 
