@@ -337,3 +337,34 @@ def test_a_global_system_prompt_goes_first_unless_the_example_has_one():
     assert with_system_prompt(own, "Be brief.") == own and with_system_prompt(chat, None) == chat
     with pytest.raises(ValueError, match=r"sft\.system_prompt"):
         SFTConfig(system_prompt=" ")
+
+
+# --- 6. epochs --------------------------------------------------------------------------------------------
+
+def test_num_epochs_derives_the_steps_that_show_every_item_that_many_times():
+    from collections import Counter
+
+    from components.chat.batches import epoch_indices
+    from components.train.epochs import with_epochs
+
+    cfg = SFTConfig(num_epochs=3, batch_size=4, grad_accum=2, warmup_steps=2, max_steps=1000)
+    derived, record = with_epochs(cfg, 40, "examples")
+    assert derived.max_steps == record["derived_max_steps"] == 15 and record["global_batch"] == 8  # ceil(3 * 40 / 8)
+    seen = Counter(i for pos in range(derived.max_steps * cfg.grad_accum) for i in epoch_indices(40, 4, 0, pos))
+    assert set(seen.values()) == {3} and len(seen) == 40  # the loop's sampler: each example exactly 3 times
+    assert with_epochs(SFTConfig(), 40, "examples") == (SFTConfig(), {})  # 0: max_steps as given
+    with pytest.raises(ValueError, match=r"sft\.warmup_steps=20: must be < the 5 steps of sft\.num_epochs=1"):
+        with_epochs(SFTConfig(num_epochs=1, batch_size=8, warmup_steps=20), 40, "examples")
+    with pytest.raises(ValueError, match=r"sft\.num_epochs=-1"):
+        SFTConfig(num_epochs=-1)
+
+
+def test_sft_with_num_epochs_trains_the_derived_steps_and_records_them(model_dir, tmp_path):
+    from components.sft.run import run
+
+    rows = [{"question": f"{a}+{b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]  # 28 train, 2 held out
+    (tmp_path / "out").mkdir()
+    metrics = run(SFTConfig(sources=[_jsonl(tmp_path / "sums.jsonl", rows)], num_val_examples=2,
+                            **{**FEW, "batch_size": 7}, num_epochs=2), {"pretrain": model_dir},
+                  StageContext.local(tmp_path / "out"))
+    assert metrics["steps"] == metrics["derived_max_steps"] == 8 and metrics["epoch_items"] == 28  # 2 x 28 / 7

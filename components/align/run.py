@@ -24,6 +24,7 @@ from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
 from components.train.device import model_device, to_device
+from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, dpo_loss
 from components.train.loop import make_accelerator, train
 
@@ -227,6 +228,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
                          f"{cfg.sources or 'the generated pairs'}: {len(quarantine)} left out "
                          f"({top_reasons(count_kinds(quarantine))}); see quarantine.jsonl")
     log.info("align: %s", counts)
+    cfg, epochs = with_epochs(cfg, len(train_pairs), "pairs")
     ref_train = all_logps(model, train_pairs, pad, cfg, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg, accelerator)
     if ctx.is_main:
@@ -249,4 +251,4 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
-    return {**metrics, **counts, "val_preference_accuracy_before": before}
+    return {**metrics, **epochs, **counts, "val_preference_accuracy_before": before}

@@ -24,6 +24,7 @@ from components.tasks import sft_examples
 from components.train import lora
 from components.train.budget import count_parameters
 from components.train.device import model_device, to_device
+from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
 
@@ -184,6 +185,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
+    cfg, epochs = with_epochs(cfg, len(bins), "packed sequences" if cfg.packing else "examples")
     fill = nonpad_fraction(train_rows, bins, cfg)
     log.info("sft: %d training examples in %d sequences (%.1f%% real tokens), %d steps of %d; "
              "%d of %d parameters trainable (adapter %s)", len(train_rows), len(bins), 100 * fill, cfg.max_steps,
@@ -198,4 +200,4 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
-            "nonpad_fraction": round(fill, 4), **counts, "params": n_params, "trainable_params": n_trainable}
+            "nonpad_fraction": round(fill, 4), **epochs, **counts, "params": n_params, "trainable_params": n_trainable}
