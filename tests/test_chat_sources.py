@@ -368,3 +368,43 @@ def test_sft_with_num_epochs_trains_the_derived_steps_and_records_them(model_dir
                             **{**FEW, "batch_size": 7}, num_epochs=2), {"pretrain": model_dir},
                   StageContext.local(tmp_path / "out"))
     assert metrics["steps"] == metrics["derived_max_steps"] == 8 and metrics["epoch_items"] == 28  # 2 x 28 / 7
+
+
+# --- 7. a chat template from a file ----------------------------------------------------------------------
+
+def test_a_template_file_is_used_and_keyed_by_its_content_not_its_path(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from components.chat.named_templates import TEMPLATES
+    from components.chat.template import encode_chat, end_of_turn, use_template
+    from components.config import output_relevant
+
+    mine = TEMPLATES["chatml"].replace("<|im_end|>", "<|end|>")  # ChatML framing, the tiny tokenizer's end token
+    first, moved = tmp_path / "mine.jinja", tmp_path / "elsewhere" / "copy.jinja"
+    moved.parent.mkdir()
+    first.write_text(mine)
+    moved.write_text(mine)
+    key = lambda path: output_relevant(SFTConfig(chat_template=str(path)))["chat_template"]
+    assert key(first) == key(moved) and str(first) not in json.dumps(output_relevant(SFTConfig(chat_template=str(first))))
+    moved.write_text(mine.replace("<|end|>", "<|end|> "))
+    assert key(first) != key(moved)  # other content: another key
+    tok = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    use_template(tok, str(first))
+    ids, labels = encode_chat(tok, [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}])
+    assert tok.chat_template == mine and end_of_turn(tok) == "<|end|>" and any(lab != IGNORE for lab in labels)
+
+
+@pytest.mark.parametrize("text, says", [
+    (None, "not found"),
+    ("{% for m in messages %}{{ m['content'] }", "does not render a test conversation: TemplateSyntaxError"),
+    ("{% for m in messages if m['role'] != 'system' %}{{ m['content'] }}{% endfor %}", "without ['PROBE-SYSTEM']"),
+    ("{% if add_generation_prompt %}A:{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+     "not rendered right after the generation prompt"),
+])
+def test_a_bad_template_file_fails_at_config_time_naming_the_key_and_the_file(tmp_path, text, says):
+    path = tmp_path / "bad.jinja"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=r"sft\.chat_template=.*bad\.jinja") as err:
+        SFTConfig(chat_template=str(path))
+    assert says in str(err.value)
