@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from components.align.config import AlignConfig
 from components.chat.formats import FormatError, preference_record, sft_record
@@ -408,3 +409,38 @@ def test_a_bad_template_file_fails_at_config_time_naming_the_key_and_the_file(tm
     with pytest.raises(ValueError, match=r"sft\.chat_template=.*bad\.jinja") as err:
         SFTConfig(chat_template=str(path))
     assert says in str(err.value)
+
+
+# --- 8. eval on the user's held-out data -------------------------------------------------------------------
+
+def test_eval_scores_every_model_on_the_examples_and_pairs_sft_and_align_held_out(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.align.run import run as align
+    from components.eval.report import _own_data
+    from components.eval.sources import heldout_sets, score_sources
+    from components.sft.run import run as sft
+
+    sums = [{"question": f"{a}+{b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]
+    prefs = [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(12)]
+    prefs += [{**prefs[0], "rejected": "no idea"}]  # a second pair on a prompt: both on one side of the split
+    sft_dir, align_dir = tmp_path / "sft", tmp_path / "align"
+    sft_dir.mkdir(), align_dir.mkdir()
+    sft_m = sft(SFTConfig(sources=[_jsonl(tmp_path / "sums.jsonl", sums)], num_val_examples=3, **FEW),
+                {"pretrain": model_dir}, StageContext.local(sft_dir))
+    align_m = align(AlignConfig(sources=[_jsonl(tmp_path / "prefs.jsonl", prefs)], num_val_pairs=3, **FEW),
+                    {"sft": sft_dir}, StageContext.local(align_dir))
+    examples, pairs = heldout_sets({"sft": sft_dir, "align": align_dir, "pretrain": model_dir})
+    assert len(examples) == sft_m["heldout_source_examples"] == 3 and len(pairs) == align_m["val_pairs"] >= 3
+    assert sum(p["prompt"][-1]["content"] == "What is 0 + 1?" for p in pairs) in (0, 2)  # a prompt's pairs: one side
+    scores = {}
+    for name, artifact in (("base", model_dir), ("sft", sft_dir), ("aligned", align_dir)):
+        tok = AutoTokenizer.from_pretrained(artifact / "model")
+        model = AutoModelForCausalLM.from_pretrained(artifact / "model", dtype=torch.float32).eval()
+        scores[name] = score_sources(model, tok, examples, pairs, batch_size=2)
+    assert scores["sft"]["sft_loss"] == pytest.approx(sft_m["val_loss_sources"], rel=1e-4)  # what sft scored
+    assert scores["aligned"]["preference_accuracy"] == align_m["val_preference_accuracy"]  # what align scored
+    assert scores["base"]["sft_n"] == 3 and scores["base"]["preference_n"] == len(pairs)
+    assert scores["base"]["sft_loss"] != scores["sft"]["sft_loss"]  # each model scored, not one copied
+    report = "\n".join(_own_data({name: {"sources": s} for name, s in scores.items()}))
+    assert "## Your held-out data" in report and f"(n={len(pairs)})" in report and _own_data({"base": {}}) == []

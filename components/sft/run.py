@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
+from components.chat.heldout import write_heldout
 from components.chat.sources import held_out, read_source, select
 from components.chat.template import encode_chat, use_template, with_system_prompt
 from components.context import StageContext
@@ -149,6 +150,10 @@ def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) ->
     too_long += val_too_long
     quarantined += too_long
     write_quarantine(ctx, quarantined)
+    if ctx.is_main:  # what val_loss_sources scored, for the eval stage to score every model on
+        scored = [ex for ex in source_val if ex[1] not in {q["where"] for q in val_too_long}]
+        write_heldout(ctx.out_dir, [{"messages": with_system_prompt(ex["messages"], cfg.system_prompt), "where": where,
+                                     "source": source} for ex, where, source in scored])
     if not train_rows:  # the failed build's files (this quarantine) are set aside where its error says
         raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
                          f"{len(quarantined)} quarantined ({top_reasons(count_kinds(quarantined))}); see quarantine.jsonl")
