@@ -180,6 +180,15 @@ def test_tool_turns_are_refused_with_their_own_rule():
     assert e.value.rule == "tool_role"
 
 
+def test_tool_turns_are_quarantined_and_counted_per_source_for_the_manifest(tmp_path):
+    tool = {"conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{}"},
+                              {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}
+    plain = {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}
+    kept, bad, counts = _read([_jsonl(tmp_path / "agent.jsonl", [tool, plain, tool])])
+    assert len(kept) == 1 and [q["rule"] for q in bad] == ["tool_role"] * 2 and "agent.jsonl:1" in bad[0]["where"]
+    assert counts[0]["quarantined"] == {"tool_role": 2} and counts[0]["read"] == 3  # the manifest's sources.<name>
+
+
 @pytest.mark.parametrize("rec, rule", [
     ({"prompt": "Pick one.", "chosen": "the same", "rejected": "the same "}, "same_answers"),
     ({"prompt": "Pick one.", "chosen": {"role": "user", "content": "x"}, "rejected": "y"}, "role_order"),
