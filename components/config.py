@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import functools
 import glob
+import hashlib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 AFFECTS_OUTPUT = "affects_output"
 READS_FILES = "reads_files"
 ABSOLUTE = "absolute"  # an input_path made absolute at the flow boundary (the launcher's workers run elsewhere)
+NAMES = "names"  # a name_or_file field's built-in names: any other value is a file
 
 
 def log_only(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
@@ -37,6 +39,12 @@ def input_path(default: Any = None, absolute: bool = False, **kwargs: Any) -> An
     """One input file or directory (or None), e.g. a checkpoint: its content is in the cache key.
     absolute: `resolve_paths` turns the value into an absolute path before the config is built."""
     return dataclasses.field(default=default, metadata={READS_FILES: True, ABSOLUTE: absolute}, **kwargs)
+
+
+def name_or_file(default: str, names: tuple[str, ...], **kwargs: Any) -> Any:
+    """One of `names`, or a path to a file: the file's content, not its path, is in the cache key
+    (output_relevant), and the path is made absolute at the flow boundary (resolve_paths)."""
+    return dataclasses.field(default=default, metadata={NAMES: tuple(names), ABSOLUTE: True}, **kwargs)
 
 
 def check(condition: bool, key: str, value: Any, fix: str) -> None:
@@ -100,7 +108,7 @@ def resolve_paths(values: Any, cls: type) -> None:
         child = values.get(f.name)
         if nested is not None and isinstance(child, Mapping):
             resolve_paths(child, nested)
-        elif f.metadata.get(ABSOLUTE) and isinstance(child, str):
+        elif f.metadata.get(ABSOLUTE) and isinstance(child, str) and child not in f.metadata.get(NAMES, ()):
             values[f.name] = str(Path(child).expanduser().resolve())
 
 
@@ -160,7 +168,8 @@ def output_relevant(cfg: Any) -> Any:
     """The part of a config dataclass that can change the output, as plain JSON data."""
     if dataclasses.is_dataclass(cfg):
         return {
-            f.name: output_relevant(getattr(cfg, f.name))
+            f.name: file_content_digest(getattr(cfg, f.name)) if _names_a_file(f, getattr(cfg, f.name))
+            else output_relevant(getattr(cfg, f.name))
             for f in dataclasses.fields(cfg)
             if f.metadata.get(AFFECTS_OUTPUT, True)
         }
@@ -169,6 +178,15 @@ def output_relevant(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {str(k): output_relevant(v) for k, v in sorted(cfg.items())}
     return cfg
+
+
+def _names_a_file(f: dataclasses.Field, value: Any) -> bool:
+    return NAMES in f.metadata and isinstance(value, str) and value not in f.metadata[NAMES]
+
+
+def file_content_digest(path: str) -> dict:
+    """What a name_or_file field's file contributes to the cache key: its bytes, so moving it rebuilds nothing."""
+    return {"file_sha256": hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()}
 
 
 def as_dict(cfg: Any) -> Any:

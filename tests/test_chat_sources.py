@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from components.align.config import AlignConfig
 from components.chat.formats import FormatError, preference_record, sft_record
@@ -179,6 +180,15 @@ def test_tool_turns_are_refused_with_their_own_rule():
     assert e.value.rule == "tool_role"
 
 
+def test_tool_turns_are_quarantined_and_counted_per_source_for_the_manifest(tmp_path):
+    tool = {"conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{}"},
+                              {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}
+    plain = {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}
+    kept, bad, counts = _read([_jsonl(tmp_path / "agent.jsonl", [tool, plain, tool])])
+    assert len(kept) == 1 and [q["rule"] for q in bad] == ["tool_role"] * 2 and "agent.jsonl:1" in bad[0]["where"]
+    assert counts[0]["quarantined"] == {"tool_role": 2} and counts[0]["read"] == 3  # the manifest's sources.<name>
+
+
 @pytest.mark.parametrize("rec, rule", [
     ({"prompt": "Pick one.", "chosen": "the same", "rejected": "the same "}, "same_answers"),
     ({"prompt": "Pick one.", "chosen": {"role": "user", "content": "x"}, "rejected": "y"}, "role_order"),
@@ -337,3 +347,109 @@ def test_a_global_system_prompt_goes_first_unless_the_example_has_one():
     assert with_system_prompt(own, "Be brief.") == own and with_system_prompt(chat, None) == chat
     with pytest.raises(ValueError, match=r"sft\.system_prompt"):
         SFTConfig(system_prompt=" ")
+
+
+# --- 6. epochs --------------------------------------------------------------------------------------------
+
+def test_num_epochs_derives_the_steps_that_show_every_item_that_many_times():
+    from collections import Counter
+
+    from components.chat.batches import epoch_indices
+    from components.train.epochs import with_epochs
+
+    cfg = SFTConfig(num_epochs=3, batch_size=4, grad_accum=2, warmup_steps=2, max_steps=1000)
+    derived, record = with_epochs(cfg, 40, "examples")
+    assert derived.max_steps == record["derived_max_steps"] == 15 and record["global_batch"] == 8  # ceil(3 * 40 / 8)
+    seen = Counter(i for pos in range(derived.max_steps * cfg.grad_accum) for i in epoch_indices(40, 4, 0, pos))
+    assert set(seen.values()) == {3} and len(seen) == 40  # the loop's sampler: each example exactly 3 times
+    assert with_epochs(SFTConfig(), 40, "examples") == (SFTConfig(), {})  # 0: max_steps as given
+    with pytest.raises(ValueError, match=r"sft\.warmup_steps=20: must be < the 5 steps of sft\.num_epochs=1"):
+        with_epochs(SFTConfig(num_epochs=1, batch_size=8, warmup_steps=20), 40, "examples")
+    with pytest.raises(ValueError, match=r"sft\.num_epochs=-1"):
+        SFTConfig(num_epochs=-1)
+
+
+def test_sft_with_num_epochs_trains_the_derived_steps_and_records_them(model_dir, tmp_path):
+    from components.sft.run import run
+
+    rows = [{"question": f"{a}+{b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]  # 28 train, 2 held out
+    (tmp_path / "out").mkdir()
+    metrics = run(SFTConfig(sources=[_jsonl(tmp_path / "sums.jsonl", rows)], num_val_examples=2,
+                            **{**FEW, "batch_size": 7}, num_epochs=2), {"pretrain": model_dir},
+                  StageContext.local(tmp_path / "out"))
+    assert metrics["steps"] == metrics["derived_max_steps"] == 8 and metrics["epoch_items"] == 28  # 2 x 28 / 7
+
+
+# --- 7. a chat template from a file ----------------------------------------------------------------------
+
+def test_a_template_file_is_used_and_keyed_by_its_content_not_its_path(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from components.chat.named_templates import TEMPLATES
+    from components.chat.template import encode_chat, end_of_turn, use_template
+    from components.config import output_relevant
+
+    mine = TEMPLATES["chatml"].replace("<|im_end|>", "<|end|>")  # ChatML framing, the tiny tokenizer's end token
+    first, moved = tmp_path / "mine.jinja", tmp_path / "elsewhere" / "copy.jinja"
+    moved.parent.mkdir()
+    first.write_text(mine)
+    moved.write_text(mine)
+    key = lambda path: output_relevant(SFTConfig(chat_template=str(path)))["chat_template"]
+    assert key(first) == key(moved) and str(first) not in json.dumps(output_relevant(SFTConfig(chat_template=str(first))))
+    moved.write_text(mine.replace("<|end|>", "<|end|> "))
+    assert key(first) != key(moved)  # other content: another key
+    tok = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    use_template(tok, str(first))
+    ids, labels = encode_chat(tok, [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}])
+    assert tok.chat_template == mine and end_of_turn(tok) == "<|end|>" and any(lab != IGNORE for lab in labels)
+
+
+@pytest.mark.parametrize("text, says", [
+    (None, "not found"),
+    ("{% for m in messages %}{{ m['content'] }", "does not render a test conversation: TemplateSyntaxError"),
+    ("{% for m in messages if m['role'] != 'system' %}{{ m['content'] }}{% endfor %}", "without ['PROBE-SYSTEM']"),
+    ("{% if add_generation_prompt %}A:{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+     "not rendered right after the generation prompt"),
+])
+def test_a_bad_template_file_fails_at_config_time_naming_the_key_and_the_file(tmp_path, text, says):
+    path = tmp_path / "bad.jinja"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=r"sft\.chat_template=.*bad\.jinja") as err:
+        SFTConfig(chat_template=str(path))
+    assert says in str(err.value)
+
+
+# --- 8. eval on the user's held-out data -------------------------------------------------------------------
+
+def test_eval_scores_every_model_on_the_examples_and_pairs_sft_and_align_held_out(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.align.run import run as align
+    from components.eval.report import _own_data
+    from components.eval.sources import heldout_sets, score_sources
+    from components.sft.run import run as sft
+
+    sums = [{"question": f"{a}+{b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]
+    prefs = [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(12)]
+    prefs += [{**prefs[0], "rejected": "no idea"}]  # a second pair on a prompt: both on one side of the split
+    sft_dir, align_dir = tmp_path / "sft", tmp_path / "align"
+    sft_dir.mkdir(), align_dir.mkdir()
+    sft_m = sft(SFTConfig(sources=[_jsonl(tmp_path / "sums.jsonl", sums)], num_val_examples=3, **FEW),
+                {"pretrain": model_dir}, StageContext.local(sft_dir))
+    align_m = align(AlignConfig(sources=[_jsonl(tmp_path / "prefs.jsonl", prefs)], num_val_pairs=3, **FEW),
+                    {"sft": sft_dir}, StageContext.local(align_dir))
+    examples, pairs = heldout_sets({"sft": sft_dir, "align": align_dir, "pretrain": model_dir})
+    assert len(examples) == sft_m["heldout_source_examples"] == 3 and len(pairs) == align_m["val_pairs"] >= 3
+    assert sum(p["prompt"][-1]["content"] == "What is 0 + 1?" for p in pairs) in (0, 2)  # a prompt's pairs: one side
+    scores = {}
+    for name, artifact in (("base", model_dir), ("sft", sft_dir), ("aligned", align_dir)):
+        tok = AutoTokenizer.from_pretrained(artifact / "model")
+        model = AutoModelForCausalLM.from_pretrained(artifact / "model", dtype=torch.float32).eval()
+        scores[name] = score_sources(model, tok, examples, pairs, batch_size=2)
+    assert scores["sft"]["sft_loss"] == pytest.approx(sft_m["val_loss_sources"], rel=1e-4)  # what sft scored
+    assert scores["aligned"]["preference_accuracy"] == align_m["val_preference_accuracy"]  # what align scored
+    assert scores["base"]["sft_n"] == 3 and scores["base"]["preference_n"] == len(pairs)
+    assert scores["base"]["sft_loss"] != scores["sft"]["sft_loss"]  # each model scored, not one copied
+    report = "\n".join(_own_data({name: {"sources": s} for name, s in scores.items()}))
+    assert "## Your held-out data" in report and f"(n={len(pairs)})" in report and _own_data({"base": {}}) == []

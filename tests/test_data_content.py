@@ -107,13 +107,36 @@ def test_a_play_keeps_its_lines_when_its_source_turns_c4_off_while_web_text_is_c
     web = scene + "\nAccept all cookies to continue and read our privacy policy."
     (tmp_path / "play.txt").write_text(scene)
     (tmp_path / "web.jsonl").write_text(json.dumps({"id": "page", "text": web}) + "\n")
+    (tmp_path / "rude.jsonl").write_text(json.dumps({"id": "rude", "text": scene + "\nWhat a Total Git you are."}) + "\n")
+    (tmp_path / "badwords.txt").write_text("total git\n")  # also: the bad-words block on a local list, in the drop reasons
     cfg = DataConfig(sources=[{"path": str(tmp_path / "play.txt"), "name": "play", "blocks": {"c4": False}},
-                              {"path": str(tmp_path / "web.jsonl"), "name": "web"}],
-                     gopher_quality=False,  # its alpha rule counts punctuation as words (issue 13: another fix)
+                              {"path": str(tmp_path / "web.jsonl"), "name": "web"},
+                              {"path": str(tmp_path / "rude.jsonl"), "name": "rude"}],
+                     c4_badwords_file=str(tmp_path / "badwords.txt"), gopher_quality=False,  # its alpha rule counts punctuation as words (issue 13: another fix)
                      gopher_repetition=False, fineweb=False, exact_dedup=False, minhash=False, pii=False,
                      tasks=1, workers=1)
     m = run(cfg, {}, StageContext.local(tmp_path / "out"))
     kept = _kept(tmp_path / "out")
     assert kept["play"] == scene  # every speaker tag and short line kept
     assert "HAMLET." not in kept["web"] and "cookies" not in kept["web"] and "trippingly" in kept["web"]
-    assert m["c4_docs_in"] == 2 and m["docs_out"] == 2
+    assert m["c4_docs_in"] == 3 and m["docs_out"] == 2 and "rude" not in kept
+    assert m["drop_reasons"]["c4_badwords"] == {"c4_badwords": 1} and m["c4_badwords_docs_in"] == 3
+
+
+def test_c4_bad_words_run_on_a_local_list_with_datatroves_word_boundaries(tmp_path):
+    words = tmp_path / "badwords.txt"
+    words.write_text("darn\nTotal Git\n\n")
+    assert "c4_badwords" not in _blocks()  # off by default: no list, no download
+    badwords = _blocks(c4_badwords_file=str(words))["c4_badwords"]
+    assert badwords.filter(_doc("Well, DARN it.")) == (False, "c4_badwords")  # any case, punctuation around it
+    assert badwords.filter(_doc("You total git")) == (False, "c4_badwords")  # a phrase, at the end
+    assert badwords.filter(_doc("He darned socks near the total gitlab outage.")) is True  # inside words: no match
+    assert rejected_dir("c4_badwords") == "07_c4_badwords"  # right after C4's own rules
+    with pytest.raises(ValueError, match=r"data.c4_badwords_file=.*missing.txt.*no such file"):
+        DataConfig(c4_badwords_file=str(tmp_path / "missing.txt"))
+    play = tmp_path / "play.txt"
+    play.write_text("HAMLET. To be.\n")
+    with pytest.raises(ValueError, match=r"blocks.c4_badwords=.*turns the c4_badwords block on, but data.c4_badwords_file names no file"):
+        DataConfig(sources=[{"path": str(play), "blocks": {"c4_badwords": True}}])
+    off = _blocks(c4_badwords_file=str(words), sources=[{"path": str(play), "name": "play", "blocks": {"c4_badwords": False}}])
+    assert off["c4_badwords"].filter_batch([_doc("darn", "play")]) == [True]  # a source can switch it off

@@ -277,3 +277,27 @@ def test_config_yaml_composes_and_validation_names_the_key():
         EvalConfig(num_tasks=0)
     code = "import sys, components.eval.config; sys.exit(bool({'torch', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_the_users_held_out_examples_and_pairs_are_scored_for_every_model(result, tmp_path):
+    """From the sft / align artifacts' heldout.jsonl (what those stages held out of sft.sources / align.sources)."""
+    from components.eval.sources import assistant_nll
+
+    _, plain, inputs, _ = result
+    assert all(plain[name]["sources"] == {} for name in MODELS)  # generated data only: nothing of the user's
+    examples = [{"messages": ex["messages"], "where": f"mine.jsonl:{i + 1}", "source": "mine"}
+                for i, ex in enumerate(sft_examples("train", 5, seed=7))]
+    pairs = [{**p, "where": f"prefs.jsonl:{i + 1}", "source": "prefs"} for i, p in enumerate(preference_pairs("train", 4, seed=7))]
+    own = dict(inputs)
+    for stage, rows in (("sft", examples), ("align", pairs)):
+        own[stage] = tmp_path / stage
+        shutil.copytree(inputs[stage], own[stage])
+        (own[stage] / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, metrics = _run(own, tmp_path / "out", batch_size=3)
+    for name, stage in MODELS.items():
+        s = metrics[name]["sources"]
+        model, tokenizer = _model(own, stage)
+        assert s["sft_loss"] == pytest.approx(assistant_nll(model, tokenizer, examples, 1)[0], rel=1e-5)
+        assert s["sft_n"] == 5 and s["preference_n"] == 4 and 0 <= s["preference_accuracy"] <= 1
+        assert s["preference_accuracy"] == m.preference_accuracy(model, tokenizer, pairs, 1)
+    assert "## Your held-out data" in (tmp_path / "out" / "report.md").read_text()

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
 from components.chat.batches import epoch_indices
+from components.chat.heldout import write_heldout
 from components.chat.sources import read_source, select
 from components.chat.generate import generate
 from components.chat.template import encode_chat
@@ -24,6 +25,7 @@ from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
 from components.train.device import model_device, to_device
+from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, dpo_loss
 from components.train.loop import make_accelerator, train
 
@@ -152,10 +154,11 @@ def split_heldout(pairs: list[dict], n_val: int) -> tuple[list[int], list[int]]:
     return train_idx, sorted(held)
 
 
-def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict]:
-    """(train encodings, held-out encodings, quarantine rows, counts for the manifest)."""
+def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict, list[dict]]:
+    """(train encodings, held-out encodings, quarantine rows, counts for the manifest, the sources'
+    held-out pairs as records: none for generated pairs)."""
     max_len = model.config.max_position_embeddings
-    counts = {"rejected_from": cfg.rejected_from}
+    counts, heldout = {"rejected_from": cfg.rejected_from}, []
     if cfg.sources:
         pairs, quarantined, per_source = read_sources(cfg)
         pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len, cfg.max_prompt_length)
@@ -164,6 +167,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
         pools = [[i for i in train_idx if pairs[i]["source"] == name] for name in names]
         chosen = select(pools, list(cfg.chat_sources), cfg.num_pairs, cfg.seed)  # not the first N in file order
         train_enc, val_enc = [encoded[i] for i in chosen], [encoded[i] for i in val_idx]
+        heldout = [{k: pairs[i][k] for k in ("prompt", "chosen", "rejected", "where", "source")} for i in val_idx]
         for name in names:
             per_source[name].update(too_long=sum(q["source"] == name for q in too_long),
                                     heldout=sum(pairs[i]["source"] == name for i in val_idx),
@@ -191,7 +195,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
         log.warning("align: %d malformed source records quarantined (first: %s)", len(quarantined),
                     quarantined[0]["reason"])
     counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
-    return train_enc, val_enc, quarantined + too_long, counts
+    return train_enc, val_enc, quarantined + too_long, counts, heldout
 
 
 def dpo_objective(cfg: AlignConfig):
@@ -218,15 +222,17 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     pad = tokenizer.pad_token_id
     accelerator = make_accelerator(cfg, model, ctx.strategy)
     model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
-    train_pairs, val_pairs, quarantine, counts = preference_data(cfg, model, tokenizer)
+    train_pairs, val_pairs, quarantine, counts, heldout = preference_data(cfg, model, tokenizer)
     if ctx.is_main:  # before any failure: kept with the failed build's files
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
             f.writelines(json.dumps(row) + "\n" for row in quarantine)
+        write_heldout(out_dir, heldout)  # the sources' held-out pairs: eval scores every model on them
     if not train_pairs or not val_pairs:
         raise ValueError(f"align: no usable {'training' if not train_pairs else 'held-out'} pair in "
                          f"{cfg.sources or 'the generated pairs'}: {len(quarantine)} left out "
                          f"({top_reasons(count_kinds(quarantine))}); see quarantine.jsonl")
     log.info("align: %s", counts)
+    cfg, epochs = with_epochs(cfg, len(train_pairs), "pairs")
     ref_train = all_logps(model, train_pairs, pad, cfg, accelerator)
     ref_val = all_logps(model, val_pairs, pad, cfg, accelerator)
     if ctx.is_main:
@@ -249,4 +255,4 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
-    return {**metrics, **counts, "val_preference_accuracy_before": before}
+    return {**metrics, **epochs, **counts, "val_preference_accuracy_before": before}

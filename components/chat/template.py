@@ -2,7 +2,7 @@
 and the text a template ends an assistant turn with."""
 from __future__ import annotations
 
-from components.chat.named_templates import TEMPLATES
+from components.chat.named_templates import template_text
 from components.train.losses import IGNORE
 
 END = "<|end|>"
@@ -15,10 +15,11 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
 
 
 def use_template(tokenizer, name: str) -> None:
-    """Give the tokenizer the named template (project: keep its own); it is saved with the model, so
-    align and eval render what sft trained on."""
-    if name != "project":
-        tokenizer.chat_template = TEMPLATES[name]
+    """Give the tokenizer the named template, or the one in the Jinja file `name` (project: keep its own);
+    it is saved with the model, so align and eval render what sft trained on."""
+    text = template_text(name)
+    if text is not None:
+        tokenizer.chat_template = text
 
 
 def encode_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:

@@ -116,7 +116,8 @@ class RayConfig:
 PER_SOURCE_BLOCKS: dict[str, Any] = {
     "url_blocklist": None, "language": "own", "toxicity": "own",
     "gopher_quality": "gopher_quality_rules", "gopher_repetition": "gopher_repetition_rules", "c4": "c4_rules",
-    "fineweb": "fineweb_rules"}
+    "c4_badwords": None, "fineweb": "fineweb_rules"}
+FILE_BLOCKS = {"url_blocklist": "url_blocklist", "c4_badwords": "c4_badwords_file"}  # block -> the file it needs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,8 +136,11 @@ class DataConfig:
     gopher_alpha_words: str = "whitespace"  # words of the "80% hold a letter" rule: whitespace (Gopher paper) | tokens (datatrove: punctuation counts)
     gopher_repetition: bool = True  # Gopher repetition filter (duplicate lines, paragraphs, n-grams)
     gopher_repetition_rules: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
-    c4: bool = True  # C4 line and document rules (no bad-words list: it needs a download)
+    c4: bool = True  # C4 line and document rules (bad words: data.c4_badwords_file)
     c4_rules: C4Rules = field(default_factory=C4Rules)
+    # C4's bad-words rule (datatrove's C4BadWordsFilter) on a local list, one word or phrase a line: a document
+    # holding one (word-boundary match, any case) is dropped, reason c4_badwords; null: off (datatrove's lists are a download)
+    c4_badwords_file: str | None = input_path()
     exact_dedup: bool = True  # drop documents whose normalised text was seen before
     minhash: bool = True  # MinHash near-dedup, one document kept per cluster
     minhash_ngrams: int = 5
@@ -191,7 +195,7 @@ class DataConfig:
             check(0 <= getattr(self, name) <= 1, f"data.{name}", getattr(self, name), "must be in [0, 1]")
         for name in ("gopher_quality_rules", "gopher_repetition_rules", "c4_rules", "fineweb_rules"):
             _check_rules(getattr(self, name), name)
-        for name in ("url_blocklist", "language_model"):  # user files: missing ones fail here, not mid-run
+        for name in ("url_blocklist", "language_model", "c4_badwords_file"):  # user files: missing ones fail here, not mid-run
             path = getattr(self, name)
             check(path is None or Path(path).expanduser().is_file(), f"data.{name}", path,
                   "no such file: give an existing local path, or null to switch the block off")
@@ -217,8 +221,9 @@ class DataConfig:
         key = f"{spec.key}.blocks.{block}"
         check(block in PER_SOURCE_BLOCKS, key, value,
               f"no such block for source {spec.name!r}: per-source blocks are {list(PER_SOURCE_BLOCKS)}")
-        check(block != "url_blocklist" or value is False or self.url_blocklist is not None, key, value,
-              f"source {spec.name!r} turns the URL blocklist on, but data.url_blocklist names no file")
+        check(block not in FILE_BLOCKS or value is False or getattr(self, FILE_BLOCKS[block]) is not None, key, value,
+              f"source {spec.name!r} turns the {'URL blocklist' if block == 'url_blocklist' else block + ' block'} on, "
+              f"but data.{FILE_BLOCKS.get(block)} names no file")
         if not isinstance(value, dict):
             return
         known = list(self.block_rules(block))

@@ -5,6 +5,7 @@ lists stay off) and tldextract's bundled public-suffix snapshot (no fetch).
 Language id: py3langid's model bundled in its wheel (on by default), or datatrove's LanguageFilter
 with a local fastText model instead of its download of lid.176.bin.
 Toxicity: alt-profanity-check's model bundled in its wheel, scored per line (on by default).
+C4 bad words: datatrove's C4BadWordsFilter fed the user's local list instead of its download.
 Per-source settings: PerSourceBlock hands each document to the filter its source configured.
 Gopher quality: datatrove's filter with the Gopher paper's words for the alpha rule.
 Gopher repetition, C4, FineWeb: datatrove's filters with the same decisions and reasons, computed
@@ -21,7 +22,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
                                         GopherRepetitionFilter, LanguageFilter, URLFilter)
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
+from datatrove.pipeline.filters.c4_filters import (CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS,
+                                                   C4BadWordsFilter)
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import split_into_sentences, split_into_words
 from datatrove.utils.lid import FastTextLID
@@ -43,6 +45,37 @@ def read_blocklist(path: str | Path) -> tuple[list[str], list[str]]:
         else:
             domains.append(entry.lower())
     return domains, urls
+
+
+def read_badwords(path: str | Path) -> list[str]:
+    """Words and phrases, one a line (blank lines skipped), lower-cased: datatrove matches on lower-cased text."""
+    lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    return sorted({line.strip().lower() for line in lines if line.strip()})
+
+
+class LocalC4BadWords(C4BadWordsFilter):
+    """datatrove's C4 bad-words rule with the user's list (one word or phrase a line) for every language,
+    instead of the per-language lists it downloads: a document is dropped (reason `c4_badwords`) when an entry
+    occurs in its lower-cased text flanked by non-word characters, the regex datatrove builds for languages
+    that separate words. The list is the user's as given: datatrove's allowlist of its own lists is not applied."""
+
+    name = "c4_badwords"
+
+    def __init__(self, badwords_file: str | Path, exclusion_writer=None):
+        import re
+
+        super().__init__(keep_fraction=0.0, fail_on_missing_language=False, exclusion_writer=exclusion_writer)
+        words = read_badwords(badwords_file)
+        if not words:
+            raise ValueError(f"data.c4_badwords_file: {badwords_file} lists no word (one word or phrase a line)")
+        self.regex = re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in words)))
+
+    def _get_badwords(self, lang: str):
+        return self.regex  # one list for every language (datatrove's own would download one per language)
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        keep = super().filter(doc)
+        return keep if keep is True else (False, "c4_badwords")
 
 
 class URLBlocklistFilter(URLFilter):

@@ -35,10 +35,10 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from components.data.config import DataConfig
+from components.data.config import FILE_BLOCKS, DataConfig
 
 # blocks in pipeline order; rejected/<NN>_<block> numbers them in this order
-DROPPING_BLOCKS = ["url_blocklist", "language", "toxicity", "gopher_quality", "gopher_repetition", "c4", "fineweb",
+DROPPING_BLOCKS = ["url_blocklist", "language", "toxicity", "gopher_quality", "gopher_repetition", "c4", "c4_badwords", "fineweb",
                    "exact_dedup", "minhash"]
 COUNTED_BLOCKS = [*DROPPING_BLOCKS, "pii"]
 
@@ -106,13 +106,15 @@ def quality_blocks(cfg: DataConfig, sink) -> list[tuple[str, PipelineStep]]:
 
 
 def block_enabled(cfg: DataConfig, name: str) -> bool:
-    return cfg.url_blocklist is not None if name == "url_blocklist" else bool(getattr(cfg, name))
+    if name in FILE_BLOCKS:  # on when its file is given
+        return getattr(cfg, FILE_BLOCKS[name]) is not None
+    return bool(getattr(cfg, name))
 
 
 def block_builders(cfg: DataConfig) -> dict:
     """block name -> build(settings, exclusion_writer), in pipeline order; settings as DataConfig.block_rules."""
-    from components.data.filters import (BundledLanguageFilter, C4Filter, FineWebQuality, GopherQuality,
-                                         GopherRepetition, LocalLanguageFilter, ToxicityFilter, URLBlocklistFilter)
+    from components.data.filters import (BundledLanguageFilter, C4Filter, FineWebQuality, GopherQuality, GopherRepetition,
+                                         LocalC4BadWords, LocalLanguageFilter, ToxicityFilter, URLBlocklistFilter)
     from components.data.words import WarmSpaCyTokenizer
 
     words = WarmSpaCyTokenizer()
@@ -133,7 +135,8 @@ def block_builders(cfg: DataConfig) -> dict:
         "gopher_quality": lambda rules, writer: GopherQuality(exclusion_writer=writer, language=words,
                                                               alpha_words=cfg.gopher_alpha_words, **rules),
         "gopher_repetition": repetition,
-        "c4": lambda rules, writer: C4Filter(exclusion_writer=writer, language=words, **rules),  # no bad-words list: it needs a download
+        "c4": lambda rules, writer: C4Filter(exclusion_writer=writer, language=words, **rules),
+        "c4_badwords": lambda rules, writer: LocalC4BadWords(cfg.c4_badwords_file, exclusion_writer=writer),
         "fineweb": lambda rules, writer: FineWebQuality(exclusion_writer=writer, language=words, **rules),
     }
 

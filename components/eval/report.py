@@ -190,6 +190,28 @@ def _samples(samples: dict) -> list[str]:
     return lines or ["(none requested: eval.num_samples = 0)"]
 
 
+def _own_data(results: dict) -> list[str]:
+    """The user's held-out data (metrics.json `<model>.sources`); nothing when no stage held any out."""
+    scored = [name for name in STAGE_OF if results.get(name, {}).get("sources")]
+    if not scored:
+        return []
+
+    def cell(value, n) -> str:
+        return "n/a" if value is None else f"{value:.3f} (n={n})"
+
+    lines = ["## Your held-out data", "",
+             "Scored on the share of `sft.sources` / `align.sources` the sft and align stages held out by a hash of "
+             "the prompt (never trained on; `heldout.jsonl` in their artifacts). SFT loss: mean NLL per assistant "
+             "token under each model's chat template (lower is better). Preference accuracy: as defined above, on "
+             "the held-out pairs. Examples or pairs longer than a model's context are not scored.", "",
+             "| model | sft_loss | preference_accuracy |", "|---|---|---|"]
+    for name in scored:
+        s = results[name]["sources"]
+        lines.append(f"| {name} | {cell(s.get('sft_loss'), s.get('sft_n'))} | "
+                     f"{cell(s.get('preference_accuracy'), s.get('preference_n'))} |")
+    return lines + [""]
+
+
 def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> None:
     out_dir = Path(out_dir)
     lines = ["# Pipeline report", "", "## Models", "", *_headline(results), "",
@@ -204,7 +226,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "proportions (normal approximation).", "", *_differences(results), "",
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
-             "## Accuracy per task", "", *_per_task(results), "",
+             "## Accuracy per task", "", *_per_task(results), "", *_own_data(results),
              "## Decoding strategies", "", "Exact match per strategy (eval.decoding). A sampling strategy draws n "
              "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
              "that one of k draws is right.", "", *_decoding(results), "",

@@ -14,6 +14,7 @@ from components.context import StageContext
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
+from components.eval.sources import heldout_sets, score_sources
 from components.tasks import preference_pairs, sft_examples
 from components.train import tracking
 from components.train.device import default_device
@@ -33,6 +34,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     tasks = sft_examples("heldout", cfg.num_tasks, cfg.seed)
     pairs = preference_pairs("heldout", cfg.num_pairs, cfg.seed)
     validation = load_shard(inputs["tokenizer"], "validation")
+    own_examples, own_pairs = heldout_sets(inputs)  # the user's held-out data, from the sft / align artifacts
     results: dict = {}
     samples = {}
     where = default_device()  # the GPU when there is one
@@ -58,6 +60,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
             "decoding": decoding,
         }
+        results[name]["sources"] = score_sources(model, tokenizer, own_examples, own_pairs, cfg.batch_size)  # {}: none
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed, cfg.decoding)

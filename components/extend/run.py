@@ -61,5 +61,5 @@ def run(cfg: ExtendConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     metrics = train_next_token(model, tokenizer, cfg, cfg.context_length, cfg.max_val_tokens, shards, ctx)
     exported = AutoModelForCausalLM.from_pretrained(out_dir / "model", dtype=torch.float32).to(default_device())  # as sft will load it
     after = {"val_ppl_long": ppl(exported, cfg.context_length), "val_ppl_short": ppl(exported, original)}
-    log.info("extend: after %d steps: %s", cfg.max_steps, {k: round(v, 2) for k, v in after.items()})
+    log.info("extend: after %d steps: %s", metrics["steps"], {k: round(v, 2) for k, v in after.items()})
     return {**metrics, **before, **after, "context_before": original, "context_after": cfg.context_length}

@@ -6,8 +6,8 @@ from typing import Any
 
 from components.chat.formats import SFT_FORMATS
 from components.chat.sources import ChatSource, parse_sources
-from components.chat.named_templates import TEMPLATE_NAMES
-from components.config import check, check_choice, input_files, log_only
+from components.chat.named_templates import TEMPLATE_NAMES, template_problem
+from components.config import check, check_choice, input_files, log_only, name_or_file
 from components.train.config import TrainConfig
 ADAPTERS = ("none", "lora")
 TRUNCATION_MODES = ("drop", "keep_start", "keep_end")
@@ -31,7 +31,9 @@ class SFTConfig(TrainConfig):
     max_length: int | None = None  # tokens per example (null: the model's context, which also bounds it)
     truncation_mode: str = "drop"  # an example over max_length: drop (quarantined) | keep_start | keep_end
     system_prompt: str | None = None  # a system turn for every example without one of its own (null: none)
-    chat_template: str = "project"  # project (the tokenizer's own) | chatml | llama3 | zephyr; saved with the model
+    # project (the tokenizer's own) | chatml | llama3 | zephyr | a path to a Jinja file (its content in the cache
+    # key); saved with the model, so align and eval render it
+    chat_template: str = name_or_file("project", TEMPLATE_NAMES)
     format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
     packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
@@ -50,7 +52,8 @@ class SFTConfig(TrainConfig):
         check(self.max_length is None or self.max_length > 1, "sft.max_length", self.max_length,
               "must be > 1, or null: the model's context")
         check_choice("sft.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
-        check_choice("sft.chat_template", self.chat_template, TEMPLATE_NAMES)
+        problem = template_problem(self.chat_template)
+        check(problem is None, "sft.chat_template", self.chat_template, problem or "")
         check(self.system_prompt is None or self.system_prompt.strip() != "", "sft.system_prompt", self.system_prompt,
               "must be a non-empty string, or null")
         check_choice("sft.adapter", self.adapter, ADAPTERS)

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
+from components.chat.heldout import write_heldout
 from components.chat.sources import held_out, read_source, select
 from components.chat.template import encode_chat, use_template, with_system_prompt
 from components.context import StageContext
@@ -24,6 +25,7 @@ from components.tasks import sft_examples
 from components.train import lora
 from components.train.budget import count_parameters
 from components.train.device import model_device, to_device
+from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
 
@@ -148,6 +150,10 @@ def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) ->
     too_long += val_too_long
     quarantined += too_long
     write_quarantine(ctx, quarantined)
+    if ctx.is_main:  # what val_loss_sources scored, for the eval stage to score every model on
+        scored = [ex for ex in source_val if ex[1] not in {q["where"] for q in val_too_long}]
+        write_heldout(ctx.out_dir, [{"messages": with_system_prompt(ex["messages"], cfg.system_prompt), "where": where,
+                                     "source": source} for ex, where, source in scored])
     if not train_rows:  # the failed build's files (this quarantine) are set aside where its error says
         raise ValueError(f"sft: no usable training example in {cfg.sources or 'the generated tasks'}: "
                          f"{len(quarantined)} quarantined ({top_reasons(count_kinds(quarantined))}); see quarantine.jsonl")
@@ -184,6 +190,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
+    cfg, epochs = with_epochs(cfg, len(bins), "packed sequences" if cfg.packing else "examples")
     fill = nonpad_fraction(train_rows, bins, cfg)
     log.info("sft: %d training examples in %d sequences (%.1f%% real tokens), %d steps of %d; "
              "%d of %d parameters trainable (adapter %s)", len(train_rows), len(bins), 100 * fill, cfg.max_steps,
@@ -198,4 +205,4 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
 
     metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
-            "nonpad_fraction": round(fill, 4), **counts, "params": n_params, "trainable_params": n_trainable}
+            "nonpad_fraction": round(fill, 4), **epochs, **counts, "params": n_params, "trainable_params": n_trainable}

@@ -1,6 +1,7 @@
 """Optimisation settings shared by pretrain, sft and align (each stage's config extends this)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from components.config import check, check_choice, log_only
@@ -12,6 +13,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
     max_steps: int = 1000  # optimizer steps
+    # > 0: train this many passes over the training set instead, max_steps derived from its size, batch_size and
+    # grad_accum (components/train/epochs.py; logged and in the manifest); 0: max_steps
+    num_epochs: int = 0
     batch_size: int = 16  # sequences (pairs for align) per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     weight_decay: float = 0.1  # on matrices only
@@ -36,8 +40,12 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, f"{section}.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         check(self.max_steps > 0 or (self.max_steps == 0 and self.may_skip_training()), f"{section}.max_steps",
               self.max_steps, "must be > 0" + (" (0 only to import a model unchanged: pretrain.model.init_from)" if self.max_steps == 0 else ""))
-        check(self.max_steps == 0 or 0 <= self.warmup_steps < self.max_steps, f"{section}.warmup_steps",
-              self.warmup_steps, f"must be >= 0 and < {section}.max_steps={self.max_steps}")
+        check(self.num_epochs >= 0, f"{section}.num_epochs", self.num_epochs, "must be >= 0 (0: train max_steps steps)")
+        check(self.num_epochs == 0 or self.max_steps > 0, f"{section}.num_epochs", self.num_epochs,
+              f"{section}.max_steps=0 imports the model unchanged: set num_epochs=0 too")
+        # with num_epochs, warmup is checked against the derived steps (epochs.with_epochs)
+        check(self.max_steps == 0 or 0 <= self.warmup_steps < (math.inf if self.num_epochs else self.max_steps),
+              f"{section}.warmup_steps", self.warmup_steps, f"must be >= 0 and < {section}.max_steps={self.max_steps}")
         check(self.batch_size > 0, f"{section}.batch_size", self.batch_size, "must be > 0")
         check(self.grad_accum > 0, f"{section}.grad_accum", self.grad_accum, "must be > 0")
         check(self.grad_clip > 0, f"{section}.grad_clip", self.grad_clip, "must be > 0")

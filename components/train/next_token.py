@@ -11,6 +11,7 @@ from components.context import StageContext
 from components.train.budget import count_parameters
 from components.train.config import TrainConfig
 from components.train.data import fixed_windows, load_shard, random_windows
+from components.train.epochs import with_epochs
 from components.train.loop import train
 from components.train.losses import lm_loss, mean_token_nll
 
@@ -26,6 +27,8 @@ def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, contex
     train_tokens = load_shard(shards, "train")
     val_windows = fixed_windows(load_shard(shards, "validation"), context, max_val_tokens)
     n_params = count_parameters(model)
+    # an epoch: as many random windows as the shard holds whole ones
+    cfg, epochs = with_epochs(cfg, len(train_tokens) // context, f"windows of {context} tokens")
     log.info("%.2fM parameters, %d train tokens, %d steps x %d x %d tokens",
              n_params / 1e6, len(train_tokens), cfg.max_steps, cfg.batch_size * cfg.grad_accum, context)
 
@@ -41,4 +44,4 @@ def train_next_token(model: torch.nn.Module, tokenizer, cfg: TrainConfig, contex
         model.eval()
         with torch.no_grad():
             metrics.update(evaluate(model))
-    return {**metrics, "params": n_params}
+    return {**metrics, **epochs, "params": n_params}
