@@ -22,7 +22,7 @@ from tests.tiny import make_tokenizer_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64
-CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0)
+CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0, benchmark_items=6)
 MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 
 

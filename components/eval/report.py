@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from components.eval.benchmarks import table as benchmark_table  # noqa: E402
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
 
@@ -190,6 +191,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "",
+             *benchmark_table(results, list(STAGE_OF)),
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),

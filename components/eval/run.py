@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.context import StageContext
+from components.eval import benchmarks
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
@@ -38,6 +39,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
     windows = None
+    tasks_dir, scratch = benchmarks.prepare(cfg, out_dir, ctx.key) if cfg.benchmark_specs else (None, None)
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
@@ -57,11 +59,16 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
         }
         results.setdefault("per_task", {})[name] = per_task
+        if tasks_dir is not None:  # base never reads a chat template: it was not trained on one
+            chat = cfg.benchmark_chat_template and name != "base"
+            results[name]["benchmarks"] = benchmarks.score_model(cfg, tasks_dir, model_dir, str(where), chat)
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
                  {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
+    if scratch is not None:
+        scratch.cleanup()
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
@@ -75,6 +82,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
+        flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()})
     flat = {k: v for k, v in flat.items() if v is not None}
     per_task_rows = [[task, *(results["per_task"][name].get(task) for name in MODELS)]
                      for task in sorted({t for per in results["per_task"].values() for t in per})]
