@@ -46,7 +46,7 @@ def planted(tmp_path_factory):
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model = build_model(MODEL, tokenizer, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(120):
+    for _ in range(50):
         loss = model(**batch, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -92,7 +92,8 @@ def test_the_harness_scores_a_planted_task_the_model_learned_well_above_chance(s
     planted = scores["planted"]
     assert planted["metric"] == "acc,none" and planted["n"] == len(THINGS) and planted["num_fewshot"] == 0
     assert planted["value"] >= 0.9  # chance: 0.25 (4 choices, the right one at each position in turn)
-    assert planted["stderr"] is not None and planted["stderr"] < 0.1 and set(planted["all"]) == {"acc,none", "acc_norm,none"}
+    assert planted["stderr"] is not None and planted["stderr"] < 0.1
+    assert set(planted["all"]) == {"acc,none", "acc_norm,none"}  # the harness's arc_easy metrics
     assert scores["mine"]["value"] == planted["value"]  # the user's own yaml: the same prompts, the same score
     assert scores["embedded_cloze"]["n"] == 6 and scores["embedded_arithmetic"]["num_fewshot"] == 2
     assert scores["embedded_arithmetic"]["metric"] == "exact_match,strict-match"

@@ -43,7 +43,7 @@ def harness_tasks_dir() -> Path:
 
 
 def final_dir(out_dir: Path, key: str) -> Path:
-    """Where the artifact will be once built: components.artifacts builds `<stage>/<key>` in `<stage>/.<key>.partial`."""
+    """Where the artifact will be once built (components.artifacts builds `<stage>/<key>` in `<stage>/.<key>.partial`)."""
     return out_dir.parent / key if out_dir.name == f".{key}.partial" else out_dir
 
 
@@ -153,6 +153,27 @@ def prepare(cfg: EvalConfig, out_dir: Path, key: str) -> tuple[Path, tempfile.Te
     scratch = tempfile.TemporaryDirectory(prefix="benchmark-tasks-")
     write_tasks(cfg, out_dir, out_dir, Path(scratch.name))
     return Path(scratch.name), scratch
+
+
+def add_scores(results: dict, cfg: EvalConfig, inputs: dict, models: dict[str, str], out_dir: Path, key: str,
+               device: str) -> None:
+    """results[<model>]["benchmarks"] = its scores, for the run's models ({name: stage whose model/ it is});
+    nothing when eval.benchmarks is empty.
+
+    Chat template (eval.benchmark_chat_template): never for base, which was not trained on one; for
+    sft and aligned only when asked, because by default every model reads the same prompts (the
+    harness's plain-text ones), so a difference between stages is the model's, not the prompt's."""
+    if not cfg.benchmark_specs:
+        return
+    tasks_dir, scratch = prepare(cfg, out_dir, key)
+    try:
+        for name, stage in models.items():
+            chat_template = cfg.benchmark_chat_template and name != "base"
+            model_dir = Path(inputs[stage]) / "model"
+            results[name]["benchmarks"] = score_model(cfg, tasks_dir, model_dir, device, chat_template)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def table(results: dict, models: list[str]) -> list[str]:

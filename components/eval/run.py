@@ -39,7 +39,6 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
     windows = None
-    tasks_dir, scratch = benchmarks.prepare(cfg, out_dir, ctx.key) if cfg.benchmark_specs else (None, None)
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
@@ -59,16 +58,12 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
         }
         results.setdefault("per_task", {})[name] = per_task
-        if tasks_dir is not None:  # base never reads a chat template: it was not trained on one
-            chat = cfg.benchmark_chat_template and name != "base"
-            results[name]["benchmarks"] = benchmarks.score_model(cfg, tasks_dir, model_dir, str(where), chat)
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
                  {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
-    if scratch is not None:
-        scratch.cleanup()
+    benchmarks.add_scores(results, cfg, inputs, MODELS, out_dir, ctx.key, str(where))  # results[<model>]["benchmarks"]
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
