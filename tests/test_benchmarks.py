@@ -117,7 +117,7 @@ def test_figures_equal_the_lm_eval_command_line_on_the_export(scored, planted, t
         assert benchmarks.summarize(spec, cli, name) == scores[name]
 
 
-@pytest.mark.parametrize("entry, key", [
+@pytest.mark.parametrize("entries", [
     ({"name": "x", "task": "arc_easy", "path": "/no/such/file.jsonl"}, r"eval.benchmarks\[0\].path"),
     ({"name": "x", "task": "piqa", "path": None}, r"eval.benchmarks\[0\].path"),  # no embedded piqa
     ({"name": "x", "task": "mmlu_pro"}, r"eval.benchmarks\[0\].task"),
@@ -125,10 +125,20 @@ def test_figures_equal_the_lm_eval_command_line_on_the_export(scored, planted, t
     ({"name": "x", "task": "gsm8k", "limit": 0}, r"eval.benchmarks\[0\].limit"),
     ({"name": "x y", "task": "gsm8k"}, r"eval.benchmarks\[0\].name"),
     ({"name": "x", "task": "gsm8k", "shots": 5}, r"eval.benchmarks\[0\].shots"),
+    ({"name": "x", "task": "arc_easy", "max_gen_toks": 8}, r"eval.benchmarks\[0\].max_gen_toks"),  # no generation
+    ({"name": "x", "task": "lambada"}, {"name": "x", "task": "gsm8k"}, r"eval.benchmarks\[1\].name"),  # twice
 ])
-def test_a_bad_benchmark_entry_fails_at_config_time_naming_it(entry, key):
+def test_a_bad_benchmark_entry_fails_at_config_time_naming_it(entries):
+    *given, key = entries
     with pytest.raises(ValueError, match=key):
-        EvalConfig(benchmarks=[entry])
+        EvalConfig(benchmarks=given)
+
+
+def test_a_generation_budget_over_the_models_context_fails_before_scoring(planted):
+    cfg = EvalConfig(benchmarks=[{"name": "long", "task": "gsm8k", "path": None, "max_gen_toks": 200}])
+    tasks_dir, _ = benchmarks.prepare(cfg, planted / "long", key="long")
+    with pytest.raises(ValueError, match=r"eval.benchmarks\[0\].max_gen_toks=200: .* context of 128"):
+        benchmarks.score_model(cfg, tasks_dir, planted / "model", "cpu", chat_template=False)
 
 
 def test_embedded_sets_are_seeded_and_laid_out_as_the_standard_sets():
@@ -138,3 +148,40 @@ def test_embedded_sets_are_seeded_and_laid_out_as_the_standard_sets():
     assert set(choice) == {"id", "question", "choices", "answerKey"} and len(choice["choices"]["text"]) == 4
     worked = arithmetic["answer"].split("= ")[-1].split(".")[0]  # "... then 17 - 2 = 15.\n#### 15"
     assert arithmetic["answer"].endswith(f"\n#### {worked}")
+
+
+# one record of each standard set, laid out as the downloaded set has it, and the answer the harness must read
+REAL_RECORDS = {
+    "arc_challenge": ({"id": "q", "question": "Which is a fruit?", "answerKey": "B",
+                       "choices": {"text": ["stone", "apple", "river"], "label": ["A", "B", "C"]}}, "apple"),
+    "piqa": ({"goal": "To open a jar", "sol1": "eat the lid", "sol2": "twist the lid", "label": 1}, "twist the lid"),
+    "hellaswag": ({"ind": 1, "activity_label": "Cooking", "ctx_a": "A man cuts onions.", "ctx_b": "he", "ctx": "",
+                   "endings": ["flies.", "cries."], "source_id": "x", "split": "val", "split_type": "indomain",
+                   "label": "1"}, "cries."),  # its label is a string in the downloaded set
+    "winogrande": ({"sentence": "The cup fell off the table because _ was slippery.", "option1": "the cup",
+                    "option2": "the table", "answer": "2"}, "was slippery."),  # the harness scores the suffix after each option
+    "boolq": ({"question": "is water wet", "passage": "Water is a liquid.", "idx": 0, "label": 1}, "yes"),
+    "lambada": ({"text": "the cat sat on the mat"}, " mat"),
+    "gsm8k": ({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}, "2 + 3 = 5\n#### 5"),
+}
+
+
+def test_every_standard_shape_reads_the_layout_of_the_downloaded_set(tmp_path):
+    """The harness's own task for each shape, reading a local file: the prompt's answer is the record's."""
+    from lm_eval.tasks import TaskManager
+
+    entries = []
+    for task, (record, _) in REAL_RECORDS.items():
+        (tmp_path / f"{task}.jsonl").write_text(json.dumps(record) + "\n")
+        entries.append({"name": f"local_{task}", "task": task, "path": str(tmp_path / f"{task}.jsonl")})
+    cfg = EvalConfig(benchmarks=entries)
+    benchmarks.write_tasks(cfg, tmp_path, tmp_path, tmp_path / "tasks")
+    loaded = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False).load(
+        [e["name"] for e in entries])["tasks"]
+    for task, (_, answer) in REAL_RECORDS.items():
+        harness_task = loaded[f"local_{task}"]
+        doc = list(harness_task.test_docs())[0]
+        target = harness_task.doc_to_target(doc)
+        if isinstance(target, int):  # multiple choice: the index of the right choice
+            target = harness_task.doc_to_choice(doc)[target]
+        assert target.strip() == answer.strip(), task

@@ -8,6 +8,8 @@ An entry is {name, task, path, num_fewshot, limit, metric, fewshot_path}:
 - path: null = the embedded generated set of that shape (lambada, arc_easy, gsm8k only).
 - fewshot_path: where few-shot examples come from (null: the scored items themselves, the one
   being scored left out, as the harness samples them).
+- max_gen_toks: the generation budget of a generate task (gsm8k), null = the task's own (gsm8k: the
+  harness's 256, more than a 64- or 256-token context holds: set it below the model's context).
 - metric: the headline metric as lm_eval names it ("acc", "acc_norm", "exact_match,flexible-extract");
   null = the shape's (SHAPES), or a user task's first metric.
 """
@@ -38,8 +40,11 @@ SHAPES = {
     "boolq": Shape("super_glue/boolq/default.yaml", "passage, question, label (super_glue's boolq)", "acc,none"),
     "gsm8k": Shape("gsm8k/gsm8k.yaml", "question, answer ending in '#### <number>'", "exact_match,strict-match"),
 }
+EMBEDDED_MAX_GEN_TOKS = 48  # the embedded arithmetic answers are two short lines
 EMBEDDED = {"lambada": "cloze", "arc_easy": "choice", "gsm8k": "generation"}  # task -> generated set (benchmark_data)
-ENTRY_KEYS = ("name", "task", "path", "num_fewshot", "limit", "metric", "fewshot_path")
+ENTRY_KEYS = ("name", "task", "path", "num_fewshot", "limit", "metric", "fewshot_path", "max_gen_toks")
+GENERATES = ("gsm8k",)  # the shapes whose harness task generates (output_type generate_until)
+HARNESS_MAX_GEN_TOKS = 256  # lm_eval's HFLM default, for a generate task whose yaml names none
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".parquet": "parquet",
               ".csv": "csv"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -64,6 +69,14 @@ class BenchmarkSpec:
     num_fewshot: int = 0
     limit: int | None = None
     metric: str | None = None
+    max_gen_toks: int | None = None
+
+    @property
+    def generation_budget(self) -> int | None:
+        """Tokens a standard generate task may produce (None: not one, or a user task: its own yaml)."""
+        if self.task not in GENERATES:
+            return None
+        return self.max_gen_toks or (EMBEDDED_MAX_GEN_TOKS if self.embedded else HARNESS_MAX_GEN_TOKS)
 
     @property
     def embedded(self) -> str | None:
@@ -115,7 +128,10 @@ def parse_benchmark(entry: Any, index: int) -> BenchmarkSpec:
           "must be an int > 0 (items scored), or null: all")
     check(metric is None or (isinstance(metric, str) and metric.strip() != ""), f"{key}.metric", metric,
           "an lm_eval metric name such as acc or exact_match,strict-match, or null: the shape's")
-    common = dict(key=key, name=name, num_fewshot=num_fewshot, limit=limit, metric=metric)
+    max_gen_toks = entry.get("max_gen_toks")
+    check(max_gen_toks is None or (isinstance(max_gen_toks, int) and max_gen_toks > 0 and task in GENERATES),
+          f"{key}.max_gen_toks", max_gen_toks, f"an int > 0 for a generate task ({list(GENERATES)}), or null")
+    common = dict(key=key, name=name, num_fewshot=num_fewshot, limit=limit, metric=metric, max_gen_toks=max_gen_toks)
     fewshot = entry.get("fewshot_path")
     if task not in SHAPES:
         task_yaml, harness_task = _user_task(task, f"{key}.task")
@@ -138,7 +154,6 @@ def parse_benchmark(entry: Any, index: int) -> BenchmarkSpec:
 def parse_benchmarks(entries: list[Any]) -> tuple[BenchmarkSpec, ...]:
     check(isinstance(entries, (list, tuple)), "eval.benchmarks", entries, "a list of mappings ([]: none)")
     specs = tuple(parse_benchmark(entry, i) for i, entry in enumerate(entries))
-    names = [s.name for s in specs]
-    for spec in specs:
-        check(names.count(spec.name) == 1, f"{spec.key}.name", spec.name, "names must be unique")
+    for i, spec in enumerate(specs):
+        check(spec.name not in [s.name for s in specs[:i]], f"{spec.key}.name", spec.name, "names must be unique")
     return specs

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from components.eval.benchmark_data import GENERATORS
-from components.eval.benchmark_specs import SHAPES, BenchmarkSpec
+from components.eval.benchmark_specs import EMBEDDED_MAX_GEN_TOKS, SHAPES, BenchmarkSpec
 from components.eval.config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ DATA_DIR = "benchmarks/data"  # in the eval artifact: the embedded sets
 # the embedded generation set's answers are one line and a `#### n` line: a short budget, and the
 # end of an sft/aligned model's turn ends an answer too
 EMBEDDED_GENERATION = {"until": ["Question:", "</s>", "<|end|>", "\n\n"], "do_sample": False,
-                       "temperature": 0.0, "max_gen_toks": 48}
+                       "temperature": 0.0, "max_gen_toks": EMBEDDED_MAX_GEN_TOKS}
 # the embedded cloze set keeps lambada's accuracy only: the bootstrapped stderr of its last-word
 # perplexity costs more than the scoring (eval's val_ppl measures perplexity)
 EMBEDDED_CLOZE_METRICS = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
@@ -59,7 +59,12 @@ def task_config(spec: BenchmarkSpec, files: list[Path], file_type: str) -> dict:
         "fewshot_split": "fewshot" if spec.fewshot_files else "test", "num_fewshot": spec.num_fewshot,
     }
     if spec.embedded == "generation":
-        config["generation_kwargs"] = EMBEDDED_GENERATION
+        config["generation_kwargs"] = dict(EMBEDDED_GENERATION)
+    if spec.max_gen_toks:  # the harness's own generation settings, with this budget
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        own = config.get("generation_kwargs") or load_yaml(config["include"], resolve_func=False)["generation_kwargs"]
+        config["generation_kwargs"] = {**own, "max_gen_toks": spec.max_gen_toks}
     if spec.embedded == "cloze":
         config["metric_list"] = EMBEDDED_CLOZE_METRICS
     return config
@@ -119,7 +124,8 @@ def summarize(spec: BenchmarkSpec, out: dict, task: str) -> dict:
             "task": spec.task if spec.task != "yaml" else str(spec.task_yaml), "all": values}
 
 
-def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, chat_template: bool) -> dict:
+def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, chat_template: bool,
+                label: str = "") -> dict:
     """Every benchmark on the exported model in model_dir: {name: summarize(...)}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -127,6 +133,11 @@ def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, 
 
     # as `--model_args pretrained=<dir>,dtype=float32` builds it (float32: the dtype eval scores in)
     lm = HFLM(pretrained=str(model_dir), device=device, dtype="float32", batch_size=cfg.batch_size)
+    for spec in cfg.benchmark_specs:  # fail before scoring anything, naming the entry (lm_eval would assert later)
+        if (spec.generation_budget or 0) >= lm.max_length:
+            raise ValueError(f"config error: {spec.key}.max_gen_toks={spec.max_gen_toks!r}: {spec.name} generates up "
+                             f"to {spec.generation_budget} tokens, but {model_dir} has a context of {lm.max_length}: "
+                             f"set {spec.key}.max_gen_toks below it (e.g. {lm.max_length // 2})")
     managers: dict[Path, TaskManager] = {}
     scores = {}
     for spec in cfg.benchmark_specs:
@@ -138,7 +149,7 @@ def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, 
             model=lm, tasks=[task], num_fewshot=spec.num_fewshot, limit=spec.limit, task_manager=managers[include],
             log_samples=False, apply_chat_template=chat_template, fewshot_as_multiturn=chat_template)
         scores[spec.name] = summarize(spec, out, task)
-        log.info("benchmark %s on %s: %s %.4f (n=%d)", spec.name, model_dir.parent.name,
+        log.info("benchmark %s on %s: %s %.4f (n=%d)", spec.name, label or model_dir,
                  scores[spec.name]["metric"], scores[spec.name]["value"], scores[spec.name]["n"])
     return scores
 
@@ -170,7 +181,7 @@ def add_scores(results: dict, cfg: EvalConfig, inputs: dict, models: dict[str, s
         for name, stage in models.items():
             chat_template = cfg.benchmark_chat_template and name != "base"
             model_dir = Path(inputs[stage]) / "model"
-            results[name]["benchmarks"] = score_model(cfg, tasks_dir, model_dir, device, chat_template)
+            results[name]["benchmarks"] = score_model(cfg, tasks_dir, model_dir, device, chat_template, name)
     finally:
         if scratch is not None:
             scratch.cleanup()
@@ -178,7 +189,7 @@ def add_scores(results: dict, cfg: EvalConfig, inputs: dict, models: dict[str, s
 
 def table(results: dict, models: list[str]) -> list[str]:
     """The report's benchmark section (markdown lines); empty when no benchmark ran."""
-    names = sorted({b for m in models for b in results.get(m, {}).get("benchmarks", {})})
+    names = list(dict.fromkeys(b for m in models for b in results.get(m, {}).get("benchmarks", {})))  # config order
     if not names:
         return []
     lines = ["## Benchmarks (lm-evaluation-harness)", "",
