@@ -14,6 +14,7 @@ DEPS    += ray  # data.executor=ray (80 MB wheel, ~13 s; tests/test_scale_out.py
 DEPS    += phonenumbers  # data.pii: phone numbers by libphonenumber's metadata (components/data/pii.py)
 DEPS    += py3langid alt-profanity-check  # data.language / data.toxicity: their models ship inside the wheels (offline)
 DEPS    += markdown-it-py  # eval: report.md rendered to the self-contained report.html (components/eval/html.py)
+DEPS    += lm-eval==0.4.13  # eval.benchmarks: lm-evaluation-harness scores them (components/eval/benchmarks.py); ~30 s of setup
 DEPS    += pytest-xdist  # `make test` runs the test files on TEST_WORKERS processes (most tests wait on subprocesses)
 TEST_WORKERS ?= 2
 STAMP   := $(VENV)/.installed

@@ -23,8 +23,9 @@ from tests.tiny import make_tokenizer_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64
-CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0,
-           decoding={"greedy": {}, "top_p": {"do_sample": True, "top_p": 0.9}}, num_return_sequences=3, pass_k=[1, 2])
+CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0, benchmark_items=6,
+           decoding={"greedy": {}, "top_p": {"do_sample": True, "top_p": 0.9}}, num_return_sequences=3, pass_k=[1, 2],
+           benchmarks=[{"name": "embedded_choice", "task": "arc_easy", "path": None}])  # the others: test_benchmarks
 MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 
 
@@ -100,6 +101,9 @@ def test_metrics_json_structure_and_ranges(result):
         assert r["val_bits_per_byte"] == pytest.approx(math.log2(r["val_ppl"]) / 2.0)
         for key in ("val_ppl", "task_accuracy", "preference_accuracy"):
             assert flat[f"{name}/{key}"] == r[key]
+        bench = r["benchmarks"]["embedded_choice"]  # scored by lm-evaluation-harness (tests/test_benchmarks.py)
+        assert bench["metric"] == "acc,none" and bench["n"] == 6 and 0 <= bench["value"] <= 1
+        assert flat[f"{name}/benchmarks/embedded_choice"] == bench["value"]
     assert flat["unigram_ppl"] == metrics["unigram_ppl"]
     assert all(isinstance(v, (int, float, str)) for v in flat.values())
 
@@ -228,6 +232,7 @@ def test_report_links_existing_plots_and_states_definitions(result):
         assert f"| {task} |" in report
     assert report.count("  - greedy: ") == 3 and report.count("  - top_p: ") == 3
     assert "| sft | top_p | do_sample=True, top_p=0.9 | 3 |" in report and "pass@2" in report
+    assert "| embedded_choice | arc_easy | acc,none | 6 | 0 | " in report
     for name in MODELS:  # every accuracy carries its 95% interval, and the interval holds the value
         lo, hi = metrics[name]["task_accuracy_ci95"]
         assert lo <= metrics[name]["task_accuracy"] <= hi and f"{metrics[name]['task_accuracy']:.3f} [" in report

@@ -1,10 +1,13 @@
 """Eval stage options (mirrored by conf/eval/default.yaml)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from components.config import check, log_only
+from components.eval.benchmark_specs import DEFAULT_BENCHMARKS, BenchmarkSpec, parse_benchmarks
 from components.eval.decoding import check_decoding
 
 
@@ -21,9 +24,24 @@ class EvalConfig:
     num_return_sequences: int = 5  # n: answers sampled per task by a sampling strategy (>= every k)
     seed: int = 0
     batch_size: int = log_only(50)  # results do not depend on it (padding-invariant scoring)
+    # lm-evaluation-harness tasks, each {name, task, path, num_fewshot, limit, metric, fewshot_path}
+    # (components/eval/benchmark_specs.py); path null = the embedded generated set of that shape; [] = none
+    benchmarks: list[Any] = field(default_factory=lambda: [dict(b) for b in DEFAULT_BENCHMARKS])
+    benchmark_items: int = 100  # items of each embedded benchmark set (path: null)
+    benchmark_chat_template: bool = False  # sft and aligned models read benchmark prompts through their chat template
 
     def __post_init__(self) -> None:
         for name in ("num_tasks", "num_pairs", "max_val_tokens", "max_new_tokens", "batch_size"):
             check(getattr(self, name) > 0, f"eval.{name}", getattr(self, name), "must be > 0")
         check(self.num_samples >= 0, "eval.num_samples", self.num_samples, "must be >= 0")
         check_decoding(self.decoding, self.pass_k, self.num_return_sequences)
+        check(self.benchmark_items > 0, "eval.benchmark_items", self.benchmark_items, "must be > 0")
+        self.benchmark_specs  # parsed and checked now: a bad entry fails naming it, before any planning
+
+    @functools.cached_property
+    def benchmark_specs(self) -> tuple[BenchmarkSpec, ...]:
+        return parse_benchmarks(self.benchmarks)
+
+    def source_files(self) -> list[Path]:
+        """The local files the benchmarks read: their content is part of the cache key."""
+        return [path for spec in self.benchmark_specs for path in spec.input_files()]

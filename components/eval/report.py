@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from components.eval.decoding import describe  # noqa: E402
+from components.eval.benchmarks import table as benchmark_table  # noqa: E402
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
 
@@ -230,6 +231,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "## Decoding strategies", "", "Exact match per strategy (eval.decoding). A sampling strategy draws n "
              "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
              "that one of k draws is right.", "", *_decoding(results), "",
+             *benchmark_table(results, list(STAGE_OF)),
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),

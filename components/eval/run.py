@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.context import StageContext
+from components.eval import benchmarks
 from components.eval import metrics as m
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
@@ -67,6 +68,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
                  {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
+    benchmarks.add_scores(results, cfg, inputs, MODELS, out_dir, ctx.key, str(where))  # results[<model>]["benchmarks"]
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
@@ -80,6 +82,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
+        flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()})
     flat = {k: v for k, v in flat.items() if v is not None}
     per_task_rows = [[task, *(results["per_task"][name].get(task) for name in MODELS)]
                      for task in sorted({t for per in results["per_task"].values() for t in per})]
