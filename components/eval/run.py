@@ -40,7 +40,6 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     samples = {}
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
-    windows = None
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
@@ -79,6 +78,11 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_report(out_dir, results, samples, inputs)
+    return _track(ctx, cfg, results, samples, out_dir)
+
+
+def _track(ctx: StageContext, cfg: EvalConfig, results: dict, samples: dict, out_dir: Path) -> dict:
+    """Log the flat metrics, plots and tables to the tracker; the flat metrics are the stage's result."""
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
