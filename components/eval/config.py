@@ -1,9 +1,12 @@
 """Eval stage options (mirrored by conf/eval/default.yaml)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from components.config import check, log_only
+from components.config import check, check_choice, log_only
+from components.model.config import ROPE_SCALINGS
+
+PASSKEY_CONDITIONS = (*ROPE_SCALINGS, "extend")  # none: RoPE as trained
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,8 +18,24 @@ class EvalConfig:
     num_samples: int = 3  # prompts shown with each decoding strategy in the report
     seed: int = 0
     batch_size: int = log_only(50)  # results do not depend on it (padding-invariant scoring)
+    # passkey retrieval (components/eval/passkey.py); the full grid: passkey_lengths=[0.5,1,2,4]
+    passkey_lengths: list[float] = field(default_factory=lambda: [1.0, 2.0])  # prompt + answer tokens, as multiples of the trained context (the pretrain model's)
+    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # where the key sits in the filler: 0 first, 1 just before the question
+    passkey_trials: int = 4  # prompts per (length, depth) cell (0: no passkey test)
+    passkey_conditions: list[str] = field(default_factory=lambda: ["none", "linear", "dynamic", "yarn", "extend"])  # none (RoPE as trained) | linear (PI, no fine-tuning) | dynamic (NTK) | yarn | extend (the extend stage's model, when the run has one)
 
     def __post_init__(self) -> None:
         for name in ("num_tasks", "num_pairs", "max_val_tokens", "max_new_tokens", "batch_size"):
             check(getattr(self, name) > 0, f"eval.{name}", getattr(self, name), "must be > 0")
         check(self.num_samples >= 0, "eval.num_samples", self.num_samples, "must be >= 0")
+        check(self.passkey_trials >= 0, "eval.passkey_trials", self.passkey_trials, "must be >= 0 (0: no passkey test)")
+        check(bool(self.passkey_lengths) and all(0 < x <= 64 for x in self.passkey_lengths), "eval.passkey_lengths",
+              self.passkey_lengths, "must be a non-empty list of multiples of the trained context in (0, 64]")
+        check(bool(self.passkey_depths) and all(0 <= d <= 1 for d in self.passkey_depths), "eval.passkey_depths",
+              self.passkey_depths, "must be a non-empty list of depths in [0, 1]")
+        for name in ("passkey_lengths", "passkey_depths", "passkey_conditions"):
+            values = getattr(self, name)
+            check(len(set(values)) == len(values), f"eval.{name}", values, "lists a value twice")
+        check(bool(self.passkey_conditions), "eval.passkey_conditions", self.passkey_conditions, "must not be empty")
+        for condition in self.passkey_conditions:
+            check_choice("eval.passkey_conditions", condition, PASSKEY_CONDITIONS)

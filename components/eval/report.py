@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
+from components.eval.passkey_report import passkey_section  # noqa: E402
 
 STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
@@ -190,6 +191,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "",
+             *passkey_section(out_dir, results, list(STAGE_OF)),
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.context import StageContext
 from components.eval import metrics as m
+from components.eval import passkey
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
 from components.tasks import preference_pairs, sft_examples
@@ -38,6 +39,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
     windows = None
+    probe = passkey.PasskeyProbe.from_inputs(cfg, inputs) if cfg.passkey_trials else None
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
@@ -56,6 +58,8 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "preference_accuracy": pref,
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
         }
+        if probe is not None:
+            results[name]["passkey"] = probe.measure(model_dir, tokenizer, with_extend=name == "base", device=where)
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
