@@ -22,7 +22,8 @@ from tests.tiny import make_tokenizer_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64
-CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0)
+CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0,
+           passkey_lengths=[2], passkey_depths=[0, 1], passkey_trials=1)  # 1x of 64 tokens: too short for the key
 MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 
 
@@ -99,6 +100,10 @@ def test_metrics_json_structure_and_ranges(result):
         assert r["val_bits_per_byte"] == pytest.approx(math.log2(r["val_ppl"]) / 2.0)
         for key in ("val_ppl", "task_accuracy", "preference_accuracy"):
             assert flat[f"{name}/{key}"] == r[key]
+        passkey = r["passkey"]  # no extend in this run: the four RoPE conditions
+        assert {k: v for k, v in passkey.items() if k not in ("n", "context")}.keys() == {"none", "linear", "dynamic", "yarn"}
+        assert passkey["n"] == 1 and passkey["context"] == CONTEXT
+        assert all(set(grid) == {"2"} and set(grid["2"]) == {"0", "1"} for k, grid in passkey.items() if isinstance(grid, dict))
     assert flat["unigram_ppl"] == metrics["unigram_ppl"]
     assert all(isinstance(v, (int, float, str)) for v in flat.values())
 

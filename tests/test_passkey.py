@@ -71,9 +71,9 @@ def test_filler_leaves_out_special_tokens_and_documents_with_a_pass_key(tmp_path
     assert not set(pk.filler_tokens(tmp_path, tokenizer).tolist()) & set(tokenizer.all_special_ids)
 
 
-def test_answer_is_exact_match_of_the_leading_number():
-    assert answered(" 40172.", "40172") and answered("40172 is", "40172")
-    assert not answered(" 401723", "40172") and not answered(" 4017", "40172") and not answered(" the 40172", "40172")
+def test_answer_is_exact_match_of_the_key_with_no_digit_after_it():
+    assert answered(" 40172.", " 40172") and answered(" 40172 is", " 40172")
+    assert not answered(" 401723", " 40172") and not answered(" 4017", " 40172") and not answered(" the 40172", " 40172")
 
 
 def test_rope_conditions_set_the_loaded_models_rope(model_dir):
@@ -142,3 +142,29 @@ def test_report_section_draws_one_heatmap_per_model(tmp_path):
     lines = passkey_section(tmp_path, results, ["base", "sft"])
     assert (tmp_path / "passkey_base.png").stat().st_size > 1000 and not (tmp_path / "passkey_sft.png").exists()
     assert "| RoPE as trained | 0.75 | 0.12 |" in lines and "![passkey heat-map, base](passkey_base.png)" in lines
+
+
+def test_a_model_trained_on_the_prompts_scores_1_and_the_untrained_one_0(tmp_path, tokenizer, tok_dir):
+    """The scoring path end to end (prompts identical from call to call, greedy, exact match): a tiny model
+    fitted for seconds on the very prompts and their keys answers them all; before, none."""
+    from transformers import AutoModelForCausalLM
+
+    filler = pk.filler_tokens(tok_dir, tokenizer)
+    args = dict(length=96, depths=[0.0, 0.5, 1.0], trials=2, seed=0)
+    plain = ModelConfig(**{**TINY.__dict__, "init_std": 0.02})
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path, tokenizer, plain, seed=0) / "model")
+    assert pk.accuracy_by_depth(model.eval(), tokenizer, filler, batch_size=8, **args) == {"0": 0.0, "0.5": 0.0, "1": 0.0}
+    rows = [(ids + pk.answer_ids(tokenizer, key), [-100] * len(ids) + pk.answer_ids(tokenizer, key))
+            for _, key, ids in pk.passkey_prompts(tokenizer, filler, **args)]
+    width = max(len(ids) for ids, _ in rows)  # right padding, out of the loss: causal, so no effect before it
+    batch = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):  # loss ~0.1 by then
+        loss = model(input_ids=batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert pk.accuracy_by_depth(model.eval(), tokenizer, filler, batch_size=8, **args) == {"0": 1.0, "0.5": 1.0, "1": 1.0}

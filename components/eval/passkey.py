@@ -6,8 +6,9 @@ model answers greedily; a cell's accuracy is the share of exact matches. Each co
 model with its RoPE set for the target length, the way components/model does for `extend`: `none`
 (RoPE as trained: extrapolation past the trained length), `linear` (position interpolation with no
 fine-tuning), `dynamic` (NTK), `yarn`, and `extend` (the extend stage's model, PI plus a short
-continued pretraining), when the run has one. Lengths count the whole sequence, prompt and answer,
-so at 1x nothing sits past the trained positions.
+continued pretraining), when the run has one. Lengths count the whole sequence, prompt and answer
+(one more token is generated, to see that no digit follows the key), so at 1x the key is read and
+answered within the trained positions.
 """
 from __future__ import annotations
 
@@ -55,9 +56,13 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def answer_ids(tokenizer, key: str) -> list[int]:
+    """The key's tokens as they follow the question (what the model must generate)."""
+    return _encode(tokenizer, f"{QUESTION} {key}")[len(_encode(tokenizer, QUESTION)) :]
+
+
 def answer_length(tokenizer, key: str) -> int:
-    """Tokens of the key as it follows the question (what the model must generate)."""
-    return len(_encode(tokenizer, f"{QUESTION} {key}")) - len(_encode(tokenizer, QUESTION))
+    return len(answer_ids(tokenizer, key))
 
 
 def build_prompt(tokenizer, filler: np.ndarray, length: int, depth: float, key: str, rng: random.Random) -> tuple[list[int], int]:
@@ -103,24 +108,29 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     return out
 
 
-def accuracy_by_depth(model, tokenizer, filler: np.ndarray, length: int, depths: list[float], trials: int,
-                      batch_size: int, seed: int) -> dict[str, float]:
-    """{depth: accuracy} over `trials` prompts of `length` tokens per depth. Keys and filler spans
-    depend only on (seed, length, depth, trial): every condition answers the same prompts."""
-    prompts, keys, cells = [], [], []
+def passkey_prompts(tokenizer, filler: np.ndarray, length: int, depths: list[float], trials: int,
+                    seed: int) -> list[tuple[float, str, list[int]]]:
+    """(depth, key, prompt ids), `trials` per depth. Keys and filler spans depend only on (seed,
+    length, depth, trial): every condition and model answers the same prompts."""
+    out = []
     for depth in depths:
         for trial in range(trials):
             rng = random.Random(f"{seed}:{length}:{depth}:{trial}")
             key = random_key(rng)
-            prompts.append(build_prompt(tokenizer, filler, length, depth, key, rng)[0])
-            keys.append(key)
-            cells.append(_label(depth))
-    hits: dict[str, list[bool]] = {}
-    for n in sorted({len(p) for p in prompts}):  # a key of another token count: a prompt one shorter
-        rows = [i for i, p in enumerate(prompts) if len(p) == n]
-        budget = max(answer_length(tokenizer, keys[i]) for i in rows)
-        for i, answer in zip(rows, greedy(model, tokenizer, [prompts[i] for i in rows], budget, batch_size)):
-            hits.setdefault(cells[i], []).append(answered(tokenizer.decode(answer), keys[i]))
+            out.append((depth, key, build_prompt(tokenizer, filler, length, depth, key, rng)[0]))
+    return out
+
+
+def accuracy_by_depth(model, tokenizer, filler: np.ndarray, length: int, depths: list[float], trials: int,
+                      batch_size: int, seed: int) -> dict[str, float]:
+    """{depth: share of exact greedy answers} over the `trials` prompts of each depth."""
+    prompts = passkey_prompts(tokenizer, filler, length, depths, trials, seed)
+    hits: dict[str, list[bool]] = {_label(d): [] for d in depths}
+    for n in sorted({len(ids) for _, _, ids in prompts}):  # a key of another token count: a prompt one shorter
+        rows = [p for p in prompts if len(p[2]) == n]
+        budget = 1 + max(answer_length(tokenizer, key) for _, key, _ in rows)  # + 1: no digit may follow the key
+        for (depth, key, _), answer in zip(rows, greedy(model, tokenizer, [ids for *_, ids in rows], budget, batch_size)):
+            hits[_label(depth)].append(answered(tokenizer.decode(answer), tokenizer.decode(answer_ids(tokenizer, key))))
     return {cell: sum(h) / len(h) for cell, h in hits.items()}
 
 

@@ -22,10 +22,10 @@ def random_key(rng: random.Random) -> str:
     return str(rng.randint(10 ** (KEY_DIGITS - 1), 10**KEY_DIGITS - 1))
 
 
-def answered(continuation: str, key: str) -> bool:
-    """Exact match: the continuation's leading number is the key (no more, no fewer digits)."""
-    found = re.match(r"\s*(\d+)", continuation)
-    return found is not None and found.group(1) == key
+def answered(continuation: str, expected: str) -> bool:
+    """Exact match: the continuation starts with the key as the tokenizer writes it after the
+    question (`expected`), and no further digit follows it."""
+    return continuation.startswith(expected) and not continuation[len(expected) : len(expected) + 1].isdigit()
 
 
 def filler_span(prose: str, n_words: int, rng: random.Random) -> list[str]:
