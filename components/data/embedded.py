@@ -111,7 +111,7 @@ def prose_documents() -> list[str]:
     return _chunks(texts)
 
 
-PASSKEY_DOCS_PER_PROSE = 4  # one passkey document per 4 prose ones: ~3% of the corpus's words
+PASSKEY_DOCS_PER_PROSE = 1  # one passkey document per prose one: ~12% of the corpus's tokens (3% taught nothing in 320 steps)
 
 NEAR_DUP_JACCARD = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # planted levels: >= 0.8 must go, below is a grey zone
 _FILLERS = ["the", "a", "this", "that", "which", "data", "value", "object"]

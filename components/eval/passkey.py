@@ -206,3 +206,9 @@ class PasskeyProbe:
 def mean_accuracy(passkey: dict, condition: str, length: str) -> float | None:
     cell = passkey.get(condition, {}).get(length)
     return sum(cell.values()) / len(cell) if cell else None
+
+
+def flat_means(model: str, passkey: dict) -> dict[str, float]:
+    """`<model>/passkey_<condition>_<length>x`: mean accuracy over depths (the run's flat metrics)."""
+    return {f"{model}/passkey_{c}_{x}x": mean_accuracy(passkey, c, x)
+            for c, grid in passkey.items() if isinstance(grid, dict) for x in grid}

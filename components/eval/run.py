@@ -79,13 +79,14 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
+        flat.update(passkey.flat_means(name, results[name].get("passkey", {})))
     flat = {k: v for k, v in flat.items() if v is not None}
     per_task_rows = [[task, *(results["per_task"][name].get(task) for name in MODELS)]
                      for task in sorted({t for per in results["per_task"].values() for t in per})]
     sample_rows = [[name, row["prompt"], strategy, answer] for name, rows in samples.items() for row in rows
                    for strategy, answer in row.items() if strategy != "prompt"]
     tracking.start(ctx, cfg).finish(
-        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")},
+        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy", *(f"passkey_{m}" for m in MODELS))},
         tables={"per_task_accuracy": (["task", *MODELS], per_task_rows),
                 "samples": (["model", "prompt", "strategy", "answer"], sample_rows)})
     return flat
