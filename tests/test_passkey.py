@@ -129,11 +129,10 @@ def test_planted_document_states_the_key_at_its_depth_and_answers_it():
     prose = " ".join(f"Sentence number {i} says something about the library." for i in range(40))
     text, key, depth = planted_document(prose, random.Random(3))
     assert text.count(key) == 3 and text.endswith(f"{QUESTION} {key}.")
-    before = text.split(KEY_SENTENCE.format(key=key))[0]
-    sentences_before = before.count("library.")
-    total = text.count("library.")
-    assert abs(depth - sentences_before / total) < 1e-9
-    assert 50 <= len(text.split()) <= 110  # Gopher quality's minimum; fits the default context
+    before, after = text.split(KEY_SENTENCE.format(key=key))
+    filler_before, filler_after = len(before.split()), len(after.split()) - len(QUESTION.split()) - 1
+    assert depth == pytest.approx(filler_before / (filler_before + filler_after))
+    assert 50 <= len(text.split()) <= 100  # Gopher quality's minimum; fits the default context
 
 
 def test_report_section_draws_one_heatmap_per_model(tmp_path):

@@ -12,10 +12,11 @@ KEY_DIGITS = 5
 KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 # planted documents: words of filler prose (a planted document must fit the pretrain context: at ~2.5
-# tokens a word (the default vocabulary), 75 words and the key sentences are ~240 of the default 256
-# tokens; Gopher quality needs >= 50 words in all)
-FILLER_WORDS = (30, 75)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# tokens a word (the default vocabulary), 65 words and the key sentences are ~210 (at most ~260) of the default 256
+# tokens; Gopher quality needs >= 50 words in all, its repetition rule ~45 of filler beside the key's
+# repeated 5-gram)
+FILLER_WORDS = (45, 65)
+_SENTENCE_END = re.compile(r"[.!?]\s")
 
 
 def random_key(rng: random.Random) -> str:
@@ -28,28 +29,20 @@ def answered(continuation: str, expected: str) -> bool:
     return continuation.startswith(expected) and not continuation[len(expected) : len(expected) + 1].isdigit()
 
 
-def filler_span(prose: str, n_words: int, rng: random.Random) -> list[str]:
-    """Whole sentences of `prose`, from a random one on, as many as fit in n_words words (a first
-    sentence longer than that is cut to n_words)."""
-    sentences = [s for s in _SENTENCE_END.split(" ".join(prose.split())) if s]
-    start = rng.randrange(max(1, len(sentences) - 3))
-    out, words = [], 0
-    for sentence in sentences[start:]:
-        if words + len(sentence.split()) > n_words:
-            break
-        out.append(sentence)
-        words += len(sentence.split())
-    return out or [" ".join(sentences[start].split()[:n_words]).rstrip(".,;:") + "."]
+def filler_words(prose: str, n_words: int, rng: random.Random) -> list[str]:
+    """n_words consecutive words of `prose` from the start of a random sentence (fewer if it is short)."""
+    words = prose.split()
+    starts = [0] + [i + 1 for i, w in enumerate(words[:-1]) if _SENTENCE_END.search(w + " ")]
+    begin = rng.choice([i for i in starts if i <= max(0, len(words) - n_words)] or [0])
+    return words[begin : begin + n_words]
 
 
 def planted_document(prose: str, rng: random.Random) -> tuple[str, str, float]:
-    """(text, key, depth): filler sentences from `prose` with the key sentence after a random share
-    of them (depth 0: first, 1: last), then the question answered. Paragraphs, as prose documents
-    have them, so the data stage's line rules read it like the rest of the corpus."""
-    sentences = filler_span(prose, rng.randint(*FILLER_WORDS), rng)
+    """(text, key, depth): filler words from `prose` with the key sentence after a random share of
+    them (depth 0: first, 1: last), then the question answered; one paragraph, laid out as eval's
+    prompts are (the key sentence between two words of filler)."""
+    words = filler_words(prose, rng.randint(*FILLER_WORDS), rng)
     key = random_key(rng)
-    at = rng.randint(0, len(sentences))
-    before, after = " ".join(sentences[:at]), " ".join(sentences[at:])
-    parts = [p for p in (before, KEY_SENTENCE.format(key=key), after) if p]
-    text = "\n\n".join(parts) + "\n\n" + f"{QUESTION} {key}."
-    return text, key, at / max(1, len(sentences))
+    at = rng.randint(0, len(words))
+    text = " ".join([*words[:at], KEY_SENTENCE.format(key=key), *words[at:], QUESTION, f"{key}."])
+    return text, key, at / max(1, len(words))
