@@ -57,9 +57,8 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "task_accuracy_ci95": m.wilson_interval(acc, len(tasks)),
             "preference_accuracy": pref,
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
+            **({"passkey": probe.measure(model_dir, tokenizer, with_extend=name == "base", device=where)} if probe else {}),
         }
-        if probe is not None:
-            results[name]["passkey"] = probe.measure(model_dir, tokenizer, with_extend=name == "base", device=where)
         results.setdefault("per_task", {})[name] = per_task
         samples[name] = m.samples(model, tokenizer, [t["messages"][:1] for t in tasks[: cfg.num_samples]],
                                   cfg.max_new_tokens, cfg.seed)
