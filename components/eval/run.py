@@ -38,7 +38,6 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     samples = {}
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
-    windows = None
     probe = passkey.PasskeyProbe.from_inputs(cfg, inputs) if cfg.passkey_trials else None
     for name, stage in MODELS.items():
         start = time.perf_counter()
