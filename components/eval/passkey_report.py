@@ -29,7 +29,8 @@ def plot_heatmaps(passkey: dict, path: Path, title: str) -> bool:
         return False
     lengths = list(passkey[names[0]])
     depths = list(passkey[names[0]][lengths[0]])
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 1.1 * len(lengths) * len(names), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.5 + (0.9 + 0.6 * len(lengths)) * len(names), 3.4), squeeze=False,
+                             sharey=True)
     for ax, name in zip(axes[0], names):
         grid = [[passkey[name][length][depth] for length in lengths] for depth in depths]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -38,9 +39,9 @@ def plot_heatmaps(passkey: dict, path: Path, title: str) -> bool:
                 ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(lengths)), [f"{length}x" for length in lengths])
         ax.set_yticks(range(len(depths)), depths)
-        ax.set_title(CONDITION_TITLES.get(name, name), fontsize=9)
-        ax.set_xlabel("length (x trained context)")
+        ax.set_title(CONDITION_TITLES.get(name, name), fontsize=8)
     axes[0][0].set_ylabel("depth of the key")
+    fig.supxlabel("length (x trained context)", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     fig.suptitle(f"{title}: passkey accuracy (n={passkey['n']} a cell, context {passkey['context']})", fontsize=10)
     fig.savefig(path, dpi=90, bbox_inches="tight")
