@@ -11,7 +11,8 @@ from components.eval import passkey as pk
 from components.eval.config import EvalConfig
 from components.eval.passkey_report import passkey_section
 from components.model.config import ModelConfig
-from components.tasks.passkey import KEY_SENTENCE, QUESTION, answered, planted_document
+from components.tasks.passkey import (KEY_SENTENCE, QUESTION, RECALL_COLORS, answered, planted_document,
+                                      recall_document)
 from tests.tiny import make_tokenizer_artifact, save_tiny_model
 
 CONTEXT = 64
@@ -123,6 +124,20 @@ def test_config_errors_name_the_key():
 def test_a_length_too_short_for_the_key_sentence_is_an_error_naming_the_key(tokenizer):
     with pytest.raises(ValueError, match="eval.passkey_lengths"):
         pk.build_prompt(tokenizer, np.arange(10, 200), 20, 0.5, "12345", random.Random(0))
+
+
+def test_recall_document_answers_each_label_with_its_key_and_passes_the_repetition_filters():
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherRepetitionFilter
+
+    prose = " ".join(f"Sentence number {i} says something about the library." for i in range(40))
+    text, keys = recall_document(prose, random.Random(3))
+    for key in keys:  # stated once, answered once, after the same "<label> is"
+        stated, answered_ = (text.split(f" is {key}")[i].split()[-2:] for i in (0, 1))
+        assert text.count(key) == 2 and stated == answered_ and stated[0] in RECALL_COLORS
+    assert text.index("Now the same list again.") > max(text.index(f"is {k}.") for k in keys)
+    doc = Document(text=text, id="recall")
+    assert GopherRepetitionFilter().filter(doc) is True and FineWebQualityFilter().filter(doc) is True
 
 
 def test_planted_document_states_the_key_at_its_depth_and_answers_it():

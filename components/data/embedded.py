@@ -16,7 +16,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from components.tasks.passkey import planted_document
+from components.tasks.passkey import planted_document, recall_document
 
 WORDS_PER_DOC = (120, 400)
 _PROSE_WORD = re.compile(r"^[A-Za-z][a-z]*[.,;:]?$")
@@ -111,6 +111,7 @@ def prose_documents() -> list[str]:
     return _chunks(texts)
 
 
+RECALL_DOCS_PER_PASSKEY = 1  # recall documents (a dense copy signal) per passkey document
 PASSKEY_DOCS_PER_PROSE = 1  # one passkey document per prose one: ~12% of the corpus's tokens (3% taught nothing in 320 steps)
 
 NEAR_DUP_JACCARD = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # planted levels: >= 0.8 must go, below is a grey zone
@@ -231,6 +232,9 @@ def _passkey_documents(prose: list[str], count: int, seed: int) -> list[dict]:
     for i in range(count):
         text, key, depth = planted_document(rng.choice(prose), rng)
         docs.append({"id": f"passkey-{i:05d}", "text": text, "key": key, "depth": round(depth, 3)})
+    for i in range(count * RECALL_DOCS_PER_PASSKEY):  # after the passkey ones: those stay as they were
+        text, _ = recall_document(rng.choice(prose), rng)
+        docs.append({"id": f"recall-{i:05d}", "text": text})
     return docs
 
 
@@ -248,7 +252,8 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
                    "pii": [], "look_alikes": [], "junk": [], "listings": [], "malformed_lines": 3}
     n = len(docs)
     passkey = _passkey_documents(prose, max(3, n // PASSKEY_DOCS_PER_PROSE), seed)  # from the prose before PII goes in
-    truth["passkey"] = [{"id": d["id"], "key": d.pop("key"), "depth": d.pop("depth")} for d in passkey]
+    truth["passkey"] = [{"id": d["id"], "key": d.pop("key"), "depth": d.pop("depth")} for d in passkey if "key" in d]
+    truth["recall"] = [d["id"] for d in passkey if d["id"].startswith("recall-")]
     for i, src in enumerate(rng.sample(docs[:n], max(len(PII_KINDS), n // 5))):  # every type, in turn
         kind = PII_KINDS[i % len(PII_KINDS)]
         value, sentence = _pii(rng, kind)

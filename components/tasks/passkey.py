@@ -46,3 +46,40 @@ def planted_document(prose: str, rng: random.Random) -> tuple[str, str, float]:
     at = rng.randint(0, len(words))
     text = " ".join([*words[:at], KEY_SENTENCE.format(key=key), *words[at:], QUESTION, f"{key}."])
     return text, key, at / max(1, len(words))
+
+
+# Recall documents: a dense copy signal (induction), the skill retrieval needs. A list of labelled
+# keys, then the same labels asked again in another order, each answered with its key: every
+# answer is a copy of five digits from up to ~250 tokens back, cued by the same two words before
+# it ("... red door is"), as eval's answer is cued by "The pass key is". Statement and answer differ
+# in the words around "<label> is <key>", so no 5 words repeat (Gopher's repetition rule counts
+# "." as a word), and the paragraph ends in a full stop (FineWeb's line punctuation rule).
+RECALL_HEADER = "Each door has its own pass key, and the list below gives them all."
+RECALL_COLORS = "red blue green black white grey brown gold pink orange".split()
+RECALL_THINGS = "door gate box safe room desk lock case shed van".split()
+RECALL_PAIRS = (5, 7)  # labelled keys per document
+RECALL_FILLER = (0, 6)  # words of filler prose before each statement and after each answer
+
+
+def recall_document(prose: str, rng: random.Random) -> tuple[str, list[str]]:
+    """(text, keys): labelled keys stated between short spans of `prose`, then asked again in a
+    shuffled order, each answered. One paragraph, ~150-250 tokens at the default vocabulary."""
+    n = rng.randint(*RECALL_PAIRS)
+    labels = rng.sample([f"{c} {t}" for c in RECALL_COLORS for t in RECALL_THINGS], n)
+    keys = [random_key(rng) for _ in labels]
+    filler = filler_words(prose, 2 * n * RECALL_FILLER[1] + 20, rng)
+    parts, at = [RECALL_HEADER], 0
+
+    def take(k: int) -> list[str]:
+        nonlocal at
+        out = filler[at : at + k]
+        at += len(out)
+        return out
+
+    for label, key in zip(labels, keys):
+        parts += [*take(rng.randint(*RECALL_FILLER)), f"Key of the {label} is {key}."]
+    parts += [*take(rng.randint(8, 20)), "Now the same list again."]
+    for i in rng.sample(range(n), n):
+        parts += [f"So {labels[i]} is {keys[i]} again.", *take(rng.randint(*RECALL_FILLER))]
+    return " ".join([*parts, "That is the whole list."]), keys
+
