@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64
 CFG = dict(num_tasks=8, num_pairs=6, max_val_tokens=400, max_new_tokens=4, num_samples=1, seed=0, benchmark_items=6,
            decoding={"greedy": {}, "top_p": {"do_sample": True, "top_p": 0.9}}, num_return_sequences=3, pass_k=[1, 2],
-           benchmarks=[{"name": "embedded_choice", "task": "arc_easy", "path": None}])  # the others: test_benchmarks
+           benchmarks=[{"name": "embedded_choice", "task": "arc_easy", "path": None}],  # the others: test_benchmarks
+           passkey_lengths=[2], passkey_depths=[0, 1], passkey_trials=1)  # 1x of 64 tokens: too short for the key
 MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 
 
@@ -104,6 +105,10 @@ def test_metrics_json_structure_and_ranges(result):
         bench = r["benchmarks"]["embedded_choice"]  # scored by lm-evaluation-harness (tests/test_benchmarks.py)
         assert bench["metric"] == "acc,none" and bench["n"] == 6 and 0 <= bench["value"] <= 1
         assert flat[f"{name}/benchmarks/embedded_choice"] == bench["value"]
+        passkey = r["passkey"]  # no extend in this run: the four RoPE conditions
+        assert {k: v for k, v in passkey.items() if k not in ("n", "context")}.keys() == {"none", "linear", "dynamic", "yarn"}
+        assert passkey["n"] == 1 and passkey["context"] == CONTEXT
+        assert all(set(grid) == {"2"} and set(grid["2"]) == {"0", "1"} for k, grid in passkey.items() if isinstance(grid, dict))
     assert flat["unigram_ppl"] == metrics["unigram_ppl"]
     assert all(isinstance(v, (int, float, str)) for v in flat.values())
 

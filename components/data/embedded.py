@@ -3,7 +3,9 @@
 Prose comes from `pydoc_data.topics` (the language reference's topics) and the
 prose-heavy docstrings of standard-library modules (read with `ast`, never imported).
 Into it we plant exact and near duplicates, PII and junk, and keep the ground truth
-aside, so every run measures each block's precision and recall. Deterministic.
+aside, so every run measures each block's precision and recall. Passkey documents
+(components/tasks/passkey.py) are planted as good data: they teach the base model the retrieval
+that eval's passkey test measures. Deterministic.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import random
 import re
 import sysconfig
 from pathlib import Path
+
+from components.tasks.passkey import planted_document, recall_document
 
 WORDS_PER_DOC = (120, 400)
 _PROSE_WORD = re.compile(r"^[A-Za-z][a-z]*[.,;:]?$")
@@ -106,6 +110,12 @@ def prose_documents() -> list[str]:
         texts.append("\n\n".join(module_docs))
     return _chunks(texts)
 
+
+# Neither share below teaches the default 3M model to retrieve in its 320 steps (README, "Passkey retrieval":
+# 0.00 at 1x with 3%, 12% and 12% + 24% recall documents), so the default plants a small share and no recall
+# documents: the corpus and its figures stay close to the unplanted one while the test stays in place.
+RECALL_DOCS_PER_PASSKEY = 0  # recall documents (a dense copy signal) per passkey document
+PASSKEY_DOCS_PER_PROSE = 4  # one passkey document per 4 prose ones: ~3% of the corpus's words
 
 NEAR_DUP_JACCARD = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # planted levels: >= 0.8 must go, below is a grey zone
 _FILLERS = ["the", "a", "this", "that", "which", "data", "value", "object"]
@@ -217,6 +227,20 @@ def _insert_sentence(doc: dict, sentence: str, rng: random.Random) -> None:
     doc["text"] = "\n\n".join(paragraphs)
 
 
+def _passkey_documents(prose: list[str], count: int, seed: int) -> list[dict]:
+    """Passkey documents on spans of random prose documents; their own RNG, so planting them leaves
+    the other contamination (and its ground truth) as it was."""
+    rng = random.Random(f"{seed}:passkey")
+    docs = []
+    for i in range(count):
+        text, key, depth = planted_document(rng.choice(prose), rng)
+        docs.append({"id": f"passkey-{i:05d}", "text": text, "key": key, "depth": round(depth, 3)})
+    for i in range(count * RECALL_DOCS_PER_PASSKEY):  # after the passkey ones: those stay as they were
+        text, _ = recall_document(rng.choice(prose), rng)
+        docs.append({"id": f"recall-{i:05d}", "text": text})
+    return docs
+
+
 def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     """Write the corpus as jsonl and return its ground truth. PII goes into the prose first, so
     the planted duplicates copy the text the dedup blocks will see."""
@@ -230,6 +254,9 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     truth: dict = {"prose": [d["id"] for d in docs], "exact_dup": {}, "near_dup": {}, "near_dup_pairs": [],
                    "pii": [], "look_alikes": [], "junk": [], "listings": [], "malformed_lines": 3}
     n = len(docs)
+    passkey = _passkey_documents(prose, max(3, n // PASSKEY_DOCS_PER_PROSE), seed)  # from the prose before PII goes in
+    truth["passkey"] = [{"id": d["id"], "key": d.pop("key"), "depth": d.pop("depth")} for d in passkey if "key" in d]
+    truth["recall"] = [d["id"] for d in passkey if d["id"].startswith("recall-")]
     for i, src in enumerate(rng.sample(docs[:n], max(len(PII_KINDS), n // 5))):  # every type, in turn
         kind = PII_KINDS[i % len(PII_KINDS)]
         value, sentence = _pii(rng, kind)
@@ -257,6 +284,7 @@ def build(out_file: Path, max_documents: int | None, seed: int) -> dict:
     for i in range(max(3, n // 40)):
         docs.append({"id": f"listing-{i:05d}", "text": _listing(rng)})
         truth["listings"].append(f"listing-{i:05d}")
+    docs += passkey
     rng.shuffle(docs)
     lines = [json.dumps(d) for d in docs]
     # malformed input, as real crawls have it: must be quarantined with file, line and reason

@@ -218,6 +218,10 @@ def _truth_measures(cfg, out_dir: Path, truth: dict, quarantined: int) -> dict:
     alikes = [a for a in truth.get("look_alikes", []) if a["id"] in kept_ids]
     if alikes:  # versions, dates, order ids, ISBNs...: must survive the scrubber
         m["pii_look_alikes_altered_frac"] = round(sum(a["value"] not in texts[a["id"]] for a in alikes) / len(alikes), 4)
+    if truth.get("passkey"):  # planted good data (eval's passkey skill): the filters should keep it
+        m["passkey_kept_frac"] = round(sum(p["id"] in kept_ids for p in truth["passkey"]) / len(truth["passkey"]), 4)
+    if truth.get("recall"):  # planted good data too: the copy skill retrieval needs
+        m["recall_kept_frac"] = round(sum(i in kept_ids for i in truth["recall"]) / len(truth["recall"]), 4)
     if cfg.sources == ["embedded"]:
         m["quarantine_recall"] = round(quarantined / max(1, truth["malformed_lines"]), 4)
     return m

@@ -18,6 +18,7 @@ from components.eval.decoding import describe  # noqa: E402
 from components.eval.benchmarks import table as benchmark_table  # noqa: E402
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
+from components.eval.passkey_report import passkey_section  # noqa: E402
 
 STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
@@ -232,6 +233,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
              "that one of k draws is right.", "", *_decoding(results), "",
              *benchmark_table(results, list(STAGE_OF)),
+             *passkey_section(out_dir, results, list(STAGE_OF)),
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.context import StageContext
 from components.eval import benchmarks
 from components.eval import metrics as m
+from components.eval import passkey
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
 from components.eval.sources import heldout_sets, score_sources
@@ -40,6 +41,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     samples = {}
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
+    probe = passkey.PasskeyProbe.from_inputs(cfg, inputs) if cfg.passkey_trials else None
     for name, stage in MODELS.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
@@ -59,6 +61,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "preference_accuracy": pref,
             "preference_accuracy_ci95": m.wilson_interval(pref, len(pairs)),
             "decoding": decoding,
+            **({"passkey": probe.measure(model_dir, tokenizer, with_extend=name == "base", device=where)} if probe else {}),
         }
         results[name]["sources"] = score_sources(model, tokenizer, own_examples, own_pairs, cfg.batch_size)  # {}: none
         results.setdefault("per_task", {})[name] = per_task
@@ -87,13 +90,14 @@ def _track(ctx: StageContext, cfg: EvalConfig, results: dict, samples: dict, out
     for name in MODELS:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
         flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()})
+        flat.update(passkey.flat_means(name, results[name].get("passkey", {})))
     flat = {k: v for k, v in flat.items() if v is not None}
     per_task_rows = [[task, *(results["per_task"][name].get(task) for name in MODELS)]
                      for task in sorted({t for per in results["per_task"].values() for t in per})]
     sample_rows = [[name, row["prompt"], strategy, answer] for name, rows in samples.items() for row in rows
                    for strategy, answer in row.items() if strategy != "prompt"]
     tracking.start(ctx, cfg).finish(
-        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy")},
+        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy", *(f"passkey_{m}" for m in MODELS))},
         tables={"per_task_accuracy": (["task", *MODELS], per_task_rows),
                 "samples": (["model", "prompt", "strategy", "answer"], sample_rows)})
     return flat
