@@ -12,7 +12,8 @@ from components.model.config import ModelConfig
 from components.reward.config import RewardConfig
 from components.reward.model import all_rewards, pair_metrics, pair_rewards, scalar_head_model
 from components.reward.run import reward_objective, run
-from components.tasks import preference_pairs
+from components.eval.reward_scores import reward_lines, reward_scores
+from components.tasks import preference_pairs, sft_examples
 from tests.tiny import save_tiny_model, tiny_tokenizer
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
@@ -95,6 +96,14 @@ def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(
     with torch.no_grad():
         alone = loaded(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits
     assert alone.shape == (1, 1) and float(alone) == pytest.approx(float(rewards[0, 0]), abs=1e-5)
+    # eval's section: the held-out figures from the manifest, the mean reward of each model's answers
+    (out / "manifest.json").write_text(json.dumps({"metrics": metrics}))
+    tasks = sft_examples("heldout", 6)
+    scores = reward_scores(out, tasks, {"sft": ["yes"] * 6, "base": ["no"] * 6}, 4, torch.device("cpu"))
+    assert scores["val_pair_accuracy"] == metrics["val_pair_accuracy"]
+    assert scores["mean_reward"]["sft"] > scores["mean_reward"]["base"]  # the planted preference, on new prompts
+    assert scores["mean_reward_wrong"] == pytest.approx((scores["mean_reward"]["sft"] + scores["mean_reward"]["base"]) / 2)
+    assert reward_lines({"reward_model": scores})[0] == "## Reward model" and reward_lines({"reward_model": {}}) == []
 
 
 @pytest.mark.parametrize("override,key", [({"margin": -1.0}, "reward.margin"), ({"center_coef": -0.1}, "reward.center_coef"),
@@ -105,3 +114,17 @@ def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ValueError, match=rf"config error: (unknown key )?{key.replace('[', '.').replace(']', '.')}"):
         RewardConfig(**override)
+
+
+def test_off_by_default_and_on_it_runs_after_sft_and_eval_reads_it():
+    from tests.test_extend import pipeline_config
+    from flows.plan import make_plan
+
+    off = {s.stage: s for s in make_plan(pipeline_config())}
+    assert "reward" not in off and "reward" not in off["eval"].sources  # eval's optional role left unfilled
+    plan = make_plan(pipeline_config("reward.enabled=true"))
+    assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "sft", "align", "reward", "eval"]
+    steps = {s.stage: s for s in plan}
+    assert steps["reward"].inputs == {"sft": steps["sft"].key} and steps["eval"].inputs["reward"] == steps["reward"].key
+    assert steps["sft"].key == off["sft"].key and steps["align"].key == off["align"].key
+    assert steps["eval"].key != off["eval"].key

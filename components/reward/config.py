@@ -16,7 +16,7 @@ class RewardConfig(TrainConfig):
     preference pairs with the pairwise loss -log sigmoid(r_chosen - r_rejected - margin). The pairs are
     align's: generated from the tasks, or read from preference files by align's readers."""
 
-    enabled: bool = True  # false: no reward model (eval then reports none)
+    enabled: bool = False  # true: train the reward model (eval then scores every model's answers with it)
     lr: float = 1e-4
     max_steps: int = 300
     eval_every: int = log_only(100)  # validation 3 times a stage: the report's validation curve

@@ -16,6 +16,8 @@ from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from components.align.batches import Pair, pairs_batch
+from components.chat.batches import pad_batch
+from components.chat.template import encode_chat
 from components.train.device import model_device, to_device
 
 log = logging.getLogger(__name__)
@@ -63,3 +65,15 @@ def pair_metrics(rewards: torch.Tensor, prefix: str = "val_") -> dict:
     return {f"{prefix}pair_accuracy": float((chosen > rejected).float().mean()),
             f"{prefix}reward_margin": float((chosen - rejected).mean()),
             f"{prefix}chosen_reward": float(chosen.mean()), f"{prefix}rejected_reward": float(rejected.mean())}
+
+
+@torch.no_grad()
+def score_conversations(model: torch.nn.Module, tokenizer, conversations: list[list[dict]], batch_size: int) -> list[float]:
+    """The reward of each conversation (its last turn the answer judged), encoded as in training."""
+    model.eval()
+    rows = [encode_chat(tokenizer, conv, last_turn_only=True) for conv in conversations]
+    scores, where = [], model_device(model)
+    for i in range(0, len(rows), batch_size):
+        batch = to_device(pad_batch(rows[i : i + batch_size], tokenizer.pad_token_id), where)
+        scores += model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()[:, 0].tolist()
+    return scores
