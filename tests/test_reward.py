@@ -71,7 +71,7 @@ def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(
 
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in planted_pairs(120)))
-    cfg = RewardConfig(sources=[str(source)], num_pairs=100, num_val_pairs=20, max_steps=30, warmup_steps=3,
+    cfg = RewardConfig(sources=[str(source)], num_pairs=100, num_val_pairs=20, max_steps=20, warmup_steps=2,
                        lr=3e-3, batch_size=8, mixed_precision="no", eval_every=0)
     out = tmp_path / "reward"
     out.mkdir()

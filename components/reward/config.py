@@ -17,7 +17,7 @@ class RewardConfig(TrainConfig):
     align's: generated from the tasks, or read from preference files by align's readers."""
 
     enabled: bool = False  # true: train the reward model (eval then scores every model's answers with it)
-    lr: float = 1e-4
+    lr: float = 5e-4  # a new head on a small model: 1e-4 did not fit even the training pairs on the smoke model
     max_steps: int = 300
     eval_every: int = log_only(100)  # validation 3 times a stage: the report's validation curve
     warmup_steps: int = 20
