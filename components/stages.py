@@ -27,6 +27,9 @@ class Stage:
     # may run in the flow's process beside other stages: it touches no process-wide state (torch's
     # RNG, Accelerate's singletons, a launcher's port); the others take turns (flows/dag.py)
     concurrent: bool = False
+    # input roles that may go unfilled: left out of the stage's inputs when their stage is disabled (eval
+    # without a reward model); any other role filled by a disabled stage fails the plan
+    optional: tuple[str, ...] = ()
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
@@ -84,6 +87,8 @@ STAGES: dict[str, Stage] = {
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
         Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
         Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
-        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align")),
+        Stage("reward", "components.reward", "RewardConfig", by_role("sft"), True),
+        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align", "reward"),
+              optional=("reward",)),
     )
 }

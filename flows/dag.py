@@ -49,6 +49,7 @@ KEY_METRICS = {
     "extend": ("val_ppl", "val_loss"),
     "sft": ("val_loss", "final_loss"),
     "align": ("val_preference_accuracy", "val_reward_accuracy"),
+    "reward": ("val_pair_accuracy", "val_reward_margin"),
     "eval": ("aligned/task_accuracy", "sft/task_accuracy"),
 }
 

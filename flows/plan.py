@@ -42,11 +42,13 @@ def stage_graph(cfg: Any) -> dict[str, dict[str, str]]:
     stage_cfgs = {name: getattr(cfg, name, None) for name in STAGES}
     graph = {name: input_sources(name, stage_cfgs) for name in STAGES if enabled(STAGES[name], stage_cfgs[name])}
     for name, sources in graph.items():
-        for role, src in sources.items():
+        for role, src in list(sources.items()):
             if src not in STAGES:
                 raise PlanError(f"stage {name!r}: input {role!r} names stage {src!r}, which is not in the stage "
                                 f"table (stages: {list(STAGES)})")
-            if src not in graph:
+            if src not in graph and role in STAGES[name].optional:  # e.g. eval without a reward model
+                del sources[role]
+            elif src not in graph:
                 raise PlanError(f"stage {name!r}: input {role!r} is filled by stage {src!r}, which is disabled: "
                                 f"set {src}.enabled=true")
     return graph

@@ -87,16 +87,22 @@ def with_own_mistakes(model, tokenizer, pairs: list[dict], cfg: AlignConfig) -> 
     return out, replaced
 
 
+def section(cfg) -> str:
+    """The config section of a stage reading preference pairs: align, or reward (whose config has the same
+    data fields and reads the pairs through these functions), for messages naming its keys."""
+    return type(cfg).__name__.removesuffix("Config").lower()
+
+
 def read_sources(cfg: AlignConfig) -> tuple[list[dict], list[dict], dict]:
-    """(pairs, each with its "where" and "source", quarantined rows, per-source counts) from align.sources."""
-    pairs, quarantined, per_source = [], [], {}
+    """(pairs, each with its "where" and "source", quarantined rows, per-source counts) from <section>.sources."""
+    pairs, quarantined, per_source, name = [], [], {}, section(cfg)
     for source in cfg.chat_sources:
-        kept, bad, counts = read_source(source, "align", cfg.strict)
+        kept, bad, counts = read_source(source, name, cfg.strict)
         pairs += [{**pair, "where": where, "source": source.name} for pair, where in kept]
         quarantined += bad
         counts.pop("files")
         per_source[source.name] = counts
-        log.info("align: %s: %d pairs, %d quarantined", source.name, len(kept), len(bad))
+        log.info("%s: %s: %d pairs, %d quarantined", name, source.name, len(kept), len(bad))
     return pairs, quarantined, per_source
 
 
@@ -111,8 +117,8 @@ def cap_prompt(enc: Encoded, max_prompt: int | None) -> Encoded:
     return ids[:1] + ids[1 + cut:], labels[:1] + labels[1 + cut:]
 
 
-def encode_fitting(tokenizer, pairs: list[dict], max_len: int,
-                   max_prompt: int | None = None) -> tuple[list[dict], list, list[dict]]:
+def encode_fitting(tokenizer, pairs: list[dict], max_len: int, max_prompt: int | None = None,
+                   section: str = "align") -> tuple[list[dict], list, list[dict]]:
     """(pairs that fit the model's context, their encodings, the others as quarantine rows)."""
     kept, encoded, too_long = [], [], []
     for i, pair in enumerate(pairs):
@@ -122,7 +128,7 @@ def encode_fitting(tokenizer, pairs: list[dict], max_len: int,
             too_long.append({"where": pair.get("where", f"generated pair {i}"), "rule": "too_long",
                              "source": pair.get("source"),
                              "reason": f"too long: {longest} tokens > the model's context of {max_len}"
-                                       + ("" if max_prompt else " (align.max_prompt_length can cut the prompt)")})
+                                       + ("" if max_prompt else f" ({section}.max_prompt_length can cut the prompt)")})
         else:
             kept.append(pair)
             encoded.append(enc)
@@ -133,7 +139,7 @@ def prompt_hash(prompt: list[dict]) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
 
 
-def split_heldout(pairs: list[dict], n_val: int) -> tuple[list[int], list[int]]:
+def split_heldout(pairs: list[dict], n_val: int, section: str = "align") -> tuple[list[int], list[int]]:
     """(train, held-out) indices: whole prompts in hash order until n_val pairs are held out.
 
     A hash, not the file order: the split does not move when files are reordered or grow, and
@@ -149,50 +155,50 @@ def split_heldout(pairs: list[dict], n_val: int) -> tuple[list[int], list[int]]:
         held.update(by_prompt[h])
     train_idx = [i for i in range(len(pairs)) if i not in held]
     if not train_idx:
-        raise ValueError(f"config error: align.num_val_pairs={n_val} holds out all {len(pairs)} usable pairs "
-                         "of align.sources: lower it")
+        raise ValueError(f"config error: {section}.num_val_pairs={n_val} holds out all {len(pairs)} usable pairs "
+                         f"of {section}.sources: lower it")
     return train_idx, sorted(held)
 
 
 def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict, list[dict]]:
     """(train encodings, held-out encodings, quarantine rows, counts for the manifest, the sources'
     held-out pairs as records: none for generated pairs)."""
-    max_len = model.config.max_position_embeddings
+    max_len, name = model.config.max_position_embeddings, section(cfg)
     counts, heldout = {"rejected_from": cfg.rejected_from}, []
     if cfg.sources:
         pairs, quarantined, per_source = read_sources(cfg)
-        pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len, cfg.max_prompt_length)
-        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs) if pairs else ([], [])  # none: run() says why
+        pairs, encoded, too_long = encode_fitting(tokenizer, pairs, max_len, cfg.max_prompt_length, name)
+        train_idx, val_idx = split_heldout(pairs, cfg.num_val_pairs, name) if pairs else ([], [])  # none: run() says why
         names = [s.name for s in cfg.chat_sources]
-        pools = [[i for i in train_idx if pairs[i]["source"] == name] for name in names]
+        pools = [[i for i in train_idx if pairs[i]["source"] == source] for source in names]
         chosen = select(pools, list(cfg.chat_sources), cfg.num_pairs, cfg.seed)  # not the first N in file order
         train_enc, val_enc = [encoded[i] for i in chosen], [encoded[i] for i in val_idx]
         heldout = [{k: pairs[i][k] for k in ("prompt", "chosen", "rejected", "where", "source")} for i in val_idx]
-        for name in names:
-            per_source[name].update(too_long=sum(q["source"] == name for q in too_long),
-                                    heldout=sum(pairs[i]["source"] == name for i in val_idx),
-                                    used=sum(pairs[i]["source"] == name for i in chosen))
+        for source in names:
+            per_source[source].update(too_long=sum(q["source"] == source for q in too_long),
+                                      heldout=sum(pairs[i]["source"] == source for i in val_idx),
+                                      used=sum(pairs[i]["source"] == source for i in chosen))
         counts.update(source_pairs=len(pairs) + len(too_long), quarantined_pairs=len(quarantined),
                       unused_pairs=len(train_idx) - len(chosen), sources=per_source)
         n_considered = len(pairs) + len(too_long)
         if n_considered and len(too_long) / n_considered > 0.2:
-            log.warning("align: %d of %d pairs (%.0f%%) left out as longer than %d tokens: set align.max_prompt_length "
-                        "or use a model with a longer context", len(too_long), n_considered,
-                        100 * len(too_long) / n_considered, max_len)
+            log.warning("%s: %d of %d pairs (%.0f%%) left out as longer than %d tokens: set %s.max_prompt_length "
+                        "or use a model with a longer context", name, len(too_long), n_considered,
+                        100 * len(too_long) / n_considered, max_len, name)
     else:
         quarantined, counts["on_policy_rejected"] = [], 0
         train_raw = preference_pairs("train", cfg.num_pairs, cfg.seed)
         if cfg.rejected_from == "on_policy":
             train_raw, counts["on_policy_rejected"] = with_own_mistakes(model, tokenizer, train_raw, cfg)
-        _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len, cfg.max_prompt_length)
+        _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len, cfg.max_prompt_length, name)
         _, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed),
-                                                  max_len, cfg.max_prompt_length)
+                                                  max_len, cfg.max_prompt_length, name)
         too_long += val_too_long
     if too_long:
-        log.warning("align: %d pairs longer than the model's context (%d tokens) left out: see quarantine.jsonl",
-                    len(too_long), max_len)
+        log.warning("%s: %d pairs longer than the model's context (%d tokens) left out: see quarantine.jsonl",
+                    name, len(too_long), max_len)
     if quarantined:
-        log.warning("align: %d malformed source records quarantined (first: %s)", len(quarantined),
+        log.warning("%s: %d malformed source records quarantined (first: %s)", name, len(quarantined),
                     quarantined[0]["reason"])
     counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
     return train_enc, val_enc, quarantined + too_long, counts, heldout

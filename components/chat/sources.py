@@ -24,7 +24,9 @@ from components.config import check, check_choice, check_known_keys, expand_path
 SOURCE_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet", ".csv")
 COMMON_KEYS = ("path", "format", "name", "weight", "cap", "split", "prompt_key", "system_key", "messages_key")
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
-SPEC_KEYS = {"sft": COMMON_KEYS + ("response_key",), "align": COMMON_KEYS + ("chosen_key", "rejected_key")}
+PREFERENCE_KEYS = COMMON_KEYS + ("chosen_key", "rejected_key")
+# the section each stage's sources are read for: sft reads chat examples, the others preference pairs
+SPEC_KEYS = {"sft": COMMON_KEYS + ("response_key",), "align": PREFERENCE_KEYS, "reward": PREFERENCE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def mapped_preference(rec: dict, where: str, keys: dict) -> dict:
 def converter(source: ChatSource, stage: str) -> Callable[[dict, str], list[tuple[dict, str]]]:
     """record, where -> [(example or pair, where)]: a Self-Instruct task gives one per instance."""
     def convert(rec: dict, where: str) -> list[tuple[dict, str]]:
-        if stage == "align":
+        if stage != "sft":  # align, reward: preference pairs
             pair = mapped_preference(rec, where, source.keys) if source.keys else preference_record(rec, where, source.format)
             return [(pair, where)]
         if source.keys:

@@ -41,11 +41,11 @@ def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int, b
     return overall, {t: sum(v) / len(v) for t, v in sorted(per_task.items())}, answers
 
 
-def decoding_accuracy(model, tokenizer, examples: list[dict], cfg) -> tuple[dict, dict]:
+def decoding_accuracy(model, tokenizer, examples: list[dict], cfg) -> tuple[dict, dict, list[str]]:
     """Every strategy of cfg.decoding on the examples: {name: task_accuracy, its interval, pass@k, n}, and
-    the per-task accuracy of the first strategy (the headline). Sampled strategies draw in seeded batches of a fixed size
+    the per-task accuracy and answers (the first of each example's) of the first strategy (the headline). Sampled strategies draw in seeded batches of a fixed size
     (SAMPLING_PROMPTS): their answers do not depend on eval.batch_size."""
-    scores, per_task = {}, {}
+    scores, per_task, first = {}, {}, None
     for name, kwargs in cfg.decoding.items():
         n = samples_per_task(kwargs, cfg.num_return_sequences)
         sampled = is_sampling(kwargs)
@@ -56,7 +56,8 @@ def decoding_accuracy(model, tokenizer, examples: list[dict], cfg) -> tuple[dict
                    for i, ex in enumerate(examples)]
         scores[name] = score_strategy(correct, cfg.pass_k)
         scores[name]["task_accuracy_ci95"] = wilson_interval(scores[name]["task_accuracy"], len(examples))  # tasks are the independent items
-    return scores, per_task[next(iter(cfg.decoding))]
+        first = answers[::n] if first is None else first
+    return scores, per_task[next(iter(cfg.decoding))], first
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from components.eval.benchmarks import table as benchmark_table  # noqa: E402
 from components.eval.html import render_html  # noqa: E402
 from components.eval.metrics import difference_interval  # noqa: E402
 from components.eval.passkey_report import passkey_section  # noqa: E402
+from components.eval.reward_scores import reward_lines  # noqa: E402
 
 STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
 DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
@@ -229,6 +230,7 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              f"![loss curves]({_plot_losses(out_dir, inputs)})", "",
              f"![accuracy]({_plot_accuracy(out_dir, results)})", "",
              "## Accuracy per task", "", *_per_task(results), "", *_own_data(results),
+             *reward_lines(results),
              "## Decoding strategies", "", "Exact match per strategy (eval.decoding). A sampling strategy draws n "
              "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
              "that one of k draws is right.", "", *_decoding(results), "",

@@ -16,6 +16,7 @@ from components.eval import metrics as m
 from components.eval import passkey
 from components.eval.config import EvalConfig
 from components.eval.report import read_manifest, write_report
+from components.eval.reward_scores import reward_scores
 from components.eval.sources import heldout_sets, score_sources
 from components.tasks import preference_pairs, sft_examples
 from components.train import tracking
@@ -38,7 +39,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     validation = load_shard(inputs["tokenizer"], "validation")
     own_examples, own_pairs = heldout_sets(inputs)  # the user's held-out data, from the sft / align artifacts
     results: dict = {}
-    samples = {}
+    samples, answers = {}, {}
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
     probe = passkey.PasskeyProbe.from_inputs(cfg, inputs) if cfg.passkey_trials else None
@@ -51,7 +52,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))
             results["val_tokens"] = int(windows[:, 1:].numel())
-        decoding, per_task = m.decoding_accuracy(model, tokenizer, tasks, cfg)  # per_task: the first strategy's
+        decoding, per_task, answers[name] = m.decoding_accuracy(model, tokenizer, tasks, cfg)  # the first strategy's
         acc = decoding[next(iter(cfg.decoding))]["task_accuracy"]  # the first (greedy by default): the headline
         pref = m.preference_accuracy(model, tokenizer, pairs, cfg.batch_size)
         results[name] = {
@@ -70,6 +71,10 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         log.info("eval %s (%.1fs): %s", name, time.perf_counter() - start,
                  {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
         del model
+    results["reward_model"] = reward_scores(inputs.get("reward"), tasks, answers, cfg.batch_size, where)  # {}: none
+    for name, value in results["reward_model"].get("mean_reward", {}).items():
+        if name in results:
+            results[name]["mean_reward"] = value  # flat as <model>/mean_reward
     benchmarks.add_scores(results, cfg, inputs, MODELS, out_dir, ctx.key, str(where))  # results[<model>]["benchmarks"]
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")

@@ -38,7 +38,8 @@ def set_generation_defaults(model, tokenizer) -> None:
 def save_export(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
     """Write model and tokenizer to path as a complete Hugging Face directory (see the module doc)."""
     path = Path(path)
-    set_generation_defaults(model, tokenizer)
+    if model.can_generate():  # a reward model (sequence classification) has no generation config
+        set_generation_defaults(model, tokenizer)
     model.save_pretrained(path, state_dict=state_dict)
     tokenizer.model_max_length = model.config.max_position_embeddings  # not transformers' 1e30 "unknown"
     tokenizer.save_pretrained(path)

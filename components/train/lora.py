@@ -36,13 +36,16 @@ def is_adapted(model: torch.nn.Module) -> bool:
 
 def blank_like(model: torch.nn.Module) -> torch.nn.Module:
     """An untrained model of the same architecture (adapters too), to load a gathered state dict into."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    plain = model.get_base_model() if is_adapted(model) else model
+    # a causal LM, or the reward stage's scalar-head model (sequence classification: it cannot generate)
+    auto = AutoModelForCausalLM if plain.can_generate() else AutoModelForSequenceClassification
     if not is_adapted(model):
-        return AutoModelForCausalLM.from_config(model.config)
+        return auto.from_config(model.config)
     from peft import get_peft_model
 
-    base = AutoModelForCausalLM.from_config(model.get_base_model().config)
+    base = auto.from_config(plain.config)
     return get_peft_model(base, model.peft_config["default"])
 
 

@@ -100,3 +100,15 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
         raise ValueError(f"unknown preference loss {kind!r}: choose sigmoid, ipo or hinge")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
+
+
+def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0,
+                         center_coef: float = 0.0) -> torch.Tensor:
+    """Per-pair reward-model losses -log sigmoid(r_chosen - r_rejected - margin) (the Bradley-Terry
+    pairwise loss of InstructGPT and DeepSpeed-Chat step 2), plus center_coef * (r_chosen + r_rejected)^2,
+    which keeps the rewards centred on 0 (Eisenstein et al. 2023). Their mean is TRL's RewardTrainer loss
+    (its margin column, its center_rewards_coefficient)."""
+    losses = -F.logsigmoid(chosen - rejected - margin)
+    if center_coef:
+        losses = losses + center_coef * (chosen + rejected) ** 2
+    return losses
