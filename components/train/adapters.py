@@ -94,9 +94,15 @@ def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
     adapter = Path(model_dir) / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         return model
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
-    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    virtual = PeftConfig.from_pretrained(adapter).is_prompt_learning
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable and not virtual)
+    if trainable and virtual:  # peft refuses is_trainable for these; their only weights are the prompt encoder's
+        model.active_peft_config.inference_mode = False
+        for param in model.prompt_encoder.parameters():
+            param.requires_grad_(True)
+    return model
 
 
 def method_of(model: torch.nn.Module) -> str:
