@@ -6,6 +6,7 @@ No torch import here: configs are built (and checked) before any model exists.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 
 from components.config import check, check_choice
@@ -44,7 +45,7 @@ class AdapterConfig:
         check(0 <= self.lora_dropout < 1, f"{section}.lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(self.adapter not in LORA_FAMILY or len(self.lora_targets) > 0, f"{section}.lora_targets",
               self.lora_targets, f"name at least one module (e.g. q_proj, v_proj) for {section}.adapter={self.adapter}")
-        check(0 < self.adalora_target_rank <= self.lora_rank, f"{section}.adalora_target_rank",
+        check(0 < self.adalora_target_rank <= (self.lora_rank if self.adapter == "adalora" else math.inf), f"{section}.adalora_target_rank",
               self.adalora_target_rank, f"must be in [1, {section}.lora_rank={self.lora_rank}]: pruning only lowers ranks")
         check(self.adapter != "ia3" or len(self.ia3_targets) > 0, f"{section}.ia3_targets", self.ia3_targets,
               f"name at least one module (e.g. k_proj, v_proj, down_proj) for {section}.adapter=ia3")

@@ -2,8 +2,9 @@
 
 lora, adalora and ia3 are merged into the base weights on export (lora.exportable): a plain
 Hugging Face model. prefix, prompt, ptuning and qlora are not (virtual tokens have no weight to
-merge into; a 4-bit base would be rounded again): the export is the base model in model/ and the
-adapter in model/adapter/, which `load_model` (every later stage, eval, chat) puts back together as
+merge into; merged into a 4-bit base, the adapters would be rounded away): the export is the base
+model in model/ (for qlora its NF4 weights dequantized to fp32, as trained) and the adapter in
+model/adapter/, which `load_model` (every later stage, eval, chat) puts back together as
 transformers + peft do:
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -153,7 +153,8 @@ def local_parameter_share(model: torch.nn.Module) -> float:
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it).
-    A LoRA, AdaLoRA or IA3 model is merged in place first (lora.exportable): call it once training is over."""
+    A LoRA, AdaLoRA or IA3 model is merged in place first, other adapters saved in path/adapter beside
+    their base (lora.exportable): call it once training is over."""
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -163,10 +164,8 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        plain, state_dict, adapter = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded)
+        plain, state_dict = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded, path)
         save_export(plain, tokenizer, path, state_dict)  # stops at the end of a turn, readable files
-        if adapter is not None:  # a method that does not merge: its adapter beside the base
-            lora.save_adapter(adapter, path)
     accelerator.wait_for_everyone()
 
 

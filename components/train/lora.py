@@ -75,10 +75,10 @@ def save_adapter(model: torch.nn.Module, path: Path) -> None:
         os.chmod(file, 0o644)  # readable by a serving user, as the export's other files
 
 
-def exportable(model: torch.nn.Module, state_dict: dict | None,
-               sharded: bool) -> tuple[torch.nn.Module, dict | None, torch.nn.Module | None]:
-    """(model, state_dict, adapter) for save_pretrained to write a plain Hugging Face model, and the peft
-    model whose adapter goes beside it (None where it was merged in, or there is none).
+def exportable(model: torch.nn.Module, state_dict: dict | None, sharded: bool,
+               path: Path) -> tuple[torch.nn.Module, dict | None]:
+    """(model, state_dict) for save_pretrained to write a plain Hugging Face model to path; a method that
+    does not merge has its adapter written to path/adapter first (save_adapter) and the base returned.
 
     sharded (FSDP): state_dict is the gathered full one, loaded into an unsharded copy, since
     save_pretrained inspects the module's own (sharded) parameters, a collective the other ranks
@@ -89,8 +89,12 @@ def exportable(model: torch.nn.Module, state_dict: dict | None,
         model = blank_like(model)
         model.load_state_dict(state_dict)
         state_dict = None
-    if is_adapted(model) and merges(model):  # adapters merged into the weights, a plain HF model
-        return merged(model), None, None
-    if is_adapted(model):  # the base as it was, its adapter saved beside it
-        return model.get_base_model(), None, model
-    return model, state_dict, None
+    if not is_adapted(model):
+        return model, state_dict
+    if merges(model):  # adapters merged into the weights, a plain HF model
+        return merged(model), None
+    save_adapter(model, path)
+    if model.active_peft_config.is_prompt_learning:  # the base was never touched
+        return model.get_base_model(), None
+    base = model.unload()  # qlora: the adapters taken out of the (4-bit) base, unmerged
+    return base.dequantize(dtype=torch.float32), None  # its NF4 weights as trained, in fp32: no bitsandbytes to load
