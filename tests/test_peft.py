@@ -168,3 +168,6 @@ def test_align_on_an_unmerged_sft_adapter_trains_it_further_or_names_the_key(tok
         load_policy(AlignConfig(adapter="lora", **ALIGN_FEW), tmp_path)
     with pytest.raises(ValueError, match=r"align\.prefix_sharing=True: .*set align\.prefix_sharing=false"):
         load_policy(AlignConfig(**{**ALIGN_FEW, "prefix_sharing": True}), tmp_path)
+    with pytest.raises(ValueError, match=r"eval\.benchmarks: .* PROMPT_TUNING adapter"):  # the harness would misalign it
+        adapters.harness_adapter(tmp_path)
+    assert adapters.harness_adapter(tmp_path / "adapter") is None  # a plain model: no adapter to pass

@@ -106,6 +106,23 @@ def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
     return model
 
 
+def harness_adapter(model_dir: Path) -> str | None:
+    """The adapter directory for lm-evaluation-harness (HFLM(peft=...)), None for a plain model. A prompt or
+    p-tuning adapter is refused: its model returns logits for the virtual tokens too, which the harness would
+    read as the prompt's (scores silently shifted)."""
+    adapter = Path(model_dir) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return None
+    from peft import PeftConfig
+
+    method = PeftConfig.from_pretrained(adapter).peft_type.value
+    if method in ("PROMPT_TUNING", "P_TUNING"):
+        raise ValueError(f"eval.benchmarks: {model_dir} is a {method} adapter (sft/align.adapter=prompt "
+                         "or ptuning), whose extra logits lm-evaluation-harness cannot align: use another adapter "
+                         "or set eval.benchmarks=[]")
+    return str(adapter)
+
+
 def method_of(model: torch.nn.Module) -> str:
     """The peft method a model carries ("none" for a plain model), by peft's name (LORA, PREFIX_TUNING, ...)."""
     return str(model.peft_config["default"].peft_type.value) if lora.is_adapted(model) else "none"
