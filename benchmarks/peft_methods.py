@@ -51,7 +51,8 @@ def run_one(method: str, pretrain: Path, steps: int, examples: int, n_eval: int,
             "tokens_per_s": metrics["tokens_per_second"], "final_loss": metrics["final_loss"],
             "val_loss": metrics.get("val_loss"), "task_accuracy": accuracy,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "exported": "merged" if not (out / "model" / adapters.ADAPTER_DIR).is_dir() else "base + adapter",
+            "exported": ("full model" if method == "none" else "merged" if not (out / "model" / adapters.ADAPTER_DIR).is_dir()
+                         else "base + adapter"),
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -71,18 +72,22 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain", type=Path, required=True, help="a pretrain artifact directory (holds model/)")
+    parser.add_argument("--pretrain", type=Path, help="a pretrain artifact directory (holds model/)")
     parser.add_argument("--steps", type=int, default=60, help="sft optimizer steps per method (batch 32)")
     parser.add_argument("--examples", type=int, default=2000, help="generated training examples")
     parser.add_argument("--eval", type=int, default=200, help="held-out tasks scored per method")
     parser.add_argument("--methods", nargs="*", default=list(ADAPTERS))
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one method, a JSON line
+    parser.add_argument("--table", type=Path, help="only print the table of a run's JSON lines (its stderr)")
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from benchmarks.common import quiet
 
     quiet(threads=args.threads)
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.startswith("{")]))
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.pretrain, args.steps, args.examples, args.eval, args.out)))
         return
