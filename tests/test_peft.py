@@ -171,3 +171,21 @@ def test_align_on_an_unmerged_sft_adapter_trains_it_further_or_names_the_key(tok
     with pytest.raises(ValueError, match=r"eval\.benchmarks: .* PROMPT_TUNING adapter"):  # the harness would misalign it
         adapters.harness_adapter(tmp_path)
     assert adapters.harness_adapter(tmp_path / "adapter") is None  # a plain model: no adapter to pass
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["sft.adapter=prompt"], r"align\.prefix_sharing=True: sft\.adapter=prompt"),
+    (["sft.adapter=prefix", "align.adapter=lora", "align.prefix_sharing=false"], r"align\.adapter='lora': sft\.adapter=prefix"),
+    (["sft.adapter=ptuning", "align.prefix_sharing=false"], r"eval\.benchmarks=.*sft\.adapter=ptuning"),
+])
+def test_what_align_and_eval_cannot_do_with_sfts_adapter_fails_when_the_config_is_read(overrides, key):
+    from hydra import compose, initialize_config_dir
+
+    from flows.config import register, to_pipeline_config
+    from tests.test_layout import REPO
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        composed = compose("config", overrides=["experiment=smoke", *overrides])
+    with pytest.raises(ValueError, match=key):
+        to_pipeline_config(composed)
