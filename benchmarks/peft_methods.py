@@ -51,8 +51,7 @@ def run_one(method: str, pretrain: Path, steps: int, examples: int, n_eval: int,
             "tokens_per_s": metrics["tokens_per_second"], "final_loss": metrics["final_loss"],
             "val_loss": metrics.get("val_loss"), "task_accuracy": accuracy,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "exported": ("full model" if method == "none" else "merged" if not (out / "model" / adapters.ADAPTER_DIR).is_dir()
-                         else "base + adapter"),
+            "exported": "merged" if not (out / "model" / adapters.ADAPTER_DIR).is_dir() else "base + adapter",
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -66,7 +65,7 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} | "
                      f"{r['trainable_params'] / r['params']:.2%} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | "
-                     f"{r['val_loss']:.3f} | {r['task_accuracy']:.3f} | {r['exported']} |")
+                     f"{r['val_loss']:.3f} | {r['task_accuracy']:.3f} | {'full model' if r['method'] == 'none' else r['exported']} |")
     return "\n".join(lines)
 
 
