@@ -40,10 +40,27 @@ class CrossStageChecks:
               f"must be the checkpoint's own tokenizer: leave it to follow pretrain.model.init_from={init!r}")
         check(self.extend.enabled or self.run.until != "extend", "run.until", self.run.until,
               "the extend stage is off: set extend.enabled=true, or stop at another stage")
+        check_adapters(self)
         if self.extend.enabled and init is None:  # an imported model's context is known only from its files, at run time
             short = self.pretrain.model.context_length
             check(self.extend.context_length > short, "extend.context_length", self.extend.context_length,
                   f"must be longer than pretrain.model.context_length={short}")
+
+
+def check_adapters(cfg) -> None:
+    """sft's adapter as align and eval will meet it (components/train/adapter_config.py)."""
+    from components.train.adapter_config import MERGING, VIRTUAL_TOKENS
+
+    sft = cfg.sft.adapter
+    check(sft in ("none", *MERGING) or cfg.align.adapter == "none", "align.adapter", cfg.align.adapter,
+          f"sft.adapter={sft} is exported unmerged (base + adapter): align trains that adapter further; set none")
+    check(sft not in VIRTUAL_TOKENS or not cfg.align.prefix_sharing, "align.prefix_sharing", True,
+          f"sft.adapter={sft} puts learned tokens before each row, which prefix-shared pairs would share: set false")
+    for stage in ("sft", "align"):  # lm-evaluation-harness would read their virtual tokens' logits as the prompt's
+        method = getattr(cfg, stage).adapter
+        check(not (cfg.eval.benchmarks and method in ("prompt", "ptuning")), "eval.benchmarks", "[...]",
+              f"{stage}.adapter={method}: lm-evaluation-harness cannot score a model with learned input tokens; "
+              "set eval.benchmarks=[] or another adapter")
 
 
 def pipeline_config_class() -> type:

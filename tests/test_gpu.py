@@ -103,6 +103,45 @@ def test_the_loop_places_model_and_batches_on_cuda(tmp_path):
     assert metrics["final_loss"] < math.log(len(tokenizer))
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_qlora_trains_lora_over_a_4bit_nf4_base_with_paged_adamw(tmp_path):
+    """sft.adapter=qlora through the real loop: NF4 + double quantisation, paged AdamW, only the adapters
+    move; the export (its base dequantized, the adapter beside it) loads with the logits it trained to."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from accelerate import Accelerator
+
+    from components.sft.run import encode_examples, make_batch_fn
+    from components.train import adapters, loop
+    from components.train.losses import lm_loss
+    from tests.tiny import save_tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    cfg = SFTConfig(adapter="qlora", max_steps=4, warmup_steps=1, batch_size=4, lr=1e-2, log_every=1, lora_rank=4)
+    model = adapters.add_adapter(adapters.load_base(save_tiny_model(tmp_path / "base", tokenizer, TINY, 0) / "model", cfg),
+                                 cfg, "sft", cfg.max_steps)
+    quantized = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(quantized, bnb.nn.Linear4bit) and quantized.weight.quant_type == "nf4"
+    assert quantized.weight.quant_state.nested  # double quantisation: the scales quantised too
+    assert isinstance(loop.make_optimizer(model, cfg), bnb.optim.PagedAdamW)
+    before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    rows, _ = encode_examples(tokenizer, [(ex, str(i)) for i, ex in enumerate(sft_examples("train", 16, 0))], 64)
+    batch_fn, _ = make_batch_fn(rows, cfg, 64, tokenizer.pad_token_id)
+    accelerator = Accelerator()
+    loop.train(model, cfg, batch_fn, lm_loss, tmp_path / "run", accelerator=accelerator)
+    assert all("lora_" in k for k in before) and any(not torch.equal(v, before[k]) for k, v in model.named_parameters()
+                                                      if k in before)
+    batch = {k: v.cuda() for k, v in batch_fn(0, 0).items() if torch.is_tensor(v)}
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        trained = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    loop.save_model(accelerator, model, tokenizer, tmp_path / "export")
+    assert (tmp_path / "export" / "adapter" / "adapter_config.json").is_file()
+    loaded = adapters.load_model(tmp_path / "export").cuda().eval()
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        logits = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    torch.testing.assert_close(logits, trained, atol=5e-2, rtol=0)  # bf16 compute on both sides
+
+
 def test_the_chain_runs_on_this_machine(tmp_path):
     """The GPU file's chain on whatever this machine is (CPU in CI), in the default precision."""
     out = run_chain(tmp_path, "bf16")

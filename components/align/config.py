@@ -7,11 +7,12 @@ from typing import Any
 from components.chat.formats import PREFERENCE_FORMATS
 from components.chat.sources import ChatSource, parse_sources
 from components.config import check, check_choice, input_files, log_only
+from components.train.adapter_config import AdapterConfig
 from components.train.config import TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlignConfig(TrainConfig):
+class AlignConfig(TrainConfig, AdapterConfig):
     """DPO against the frozen sft model; its log-probs are computed once, before training."""
 
     beta: float = 0.1  # strength of the KL anchor to the reference
@@ -46,6 +47,8 @@ class AlignConfig(TrainConfig):
     # with prefix_sharing: pairs packed into rows of up to this many tokens, no attention across pairs
     # (a longer pair gets a row alone); 0: one pair per row
     pack_tokens: int = log_only(128)
+    # adapter, lora_*, adalora_target_rank, ia3_targets, num_virtual_tokens: the PEFT method (adapter_config.py);
+    # the reference stays the sft model as it came in (its log-probs are computed before the adapter is added)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,6 +71,7 @@ class AlignConfig(TrainConfig):
         check(self.rejected_max_new_tokens > 0, "align.rejected_max_new_tokens", self.rejected_max_new_tokens, "must be > 0")
         check(self.num_pairs > 0, "align.num_pairs", self.num_pairs, "must be > 0")
         check(self.num_val_pairs > 0, "align.num_val_pairs", self.num_val_pairs, "must be > 0")
+        self.check_adapter("align", "align.prefix_sharing" if self.prefix_sharing else None)
         check(self.pack_tokens >= 0, "align.pack_tokens", self.pack_tokens, "must be >= 0 (0: one pair per row)")
 
     @functools.cached_property

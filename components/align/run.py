@@ -1,4 +1,5 @@
-"""DPO: the sft model is both the starting policy and the frozen reference.
+"""DPO: the sft model is both the starting policy and the frozen reference (align.adapter: a PEFT method,
+added after the reference log-probs are taken).
 
 The reference log-probs of every pair are computed once, before the first update
 (when policy == reference), and cached in the artifact: no second model in memory.
@@ -12,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from components.align.batches import Encoded, pair_logps, pairs_batch, shared_pairs_batch
 from components.align.config import AlignConfig
@@ -24,6 +25,8 @@ from components.chat.template import encode_chat
 from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
+from components.config import check
+from components.train import adapters
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, dpo_loss
@@ -219,15 +222,31 @@ def dpo_objective(cfg: AlignConfig):
     return loss_fn
 
 
+def load_policy(cfg: AlignConfig, src: Path) -> torch.nn.Module:
+    """The sft model to start from (4-bit for align.adapter=qlora). An sft adapter that does not merge
+    (prefix, prompt, ptuning, qlora) comes with its base and trains further, the base frozen."""
+    if not (src / adapters.ADAPTER_DIR).is_dir():
+        return adapters.load_base(src, cfg)
+    model = adapters.load_model(src, trainable=True)
+    method = adapters.method_of(model)
+    check(cfg.adapter == "none", "align.adapter", cfg.adapter,
+          f"the sft model is a {method} adapter over its base, not merged: align trains that adapter further; set none")
+    check(not (model.active_peft_config.is_prompt_learning and cfg.prefix_sharing), "align.prefix_sharing", True,
+          f"the sft model's {method} adapter puts learned tokens before each row, which prefix-shared pairs would "
+          "share: set align.prefix_sharing=false")
+    return model
+
+
 def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = load_policy(cfg, src)
     pad = tokenizer.pad_token_id
     accelerator = make_accelerator(cfg, model, ctx.strategy)
-    model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
+    if cfg.adapter != "qlora":  # a 4-bit model was placed on its GPU as it loaded
+        model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
     train_pairs, val_pairs, quarantine, counts, heldout = preference_data(cfg, model, tokenizer)
     if ctx.is_main:  # before any failure: kept with the failed build's files
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
@@ -244,6 +263,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     if ctx.is_main:
         torch.save({"train": ref_train, "heldout": ref_val}, out_dir / "ref_logps.pt")
     log.info("align: reference log-probs of %d + %d pairs cached", len(train_pairs), len(val_pairs))
+    model = adapters.add_adapter(model, cfg, "align", cfg.max_steps)  # after the reference: it stays the sft model
 
     def batch_fn(step: int, micro: int) -> dict:
         idx = epoch_indices(len(train_pairs), cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)

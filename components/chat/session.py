@@ -38,12 +38,14 @@ def decoding_kwargs(temperature: float = 0.0, top_k: int | None = None, top_p: f
 
 def load_model(model_dir: Path):
     """(model, tokenizer) of an exported model directory, on the GPU when there is one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from components.train import adapters
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:
         raise ValueError(f"{model_dir}: its tokenizer has no chat template to render a conversation with")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(default_device()).eval()
+    model = adapters.load_model(model_dir).to(default_device()).eval()  # with its adapter, where not merged
     return model, tokenizer
 
 

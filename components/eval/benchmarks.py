@@ -21,6 +21,7 @@ import yaml
 from components.eval.benchmark_data import GENERATORS
 from components.eval.benchmark_specs import EMBEDDED_MAX_GEN_TOKS, SHAPES, BenchmarkSpec
 from components.eval.config import EvalConfig
+from components.train import adapters
 
 log = logging.getLogger(__name__)
 TASKS_DIR = "benchmarks/tasks"  # in the eval artifact: the yamls, for `lm_eval --include_path`
@@ -132,7 +133,8 @@ def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, 
     from lm_eval.tasks import TaskManager
 
     # as `--model_args pretrained=<dir>,dtype=float32` builds it (float32: the dtype eval scores in)
-    lm = HFLM(pretrained=str(model_dir), device=device, dtype="float32", batch_size=cfg.batch_size)
+    lm = HFLM(pretrained=str(model_dir), device=device, dtype="float32", batch_size=cfg.batch_size,
+              peft=adapters.harness_adapter(model_dir))  # the adapter of a method that does not merge
     for spec in cfg.benchmark_specs:  # fail before scoring anything, naming the entry (lm_eval would assert later)
         if (spec.generation_budget or 0) >= lm.max_length:
             raise ValueError(f"config error: {spec.key}.max_gen_toks={spec.max_gen_toks!r}: {spec.name} generates up "

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from components.context import StageContext
 from components.eval import benchmarks
@@ -19,7 +19,7 @@ from components.eval.report import read_manifest, write_report
 from components.eval.reward_scores import reward_scores
 from components.eval.sources import heldout_sets, score_sources
 from components.tasks import preference_pairs, sft_examples
-from components.train import tracking
+from components.train import adapters, tracking
 from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
 
@@ -47,7 +47,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(where).eval()
+        model = adapters.load_model(model_dir).to(where).eval()  # with its adapter where the method does not merge
         windows = fixed_windows(validation, model.config.max_position_embeddings, cfg.max_val_tokens)
         if "unigram_ppl" not in results:  # on the base model's windows: the same targets it is scored on
             results["unigram_ppl"] = m.unigram_ppl(load_shard(inputs["tokenizer"], "train"), windows, len(tokenizer))

@@ -1,21 +1,20 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from components.chat.formats import SFT_FORMATS
 from components.chat.sources import ChatSource, parse_sources
 from components.chat.named_templates import TEMPLATE_NAMES, template_problem
 from components.config import check, check_choice, input_files, log_only, name_or_file
+from components.train.adapter_config import AdapterConfig
 from components.train.config import TrainConfig
-ADAPTERS = ("none", "lora")
 TRUNCATION_MODES = ("drop", "keep_start", "keep_end")
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, AdapterConfig):
     """Instruction tuning of the pretrained model: chat template, loss on assistant tokens only."""
 
     lr: float = 2e-3
@@ -37,11 +36,7 @@ class SFTConfig(TrainConfig):
     format: str = "auto"  # record shape of the sources: auto (detected per record) or one of SFT_FORMATS
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
     packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
-    adapter: str = "none"  # none (full fine-tuning) | lora (peft; merged into the weights on export)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # module names given adapters
+    # adapter, lora_*, adalora_target_rank, ia3_targets, num_virtual_tokens: the PEFT method (adapter_config.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,12 +51,7 @@ class SFTConfig(TrainConfig):
         check(problem is None, "sft.chat_template", self.chat_template, problem or "")
         check(self.system_prompt is None or self.system_prompt.strip() != "", "sft.system_prompt", self.system_prompt,
               "must be a non-empty string, or null")
-        check_choice("sft.adapter", self.adapter, ADAPTERS)
-        check(self.lora_rank > 0, "sft.lora_rank", self.lora_rank, "must be > 0")
-        check(self.lora_alpha > 0, "sft.lora_alpha", self.lora_alpha, "must be > 0")
-        check(0 <= self.lora_dropout < 1, "sft.lora_dropout", self.lora_dropout, "must be in [0, 1)")
-        check(self.adapter != "lora" or len(self.lora_targets) > 0, "sft.lora_targets", self.lora_targets,
-              "name at least one module (e.g. q_proj, v_proj) for sft.adapter=lora")
+        self.check_adapter("sft", "sft.packing" if self.packing else None)
 
     @functools.cached_property
     def chat_sources(self) -> tuple[ChatSource, ...]:

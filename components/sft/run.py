@@ -3,7 +3,7 @@
 Examples come from the generated tasks, or from `sft.sources` in any instruction format
 components/chat/formats.py reads. A bad record raises (sft.strict) or goes to quarantine.jsonl with its
 reason; an example longer than the model's context is quarantined too; all are counted
-in the metrics. Optionally packed (components/chat/batches.py) and/or trained through LoRA (lora.py).
+in the metrics. Optionally packed (components/chat/batches.py) and/or trained through a PEFT method (adapters.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from components.chat.batches import epoch_indices, pack, packed_batch, pad_batch
 from components.chat.heldout import write_heldout
@@ -22,7 +22,7 @@ from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.sft.config import SFTConfig
 from components.tasks import sft_examples
-from components.train import lora
+from components.train import adapters
 from components.train.budget import count_parameters
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
@@ -174,7 +174,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(src)
     use_template(tokenizer, cfg.chat_template)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = adapters.load_base(src, cfg)  # float32; 4-bit for qlora
     max_len = min(model.config.max_position_embeddings, cfg.max_length or model.config.max_position_embeddings)
     train_rows, source_val_rows, quarantined, counts = training_rows(cfg, tokenizer, max_len, ctx)
     heldout = [(ex, "heldout") for ex in sft_examples("heldout", cfg.num_val_examples, cfg.seed)]
@@ -186,11 +186,10 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     if source_val_rows:  # the user's own held-out examples, scored apart from the generated tasks
         val_batches["val_loss_sources"] = pad_batch(source_val_rows, tokenizer.pad_token_id)
 
-    if cfg.adapter == "lora":
-        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, "sft.lora_targets")
-    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
     cfg, epochs = with_epochs(cfg, len(bins), "packed sequences" if cfg.packing else "examples")
+    model = adapters.add_adapter(model, cfg, "sft", cfg.max_steps)  # adalora schedules its pruning by the steps
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     fill = nonpad_fraction(train_rows, bins, cfg)
     log.info("sft: %d training examples in %d sequences (%.1f%% real tokens), %d steps of %d; "
              "%d of %d parameters trainable (adapter %s)", len(train_rows), len(bins), 100 * fill, cfg.max_steps,

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType
 
 from components.context import StageContext
 from components.model.export import save_export
-from components.train import budget, checkpoint, compiling, device, lora, tracking
+from components.train import adapters, budget, checkpoint, compiling, device, lora, tracking
 from components.train.config import TrainConfig
 from components.train.guard import ACCEPT, SKIP, SpikeGuard
 from components.train.state import Clock, StepLog, TrainState
@@ -41,10 +41,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if getattr(cfg, "adapter", "none") == "qlora":  # QLoRA's paged AdamW: optimizer states page to CPU under pressure
+        import bitsandbytes
+
+        return bitsandbytes.optim.PagedAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **adamw_kernel(decay + no_decay))
 
 
@@ -149,7 +153,8 @@ def local_parameter_share(model: torch.nn.Module) -> float:
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory, gathered from every rank (collective: all ranks call it).
-    A LoRA model is merged in place first (lora.exportable): call it once training is over."""
+    A LoRA, AdaLoRA or IA3 model is merged in place first, other adapters saved in path/adapter beside
+    their base (lora.exportable): call it once training is over."""
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -159,7 +164,7 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, path
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        plain, state_dict = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded)
+        plain, state_dict = lora.exportable(accelerator.unwrap_model(model), state_dict, sharded, path)
         save_export(plain, tokenizer, path, state_dict)  # stops at the end of a turn, readable files
     accelerator.wait_for_everyone()
 
@@ -225,11 +230,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
 
 
 def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
-                  max_norm: float) -> float:
-    """Clip the gradients, update, clear; return the gradient norm before clipping."""
+                  max_norm: float, step: int = 0) -> float:
+    """Clip the gradients, update (and the adapter's own step: AdaLoRA's rank pruning), clear; return the
+    gradient norm before clipping."""
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
     optimizer.step()
+    adapters.after_update(accelerator.unwrap_model(model), step)
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm)
 
@@ -348,7 +355,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, batch_fn: BatchFn, loss_fn: 
                 state = skip_update(verdict, loss, state, guard, ckpt_dir, accelerator, steps_log)
                 clock.tick(state, updated=False)
                 continue
-            grad_norm = clip_and_step(model, optimizer, accelerator, cfg.grad_clip)
+            grad_norm = clip_and_step(model, optimizer, accelerator, cfg.grad_clip, state.step)
             state.step, state.tokens = state.step + 1, state.tokens + meter.add(batches)
             clock.tick(state)
             # --- logging, validation, checkpoints ---

@@ -26,8 +26,9 @@ def nll_and_router_aux(model: torch.nn.Module, input_ids: torch.Tensor, labels: 
     them only without a KV cache, hence use_cache=False (training needs none anyway)."""
     kwargs = {"output_router_logits": True} if with_aux and router_aux_coef(model) else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+    logits = out.logits[:, -input_ids.shape[1]:]  # prompt / p-tuning adapters add logits for their virtual tokens
     nll = F.cross_entropy(
-        out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
     )
     return nll, (out.aux_loss if kwargs else None)
 
@@ -67,7 +68,7 @@ def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Per-sequence sum of log p(label tokens), in float32 at least (float64 models stay float64)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -input_ids.shape[1]:-1]  # no virtual tokens
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = labels[:, 1:]
     mask = targets != IGNORE

@@ -1,0 +1,128 @@
+"""The PEFT methods of sft and align (adapter_config.py), through peft: building, stepping, loading.
+
+lora, adalora and ia3 are merged into the base weights on export (lora.exportable): a plain
+Hugging Face model. prefix, prompt, ptuning and qlora are not (virtual tokens have no weight to
+merge into; merged into a 4-bit base, the adapters would be rounded away): the export is the base
+model in model/ (for qlora its NF4 weights dequantized to fp32, as trained) and the adapter in
+model/adapter/, which `load_model` (every later stage, eval, chat) puts back together as
+transformers + peft do:
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = PeftModel.from_pretrained(base, model_dir / "adapter")
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from components.train import lora
+from components.train.adapter_config import FEEDFORWARD, AdapterConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"  # the non-merging methods' adapter, inside the exported model directory
+ADALORA_PHASES = (0.1, 0.2)  # adalora: shares of the steps before pruning starts (tinit) and after it ends (tfinal)
+
+
+def load_base(src: Path, cfg: AdapterConfig) -> torch.nn.Module:
+    """The model to fine-tune: float32, or for qlora quantised to 4-bit NF4 (double quantisation, bf16 compute)
+    on this process's GPU and prepared for k-bit training (norms in fp32, inputs requiring grads)."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.adapter != "qlora":
+        return AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=quantization, dtype=torch.bfloat16,
+                                                 device_map={"": torch.cuda.current_device()})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # the loop's knob decides
+
+
+def peft_config(model: torch.nn.Module, cfg: AdapterConfig, section: str, total_steps: int):
+    """The peft config of cfg.adapter for this model (module names checked against it, naming the key)."""
+    from peft import (AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig,
+                      PromptTuningConfig, TaskType)
+
+    method, causal = cfg.adapter, TaskType.CAUSAL_LM
+    if method in ("lora", "qlora", "adalora"):
+        lora.check_targets(model, cfg.lora_targets, f"{section}.lora_targets")
+    if method in ("lora", "qlora"):
+        return LoraConfig(task_type=causal, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), bias="none")
+    if method == "adalora":  # ranks start at lora_rank, pruned to adalora_target_rank on average
+        tinit, tfinal = (max(1, int(share * total_steps)) for share in ADALORA_PHASES)
+        if tinit + tfinal >= total_steps:  # AdaLoRA needs a pruning phase: name the key that gives it room
+            raise ValueError(f"config error: {section}.max_steps={total_steps}: adalora needs more than {tinit + tfinal} "
+                             f"steps (warm-up {tinit}, final {tfinal}) to prune ranks in between: raise it")
+        return AdaLoraConfig(task_type=causal, init_r=cfg.lora_rank, target_r=cfg.adalora_target_rank,
+                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets),
+                             total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=1)
+    if method == "ia3":
+        lora.check_targets(model, cfg.ia3_targets, f"{section}.ia3_targets")
+        return IA3Config(task_type=causal, target_modules=list(cfg.ia3_targets),
+                         feedforward_modules=[t for t in cfg.ia3_targets if t in FEEDFORWARD])
+    prompt = {"prefix": PrefixTuningConfig, "prompt": PromptTuningConfig, "ptuning": PromptEncoderConfig}[method]
+    return prompt(task_type=causal, num_virtual_tokens=cfg.num_virtual_tokens)
+
+
+def add_adapter(model: torch.nn.Module, cfg: AdapterConfig, section: str, total_steps: int) -> torch.nn.Module:
+    """The model wrapped by peft with cfg.adapter (only the adapter trains), or itself for adapter=none."""
+    if cfg.adapter == "none":
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(model, cfg, section, total_steps))
+
+
+def after_update(model: torch.nn.Module, step: int) -> None:
+    """What a method does after each optimizer update, the gradients still there: AdaLoRA scores its ranks'
+    importance and prunes. (Its importance averages are not checkpointed: a resumed adalora run re-learns them.)"""
+    if lora.is_adapted(model) and hasattr(model.base_model, "update_and_allocate"):
+        model.base_model.update_and_allocate(step)
+
+
+def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
+    """An exported model in float32: the plain Hugging Face model, or base + adapter where the method does
+    not merge (trainable: the adapter trains further, the base stays frozen)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    adapter = Path(model_dir) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return model
+    from peft import PeftConfig, PeftModel
+
+    virtual = PeftConfig.from_pretrained(adapter).is_prompt_learning
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable and not virtual)
+    if trainable and virtual:  # peft refuses is_trainable for these; their only weights are the prompt encoder's
+        model.active_peft_config.inference_mode = False
+        for param in model.prompt_encoder.parameters():
+            param.requires_grad_(True)
+    return model
+
+
+def harness_adapter(model_dir: Path) -> str | None:
+    """The adapter directory for lm-evaluation-harness (HFLM(peft=...)), None for a plain model. A prompt or
+    p-tuning adapter is refused: its model returns logits for the virtual tokens too, which the harness would
+    read as the prompt's (scores silently shifted)."""
+    adapter = Path(model_dir) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return None
+    from peft import PeftConfig
+
+    method = PeftConfig.from_pretrained(adapter).peft_type.value
+    if method in ("PROMPT_TUNING", "P_TUNING"):
+        raise ValueError(f"eval.benchmarks: {model_dir} is a {method} adapter (sft/align.adapter=prompt "
+                         "or ptuning), whose extra logits lm-evaluation-harness cannot align: use another adapter "
+                         "or set eval.benchmarks=[]")
+    return str(adapter)
+
+
+def method_of(model: torch.nn.Module) -> str:
+    """The peft method a model carries ("none" for a plain model), by peft's name (LORA, PREFIX_TUNING, ...)."""
+    return str(model.peft_config["default"].peft_type.value) if lora.is_adapted(model) else "none"
