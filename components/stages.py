@@ -27,6 +27,8 @@ class Stage:
     # may run in the flow's process beside other stages: it touches no process-wide state (torch's
     # RNG, Accelerate's singletons, a launcher's port); the others take turns (flows/dag.py)
     concurrent: bool = False
+    # roles read only when the stage filling them is enabled (eval scores the rl model when rl runs)
+    optional: tuple[str, ...] = ()
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"{self.module}.config"), self.config_class)
@@ -53,7 +55,8 @@ def enabled(stage: Stage, cfg: Any) -> bool:
 def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
     """{input role: the stage whose artifact fills it}, the config's choice of edges: the role's
     default filler, or an enabled stand-in for it (never for the stand-in's own input)."""
-    sources = dict(STAGES[name].needs)
+    sources = {role: src for role, src in STAGES[name].needs.items()
+               if role not in STAGES[name].optional or enabled(STAGES[src], stage_cfgs.get(src))}
     for role, default in sources.items():
         stand_ins = [s.name for s in STAGES.values() if s.stands_in_for == default and s.name != name
                      and enabled(s, stage_cfgs.get(s.name))]
@@ -84,6 +87,8 @@ STAGES: dict[str, Stage] = {
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
         Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
         Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
-        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align")),
+        Stage("rl", "components.rl", "RLConfig", by_role("sft"), True),
+        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align", "rl"),
+              optional=("rl",)),
     )
 }

@@ -49,6 +49,7 @@ KEY_METRICS = {
     "extend": ("val_ppl", "val_loss"),
     "sft": ("val_loss", "final_loss"),
     "align": ("val_preference_accuracy", "val_reward_accuracy"),
+    "rl": ("val_task_accuracy", "reward_mean_last"),
     "eval": ("aligned/task_accuracy", "sft/task_accuracy"),
 }
 
