@@ -113,7 +113,7 @@ def starts_early_in_alphabet(answer: str, example: dict) -> float:
 def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = RLConfig(enabled=True, max_steps=16, warmup_steps=1, lr=3e-3, batch_size=4, group_size=8, max_new_tokens=2,
+    cfg = RLConfig(enabled=True, max_steps=20, warmup_steps=1, lr=2e-2, batch_size=8, group_size=8, max_new_tokens=2,
                    beta=0.0, mixed_precision="no", log_every=100)
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
     accelerator = make_accelerator(cfg, model)
@@ -122,10 +122,10 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
           ctx=StageContext.local(tmp_path, stage="rl"))
     rewards = [json.loads(line)["reward_mean"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert len(rewards) == 16
+    assert len(rewards) == 20
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert 0.02 < first < 0.9, first  # the task has signal at the start
-    assert last > first + 0.2, rewards
+    assert 0.05 < first < 0.7, first  # the task has signal at the start (measured 0.41)
+    assert last > first + 0.3, rewards  # measured 0.93
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -138,3 +138,14 @@ def test_bad_rl_values_name_their_key(overrides, key):
         RLConfig(**overrides)
     if overrides.get("algorithm") == "ppo":
         assert "not built yet" in str(err.value)
+
+
+def test_eval_reads_the_rl_model_only_when_rl_is_enabled():
+    from flows.config import PipelineConfig
+    from flows.plan import make_plan
+
+    off = {s.stage: s for s in make_plan(PipelineConfig())}
+    on = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True)))}
+    assert "rl" not in off and "rl" not in off["eval"].inputs
+    assert on["eval"].inputs["rl"] == on["rl"].key and on["rl"].inputs == {"sft": on["sft"].key}
+    assert on["eval"].key != off["eval"].key and on["sft"].key == off["sft"].key  # upstream untouched
