@@ -20,15 +20,15 @@ class RLConfig(TrainConfig):
     enabled: bool = False
     algorithm: str = "grpo"  # grpo (group-normalised advantages, checker rewards); ppo is not built yet
     lr: float = 2e-5
-    max_steps: int = 60
+    max_steps: int = 60  # optimizer steps, each on freshly sampled rollouts
     warmup_steps: int = 5
     eval_every: int = log_only(20)  # steps between greedy held-out accuracy passes (0: only at the end)
     batch_size: int = 16  # prompts per micro-batch, each answered group_size times
     group_size: int = 8  # G: sampled answers per prompt; their rewards are normalised within the group
     beta: float = 0.04  # weight of the KL penalty to the frozen sft model (k3 estimator per token, as TRL); 0: none
     epsilon: float = 0.2  # the ratio pi/pi_old is clipped to [1 - epsilon, 1 + epsilon] (PPO's clip)
-    # token-level losses: grpo: mean per answer, then over answers (TRL loss_type=grpo) | dapo: mean over
-    # every answer token of the step (TRL's default, no length bias within a batch)
+    # grpo: token mean per answer, then mean over answers (TRL loss_type=grpo) | dapo: mean over every answer
+    # token of the step (TRL's default)
     loss: str = "grpo"
     scale_rewards: str = "group"  # group: advantages (r - mean) / (std + 1e-4) within each group | none: r - mean (Dr. GRPO)
     temperature: float = 1.0  # sampling temperature of the rollouts; the log-probs are of logits / temperature (as TRL)
