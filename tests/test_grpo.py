@@ -45,20 +45,25 @@ def fixed_batch(tokenizer, n_prompts: int = 3, group: int = 2, seed: int = 0) ->
             "completion_mask": completion_mask, "advantages": torch.randn(n, generator=gen)}
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_grpo_loss_equals_trl(sft_dir, tokenizer, tmp_path, loss_type):
-    """TRL's _compute_loss on a fixed batch whose old and reference log-probs differ from the policy's
-    (ratios outside the clip range, non-zero KL) equals ours, as the loop normalises it; our per-token
-    log-probs equal TRL's (its fused LM head)."""
+@pytest.fixture(scope="module")
+def trl_trainer(sft_dir, tokenizer, tmp_path_factory):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
-    args = trl.GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, beta=0.04, epsilon=0.2,
-                          loss_type=loss_type, num_generations=2, per_device_train_batch_size=2,
+    args = trl.GRPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), report_to=[], use_cpu=True, bf16=False,
+                          beta=0.04, epsilon=0.2, num_generations=2, per_device_train_batch_size=2,
                           max_completion_length=6)
-    trainer = trl.GRPOTrainer(model=str(sft_dir / "model"), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
-                              args=args, train_dataset=Dataset.from_list([{"prompt": "x"}] * 4),
-                              processing_class=tokenizer)
+    return trl.GRPOTrainer(model=str(sft_dir / "model"), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                           args=args, train_dataset=Dataset.from_list([{"prompt": "x"}] * 4), processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_loss_equals_trl(trl_trainer, tokenizer, loss_type, monkeypatch):
+    """TRL's _compute_loss on a fixed batch whose old and reference log-probs differ from the policy's
+    (ratios outside the clip range, non-zero KL) equals ours, as the loop normalises it; our per-token
+    log-probs equal TRL's (its fused LM head)."""
+    trainer = trl_trainer
+    monkeypatch.setattr(trainer, "loss_type", loss_type)  # what GRPOConfig(loss_type=...) sets
     policy = trainer.model.eval()  # eval mode: TRL's loss is not divided by gradient accumulation
     batch = fixed_batch(tokenizer)
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
