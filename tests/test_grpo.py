@@ -118,7 +118,7 @@ def starts_early_in_alphabet(answer: str, example: dict) -> float:
 def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = RLConfig(enabled=True, max_steps=20, warmup_steps=1, lr=2e-2, batch_size=8, group_size=8, max_new_tokens=2,
+    cfg = RLConfig(enabled=True, max_steps=14, warmup_steps=1, lr=2e-2, batch_size=8, group_size=8, max_new_tokens=2,
                    beta=0.0, mixed_precision="no", log_every=100)
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
     accelerator = make_accelerator(cfg, model)
@@ -127,10 +127,10 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
           ctx=StageContext.local(tmp_path, stage="rl"))
     rewards = [json.loads(line)["reward_mean"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert len(rewards) == 20
+    assert len(rewards) == 14
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert 0.05 < first < 0.7, first  # the task has signal at the start (measured 0.41)
-    assert last > first + 0.3, rewards  # measured 0.93
+    assert last > first + 0.3, rewards  # measured 0.90
 
 
 @pytest.mark.parametrize("overrides,key", [
