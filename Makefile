@@ -7,7 +7,7 @@ TORCH   := torch==2.13.0
 DEPS    := "prefect==3.8.8" "fastapi<0.151" "sqlalchemy[asyncio]<2.1" hydra-core \
            accelerate datasets "datatrove[processing,io]" spacy sentencepiece wandb \
            transformers peft tokenizers safetensors matplotlib pytest pytest-timeout \
-           trl  # test/benchmark peer: DPO parity (tests/test_dpo_parity.py) and benchmarks/dpo_step.py
+           trl  # test/benchmark peer: DPO and GRPO parity (tests/test_dpo_parity.py, tests/test_grpo.py) and benchmarks/dpo_step.py
 DEPS    += dockerfile  # test: docker/Dockerfile read by Docker's own parser (tests/test_docker.py)
 DEPS    += hydra-joblib-launcher hydra-optuna-sweeper  # sweeps: hydra/launcher=parallel|joblib, hydra/sweeper=optuna
 DEPS    += ray  # data.executor=ray (80 MB wheel, ~13 s; tests/test_scale_out.py runs it on a local cluster)

@@ -56,7 +56,8 @@ def enabled(stage: Stage, cfg: Any) -> bool:
 def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
     """{input role: the stage whose artifact fills it}, the config's choice of edges: the role's
     default filler, or an enabled stand-in for it (never for the stand-in's own input)."""
-    sources = dict(STAGES[name].needs)
+    sources = {role: src for role, src in STAGES[name].needs.items()
+               if role not in STAGES[name].optional or enabled(STAGES[src], stage_cfgs.get(src))}
     for role, default in sources.items():
         stand_ins = [s.name for s in STAGES.values() if s.stands_in_for == default and s.name != name
                      and enabled(s, stage_cfgs.get(s.name))]
@@ -88,7 +89,8 @@ STAGES: dict[str, Stage] = {
         Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
         Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
         Stage("reward", "components.reward", "RewardConfig", by_role("sft"), True),
-        Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align", "reward"),
-              optional=("reward",)),
+        Stage("rl", "components.rl", "RLConfig", by_role("sft"), True),
+        Stage("eval", "components.eval", "EvalConfig",
+              by_role("data", "tokenizer", "pretrain", "sft", "align", "reward", "rl"), optional=("reward", "rl")),
     )
 }

@@ -50,6 +50,7 @@ KEY_METRICS = {
     "sft": ("val_loss", "final_loss"),
     "align": ("val_preference_accuracy", "val_reward_accuracy"),
     "reward": ("val_pair_accuracy", "val_reward_margin"),
+    "rl": ("val_task_accuracy", "reward_mean_last"),
     "eval": ("aligned/task_accuracy", "sft/task_accuracy"),
 }
 

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from components.eval.html import inline_images
 from flows.config import register, to_pipeline_config
 from flows.pipeline import run_pipeline
+from flows.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["data", "tokenizer", "pretrain", "sft", "align", "eval"]
@@ -152,6 +153,22 @@ def test_extend_stands_in_for_pretrain_when_enabled(root):
     model_config = json.loads((paths["sft"] / "model" / "config.json").read_text())
     assert model_config["max_position_embeddings"] == 128 and model_config["rope_parameters"]["rope_type"] == "linear"
     assert "| extend |" in (paths["eval"] / "report.md").read_text()
+
+
+def test_rl_runs_after_sft_and_eval_scores_its_model(root):
+    """rl.enabled=true: GRPO from the cached sft model, then eval has an `rl` model; off, eval reads no rl input."""
+    rows = run(root, "rl.enabled=true")
+    assert statuses(rows) == {"data": "cached", "tokenizer": "cached", "pretrain": "cached", "sft": "cached",
+                              "align": "cached", "rl": "built", "eval": "built"}
+    paths = {r["stage"]: Path(r["path"]) for r in rows}
+    rl = json.loads((paths["rl"] / "manifest.json").read_text())
+    assert rl["inputs"]["sft"]["key"] == paths["sft"].name
+    assert len(rl["metrics"]["reward_per_step"]) == len(rl["metrics"]["kl_per_step"]) == rl["metrics"]["steps"] == 3
+    assert rl["metrics"]["rollout_tokens_per_s"] > 0 and (paths["rl"] / "model" / "config.json").is_file()
+    metrics = json.loads((paths["eval"] / "metrics.json").read_text())
+    assert {"base", "sft", "aligned", "rl"} <= set(metrics) and "task_accuracy" in metrics["rl"]
+    default_eval = next(step for step in make_plan(config(root)) if step.stage == "eval")
+    assert "rl" not in default_eval.inputs and default_eval.key != paths["eval"].name
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

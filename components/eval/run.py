@@ -24,7 +24,12 @@ from components.train.device import default_device
 from components.train.data import fixed_windows, load_shard
 
 log = logging.getLogger(__name__)
-MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align"}  # model name -> stage whose model/ it is
+MODELS = {"base": "pretrain", "sft": "sft", "aligned": "align", "rl": "rl"}  # model name -> stage whose model/ it is
+
+
+def run_models(inputs: dict) -> dict[str, str]:
+    """The models of this run: rl only when its stage ran (an optional input, components/stages.py)."""
+    return {name: stage for name, stage in MODELS.items() if stage in inputs}
 
 
 def _bits_per_byte(ppl: float, bytes_per_token: float | None) -> float | None:
@@ -43,7 +48,8 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     where = default_device()  # the GPU when there is one
     log.info("eval on %s", where)
     probe = passkey.PasskeyProbe.from_inputs(cfg, inputs) if cfg.passkey_trials else None
-    for name, stage in MODELS.items():
+    models = run_models(inputs)
+    for name, stage in models.items():
         start = time.perf_counter()
         model_dir = Path(inputs[stage]) / "model"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -75,34 +81,35 @@ def run(cfg: EvalConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     for name, value in results["reward_model"].get("mean_reward", {}).items():
         if name in results:
             results[name]["mean_reward"] = value  # flat as <model>/mean_reward
-    benchmarks.add_scores(results, cfg, inputs, MODELS, out_dir, ctx.key, str(where))  # results[<model>]["benchmarks"]
+    benchmarks.add_scores(results, cfg, inputs, models, out_dir, ctx.key, str(where))  # results[<model>]["benchmarks"]
     # per byte, perplexities compare across tokenizers (a smaller vocab makes a weaker unigram per token)
     bytes_per_token = read_manifest(inputs["tokenizer"]).get("metrics", {}).get("bytes_per_token")
     if not bytes_per_token:
         log.warning("tokenizer manifest has no bytes_per_token: bits per byte left out")
     results["n"], results["decoding_strategies"] = {"tasks": len(tasks), "pairs": len(pairs)}, cfg.decoding
     results["unigram_bits_per_byte"] = _bits_per_byte(results["unigram_ppl"], bytes_per_token)
-    for name in MODELS:
+    for name in models:
         results[name]["val_bits_per_byte"] = _bits_per_byte(results[name]["val_ppl"], bytes_per_token)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_report(out_dir, results, samples, inputs)
-    return _track(ctx, cfg, results, samples, out_dir)
+    return _track(ctx, cfg, results, samples, out_dir, models)
 
 
-def _track(ctx: StageContext, cfg: EvalConfig, results: dict, samples: dict, out_dir: Path) -> dict:
+def _track(ctx: StageContext, cfg: EvalConfig, results: dict, samples: dict, out_dir: Path,
+           models: dict[str, str]) -> dict:
     """Log the flat metrics, plots and tables to the tracker; the flat metrics are the stage's result."""
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
-    for name in MODELS:
+    for name in models:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
         flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()})
         flat.update(passkey.flat_means(name, results[name].get("passkey", {})))
     flat = {k: v for k, v in flat.items() if v is not None}
-    per_task_rows = [[task, *(results["per_task"][name].get(task) for name in MODELS)]
+    per_task_rows = [[task, *(results["per_task"][name].get(task) for name in models)]
                      for task in sorted({t for per in results["per_task"].values() for t in per})]
     sample_rows = [[name, row["prompt"], strategy, answer] for name, rows in samples.items() for row in rows
                    for strategy, answer in row.items() if strategy != "prompt"]
     tracking.start(ctx, cfg).finish(
-        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy", *(f"passkey_{m}" for m in MODELS))},
-        tables={"per_task_accuracy": (["task", *MODELS], per_task_rows),
+        flat, {name: out_dir / f"{name}.png" for name in ("loss_curves", "accuracy", *(f"passkey_{m}" for m in models))},
+        tables={"per_task_accuracy": (["task", *models], per_task_rows),
                 "samples": (["model", "prompt", "strategy", "answer"], sample_rows)})
     return flat

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import check, check_choice, log_only
+from components.train.config import TrainConfig
+
+ALGORITHMS = ("grpo",)  # ppo (value head, GAE, reward-model rewards) is a later piece of issue 15
+LOSSES = ("grpo", "dapo")
+SCALE_REWARDS = ("group", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLConfig(TrainConfig):
+    """RL from verifiable rewards after sft: each step samples group_size answers per generated task prompt,
+    rewards them 1/0 with the task's checker (exact match, as eval scores), and takes a clipped
+    policy-gradient step on the group-normalised advantages with a KL penalty to the frozen sft model
+    (GRPO, Shao et al. 2024, as TRL's GRPOTrainer computes it). Off by default; rl.enabled=true runs it."""
+
+    enabled: bool = False
+    algorithm: str = "grpo"  # grpo (group-normalised advantages, checker rewards); ppo is not built yet
+    lr: float = 2e-5
+    max_steps: int = 60  # optimizer steps, each on freshly sampled rollouts
+    warmup_steps: int = 5
+    eval_every: int = log_only(20)  # steps between greedy held-out accuracy passes (0: only at the end)
+    batch_size: int = 16  # prompts per micro-batch, each answered group_size times
+    group_size: int = 8  # G: sampled answers per prompt; their rewards are normalised within the group
+    beta: float = 0.04  # weight of the KL penalty to the frozen sft model (k3 estimator per token, as TRL); 0: none
+    epsilon: float = 0.2  # the ratio pi/pi_old is clipped to [1 - epsilon, 1 + epsilon] (PPO's clip)
+    # grpo: token mean per answer, then mean over answers (TRL loss_type=grpo) | dapo: mean over every answer
+    # token of the step (TRL's default)
+    loss: str = "grpo"
+    scale_rewards: str = "group"  # group: advantages (r - mean) / (std + 1e-4) within each group | none: r - mean (Dr. GRPO)
+    temperature: float = 1.0  # sampling temperature of the rollouts; the log-probs are of logits / temperature (as TRL)
+    top_k: int = 0  # sample among the top_k tokens only (0: the whole vocabulary)
+    max_new_tokens: int = 16  # answer budget per rollout (the tasks' answers are a few tokens)
+    num_prompts: int = 4000  # training prompts: generated tasks of the train split, drawn in seeded order
+    num_val_prompts: int = 200  # held-out task prompts scored (greedy, exact match) at each validation
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.algorithm != "ppo", "rl.algorithm", self.algorithm,
+              "ppo is not built yet (it needs the reward stage's model and a value head): use grpo")
+        check_choice("rl.algorithm", self.algorithm, ALGORITHMS)
+        check(self.group_size >= 2, "rl.group_size", self.group_size,
+              "must be >= 2: advantages are normalised within a group of answers to one prompt")
+        check(self.beta >= 0, "rl.beta", self.beta, "must be >= 0 (0: no KL penalty)")
+        check(0 < self.epsilon < 1, "rl.epsilon", self.epsilon, "must be in (0, 1)")
+        check_choice("rl.loss", self.loss, LOSSES)
+        check_choice("rl.scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check(self.temperature > 0, "rl.temperature", self.temperature, "must be > 0")
+        check(self.top_k >= 0, "rl.top_k", self.top_k, "must be >= 0 (0: no top-k cut)")
+        check(self.max_new_tokens > 0, "rl.max_new_tokens", self.max_new_tokens, "must be > 0")
+        check(self.num_prompts > 0, "rl.num_prompts", self.num_prompts, "must be > 0")
+        check(self.num_val_prompts > 0, "rl.num_val_prompts", self.num_val_prompts, "must be > 0")

@@ -1,0 +1,98 @@
+"""Rollouts: G sampled answers per task prompt through the model's `generate` (the GenerationConfig of
+components/chat/generate.py), rewarded 1/0 by the task's checker, laid out for the GRPO loss."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from components.chat.generate import cut_answer, generation_config
+from components.chat.template import end_of_turn
+from components.rl.grpo import group_advantages, token_logps
+from components.train.device import model_device
+
+
+def checker_reward(answer: str, example: dict) -> float:
+    """The task's check, as eval scores it: exact match of the answer, whitespace stripped."""
+    return float(answer.strip() == example["answer"].strip())
+
+
+def stop_ids(config) -> set[int]:
+    eos = config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def answer_tokens(row: torch.Tensor, stops: set[int]) -> list[int]:
+    """The generated tokens up to and including the first stop (a turn's end or eos); all of them if none."""
+    ids = row.tolist()
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[: i + 1]
+    return ids
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, examples: list[dict], cfg, seed: int) -> tuple[list[list[int]], list[list[int]], list[str], float]:
+    """(prompt ids per answer, answer ids per answer, answer texts, seconds): cfg.group_size sampled answers
+    per example, each example's in a row. Seeded by `seed` alone: a resumed run draws what it would have drawn."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    config = generation_config(model, tokenizer, cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                               top_k=cfg.top_k, top_p=1.0, num_return_sequences=cfg.group_size)
+    texts = [tokenizer.apply_chat_template(ex["messages"][:-1], tokenize=False, add_generation_prompt=True)
+             for ex in examples]
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt",
+                    return_token_type_ids=False).to(model_device(model))
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    out = model.generate(**enc, generation_config=config).cpu()
+    seconds = time.perf_counter() - start
+    width, stops, end = enc["input_ids"].shape[1], stop_ids(config), end_of_turn(tokenizer)
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
+    prompt_ids, answer_ids, answers = [], [], []
+    for row_index, row in enumerate(out[:, width:]):
+        answer = answer_tokens(row, stops)
+        prompt_ids.append(prompts[row_index // cfg.group_size])
+        answer_ids.append(answer)
+        answers.append(cut_answer(tokenizer, tokenizer.decode(answer, skip_special_tokens=False), end))
+    return prompt_ids, answer_ids, answers, seconds
+
+
+def rollout_batch(prompt_ids: list[list[int]], answer_ids: list[list[int]], rewards: list[float], cfg,
+                  pad_id: int) -> dict:
+    """Right-padded prompt + answer rows; completion_mask [B, L-1] marks the targets that are answer tokens."""
+    width = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
+    n = len(prompt_ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, width - 1), dtype=torch.bool)
+    for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids)):
+        input_ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        attention_mask[i, : len(prompt) + len(answer)] = 1
+        completion_mask[i, len(prompt) - 1 : len(prompt) - 1 + len(answer)] = True  # target t is token t+1
+    reward = torch.tensor(rewards)
+    n_answer_tokens = int(completion_mask.sum())
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
+            "rewards": reward, "advantages": group_advantages(reward, cfg.group_size, cfg.scale_rewards),
+            "n_targets": n if cfg.loss == "grpo" else n_answer_tokens, "n_tokens": int(attention_mask.sum())}
+
+
+def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: int, autocast,
+                  reward=checker_reward) -> dict:
+    """One global micro-batch of rollouts with the reference's per-token log-probs and the step's rollout
+    figures (mean reward, share of groups with no signal, answer length, rollout tokens/s)."""
+    prompt_ids, answer_ids, answers, seconds = sample_answers(model, tokenizer, examples, cfg, seed)
+    rewards = [reward(a, examples[i // cfg.group_size]) for i, a in enumerate(answers)]
+    batch = rollout_batch(prompt_ids, answer_ids, rewards, cfg, tokenizer.pad_token_id)
+    if cfg.beta:
+        with torch.no_grad(), autocast():
+            where = model_device(reference)
+            batch["ref_logps"] = token_logps(reference, batch["input_ids"].to(where), batch["attention_mask"].to(where),
+                                             cfg.temperature).float().cpu()
+    grouped = batch["rewards"].view(-1, cfg.group_size)
+    n_generated = sum(len(a) for a in answer_ids)
+    batch["stats"] = {"reward_mean": float(grouped.mean()),
+                      "groups_without_signal": float((grouped.std(1) == 0).float().mean()),
+                      "answer_tokens_mean": n_generated / len(answer_ids),
+                      "rollout_tokens": n_generated, "rollout_seconds": seconds}
+    return batch

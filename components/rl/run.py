@@ -1,0 +1,108 @@
+"""RL stage (GRPO with checker rewards): the sft model is the starting policy and the frozen reference.
+
+Inside the shared training loop: batch_fn(step, micro) samples that position's rollouts from the
+current policy (the prompts and the sampling seed are functions of the position, so a resumed run
+draws what the uninterrupted one would have), loss_fn is the GRPO loss over them. Each rollout serves
+one update (TRL's num_iterations=1): the policy is always on-policy, pi_old = pi in value.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.chat.batches import epoch_indices
+from components.chat.generate import generate
+from components.context import StageContext
+from components.rl.config import RLConfig
+from components.rl.grpo import grpo_loss, token_logps
+from components.rl.rollout import checker_reward, make_rollouts
+from components.tasks import sft_examples
+from components.train.epochs import with_epochs
+from components.train.loop import make_accelerator, train
+
+log = logging.getLogger(__name__)
+
+
+def grpo_objective(cfg: RLConfig):
+    """The training loop's loss_fn: the policy's per-token log-probs of its own answers, against the
+    reference's (cached in the batch), weighted by the group-normalised advantages."""
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], cfg.temperature)
+        loss_sum, kl = grpo_loss(logps, logps.detach(), batch.get("ref_logps"), batch["advantages"],
+                                 batch["completion_mask"], cfg.beta, cfg.epsilon, cfg.loss)
+        stats = batch["stats"]
+        return loss_sum, {"reward_mean": stats["reward_mean"], "kl": float(kl),
+                          "groups_without_signal": stats["groups_without_signal"],
+                          "answer_tokens_mean": stats["answer_tokens_mean"],
+                          "rollout_tokens_per_s": stats["rollout_tokens"] / max(1e-9, stats["rollout_seconds"])}
+
+    return loss_fn
+
+
+def rollout_source(model, reference, tokenizer, prompts: list[dict], cfg: RLConfig, autocast,
+                   reward=checker_reward):
+    """The loop's batch_fn: the rollouts of the micro-batch at a position, sampled from the current policy;
+    its prompts and sampling seed are functions of the position. reward(answer, example) -> float."""
+    cache: dict = {}  # the loop asks for step 0's first batch twice (budget, then training): sampled once
+
+    def batch_fn(step: int, micro: int) -> dict:
+        position = step * cfg.grad_accum + micro
+        if position not in cache:
+            idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
+            cache.clear()
+            cache[position] = make_rollouts(model, reference, tokenizer, [prompts[i] for i in idx], cfg,
+                                            cfg.seed * 1_000_003 + position, autocast, reward)
+        return cache[position]
+
+    return batch_fn
+
+
+def heldout_accuracy(model, tokenizer, examples: list[dict], cfg: RLConfig) -> float:
+    """Greedy exact-match accuracy on held-out task prompts (what eval's task_accuracy measures)."""
+    answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], cfg.max_new_tokens, batch_size=64)
+    return sum(checker_reward(a, ex) for a, ex in zip(answers, examples)) / len(examples)
+
+
+def per_step(log_path: Path, key: str) -> list[float]:
+    """One metric of every step in log.jsonl (cut to the resumed step, so a resumed run's too)."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [round(row[key], 4) for row in rows if key in row]
+
+
+def run(cfg: RLConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
+    if ctx.strategy == "fsdp":  # rollouts call generate on the whole model, which FSDP shards
+        raise ValueError("config error: launcher.strategy=fsdp: the rl stage samples with the unsharded model; "
+                         "use single or ddp")
+    out_dir = ctx.out_dir
+    src = Path(inputs["sft"]) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval().requires_grad_(False)
+    accelerator = make_accelerator(cfg, model, ctx.strategy)
+    model.to(accelerator.device)
+    reference.to(accelerator.device)
+    prompts = sft_examples("train", cfg.num_prompts, cfg.seed)
+    heldout = sft_examples("heldout", cfg.num_val_prompts, cfg.seed)
+    cfg, epochs = with_epochs(cfg, len(prompts), "prompts")
+    batch_fn = rollout_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast)
+
+    def evaluate(policy: torch.nn.Module) -> dict:
+        return {"val_task_accuracy": heldout_accuracy(accelerator.unwrap_model(policy), tokenizer, heldout, cfg)}
+
+    before = heldout_accuracy(model, tokenizer, heldout, cfg)
+    log.info("rl: sft model's held-out accuracy %.3f on %d prompts; %d training prompts, %d answers each",
+             before, len(heldout), len(prompts), cfg.group_size)
+    metrics = train(model, cfg, batch_fn, grpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
+                    export=(tokenizer, out_dir / "model"), ctx=ctx)
+    rewards, kls = per_step(out_dir / "log.jsonl", "reward_mean"), per_step(out_dir / "log.jsonl", "kl")
+    speeds = per_step(out_dir / "log.jsonl", "rollout_tokens_per_s")
+    tail = max(1, len(rewards) // 10)
+    return {**metrics, **epochs, "val_task_accuracy_before": before,
+            "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
+            "rollout_tokens_per_s": round(sum(speeds) / max(1, len(speeds)), 1),
+            "reward_per_step": rewards, "kl_per_step": kls}

@@ -1,0 +1,156 @@
+"""GRPO (the rl stage): our loss against TRL's GRPOTrainer on a fixed batch, the group-normalised
+advantages, a tiny run that learns a toy verifiable task, and the config checks."""
+import json
+
+import pytest
+import torch
+
+from components.context import StageContext
+from components.model.config import ModelConfig
+from components.rl.config import RLConfig
+from components.rl.grpo import group_advantages, grpo_loss, token_logps
+from components.rl.run import grpo_objective, rollout_source
+from components.rl.rollout import rollout_batch
+from components.tasks import sft_examples
+from components.train.loop import make_accelerator, train
+from tests.tiny import save_tiny_model, tiny_tokenizer
+
+TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory, tokenizer):
+    return save_tiny_model(tmp_path_factory.mktemp("sft"), tokenizer, TINY, seed=1)
+
+
+def fixed_batch(tokenizer, n_prompts: int = 3, group: int = 2, seed: int = 0) -> dict:
+    """TRL's layout: left-padded prompts, right-padded completions of different lengths (random tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    texts = [tokenizer.apply_chat_template(ex["messages"][:-1], tokenize=False, add_generation_prompt=True)
+             for ex in sft_examples("train", n_prompts)]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt", return_token_type_ids=False)
+    prompt_ids, prompt_mask = enc["input_ids"].repeat_interleave(group, 0), enc["attention_mask"].repeat_interleave(group, 0)
+    n, width = len(prompt_ids), 6
+    completion_ids = torch.randint(10, len(tokenizer), (n, width), generator=gen)
+    lengths = torch.randint(1, width + 1, (n,), generator=gen)
+    completion_mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask, "advantages": torch.randn(n, generator=gen)}
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(sft_dir, tokenizer, tmp_path_factory):
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    args = trl.GRPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), report_to=[], use_cpu=True, bf16=False,
+                          beta=0.04, epsilon=0.2, num_generations=2, per_device_train_batch_size=2,
+                          max_completion_length=6)
+    return trl.GRPOTrainer(model=str(sft_dir / "model"), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                           args=args, train_dataset=Dataset.from_list([{"prompt": "x"}] * 4), processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_loss_equals_trl(trl_trainer, tokenizer, loss_type, monkeypatch):
+    """TRL's _compute_loss on a fixed batch whose old and reference log-probs differ from the policy's
+    (ratios outside the clip range, non-zero KL) equals ours, as the loop normalises it; our per-token
+    log-probs equal TRL's (its fused LM head)."""
+    trainer = trl_trainer
+    monkeypatch.setattr(trainer, "loss_type", loss_type)  # what GRPOConfig(loss_type=...) sets
+    policy = trainer.model.eval()  # eval mode: TRL's loss is not divided by gradient accumulation
+    batch = fixed_batch(tokenizer)
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    width = batch["completion_ids"].shape[1]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        trl_logps, _, _ = trainer._get_per_token_logps_and_entropies(policy, input_ids, attention_mask, width)
+        ours = token_logps(policy, input_ids, attention_mask)[:, -width:]
+        old = trl_logps + 0.3 * torch.randn(trl_logps.shape, generator=gen)  # ratios from 0.4 to 2.5: clipping matters
+        ref = trl_logps + 0.5 * torch.randn(trl_logps.shape, generator=gen)
+        mask = batch["completion_mask"]
+        theirs = trainer._compute_loss(policy, {**batch, "old_per_token_logps": old, "ref_per_token_logps": ref,
+                                                "num_items_in_batch": mask.sum()})
+        loss_sum, kl = grpo_loss(trl_logps, old, ref, batch["advantages"], mask, 0.04, 0.2, loss_type)
+    ratio = (trl_logps - old).exp()[mask.bool()]
+    assert ((ratio < 0.8) | (ratio > 1.2)).any()  # the clip is exercised
+    torch.testing.assert_close(ours[mask.bool()], trl_logps[mask.bool()], rtol=0, atol=2e-5)
+    n_targets = len(mask) if loss_type == "grpo" else mask.sum()  # what the rollout batch counts (rollout_batch)
+    torch.testing.assert_close(loss_sum / n_targets, theirs, rtol=0, atol=1e-6)
+    assert kl > 0
+
+
+def test_group_advantages_are_normalised_within_each_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    adv = group_advantages(rewards, 4).view(3, 4)
+    # group 1: mean 1/4, std (Bessel) 1/2; group 2: all solved, no signal; group 3: mean 1/2, std 0.577
+    torch.testing.assert_close(adv[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-4))
+    assert torch.equal(adv[1], torch.zeros(4))
+    torch.testing.assert_close(adv.sum(1), torch.zeros(3), rtol=0, atol=1e-6)  # zero mean in every group
+    torch.testing.assert_close(group_advantages(rewards, 4, "none").view(3, 4)[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert not torch.allclose(group_advantages(rewards, 2), group_advantages(rewards, 4))  # the group, not the batch
+
+
+def test_rollout_batch_marks_exactly_the_answer_tokens():
+    cfg = RLConfig(group_size=2)
+    batch = rollout_batch([[1, 5, 6], [1, 5, 6]], [[7, 2], [9]], [1.0, 0.0], cfg, pad_id=3)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 2], [1, 5, 6, 9, 3]]
+    targets = batch["input_ids"][:, 1:][batch["completion_mask"]]  # target t is token t+1
+    assert targets.tolist() == [7, 2, 9]
+    assert batch["n_targets"] == 2  # loss grpo: one target per answer
+    dapo = rollout_batch([[1, 5, 6], [1, 5, 6]], [[7, 2], [9]], [1.0, 0.0], RLConfig(group_size=2, loss="dapo"), 3)
+    assert dapo["n_targets"] == 3  # loss dapo: one per answer token
+    assert batch["advantages"][0] > 0 > batch["advantages"][1]
+
+
+def starts_early_in_alphabet(answer: str, example: dict) -> float:
+    """A toy verifiable task a random model solves sometimes: answer with a word starting a-m."""
+    return float(answer[:1].lower() in "abcdefghijklm" and answer[:1] != "")
+
+
+def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = RLConfig(enabled=True, max_steps=14, warmup_steps=1, lr=2e-2, batch_size=8, group_size=8, max_new_tokens=2,
+                   beta=0.0, mixed_precision="no", log_every=100)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
+    accelerator = make_accelerator(cfg, model)
+    prompts = sft_examples("train", 64)
+    batch_fn = rollout_source(model, None, tokenizer, prompts, cfg, accelerator.autocast, starts_early_in_alphabet)
+    train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
+          ctx=StageContext.local(tmp_path, stage="rl"))
+    rewards = [json.loads(line)["reward_mean"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(rewards) == 14
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert 0.05 < first < 0.7, first  # the task has signal at the start (measured 0.41)
+    assert last > first + 0.3, rewards  # measured 0.90
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"algorithm": "ppo"}, "rl.algorithm"), ({"algorithm": "reinforce"}, "rl.algorithm"),
+    ({"group_size": 1}, "rl.group_size"), ({"epsilon": 1.5}, "rl.epsilon"), ({"loss": "bnpo"}, "rl.loss"),
+    ({"beta": -0.1}, "rl.beta"), ({"scale_rewards": "batch"}, "rl.scale_rewards"), ({"lr": 0}, "rl.lr"),
+])
+def test_bad_rl_values_name_their_key(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as err:
+        RLConfig(**overrides)
+    if overrides.get("algorithm") == "ppo":
+        assert "not built yet" in str(err.value)
+
+
+def test_eval_reads_the_rl_model_only_when_rl_is_enabled():
+    from flows.config import PipelineConfig
+    from flows.plan import make_plan
+
+    off = {s.stage: s for s in make_plan(PipelineConfig())}
+    on = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True)))}
+    assert "rl" not in off and "rl" not in off["eval"].inputs
+    assert on["eval"].inputs["rl"] == on["rl"].key and on["rl"].inputs == {"sft": on["sft"].key}
+    assert on["eval"].key != off["eval"].key and on["sft"].key == off["sft"].key  # upstream untouched
