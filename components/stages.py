@@ -82,7 +82,7 @@ STAGES: dict[str, Stage] = {
         Stage("tokenizer", "tokenizer", "TokenizerConfig", by_role("data"), concurrent=True),
         Stage("pretrain", "components.pretrain", "PretrainConfig", by_role("tokenizer"), True),
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
-        Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
+        Stage("sft", "components.sft", "SFTConfig", by_role("pretrain", "tokenizer"), True),  # tokenizer: replay text
         Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
         Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align")),
     )

@@ -42,6 +42,9 @@ class SFTConfig(TrainConfig):
     lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # module names given adapters
+    # share of each micro-batch's next-token targets that are pretraining text (windows of the tokenizer's
+    # train shard up to the model's context, loss on every token) so sft keeps the language model; 0: off
+    replay: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +65,8 @@ class SFTConfig(TrainConfig):
         check(0 <= self.lora_dropout < 1, "sft.lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(self.adapter != "lora" or len(self.lora_targets) > 0, "sft.lora_targets", self.lora_targets,
               "name at least one module (e.g. q_proj, v_proj) for sft.adapter=lora")
+        check(0 <= self.replay < 1, "sft.replay", self.replay,
+              "must be in [0, 1): the share of each batch's trained tokens that are pretraining text (0: off)")
 
     @functools.cached_property
     def chat_sources(self) -> tuple[ChatSource, ...]:
