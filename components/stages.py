@@ -83,7 +83,7 @@ STAGES: dict[str, Stage] = {
         Stage("pretrain", "components.pretrain", "PretrainConfig", by_role("tokenizer"), True),
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
         Stage("sft", "components.sft", "SFTConfig", by_role("pretrain", "tokenizer"), True),  # tokenizer: replay text
-        Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
+        Stage("align", "components.align", "AlignConfig", by_role("sft", "tokenizer"), True),  # tokenizer: replay text
         Stage("eval", "components.eval", "EvalConfig", by_role("data", "tokenizer", "pretrain", "sft", "align")),
     )
 }
