@@ -96,7 +96,8 @@ def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_pat
     metrics = run(cfg, {"pretrain": pre, "tokenizer": tok_dir}, StageContext.local(out))  # tokenizer: sft.replay's text
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] * 0.85  # chat answers and replayed prose together
-    assert rows[-1]["replay_loss"] < rows[0]["replay_loss"]  # the replayed prose trains too
+    replay = [r["replay_loss"] for r in rows]  # a few dozen tokens a step: compare five-step means
+    assert sum(replay[-5:]) < sum(replay[:5])  # the replayed prose trains too
     assert metrics["val_loss"] < rows[0]["loss"]
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     assert reloaded.config.vocab_size == len(tokenizer)
