@@ -24,10 +24,10 @@ from components.chat.template import encode_chat
 from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
+from components.train.data import load_shard
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, dpo_loss
-from components.train.data import load_shard
 from components.train.loop import make_accelerator, train
 from components.train.replay import check_replay_tokens, with_replay_loss, with_replay_weight
 

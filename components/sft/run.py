@@ -24,10 +24,10 @@ from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import lora
 from components.train.budget import count_parameters
+from components.train.data import load_shard
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, lm_loss
-from components.train.data import load_shard
 from components.train.loop import train
 from components.train.replay import check_replay_tokens, with_replay_loss, with_replay_share
 
