@@ -44,7 +44,7 @@ class SFTConfig(TrainConfig):
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # module names given adapters
     # share of each micro-batch's next-token targets that are pretraining text (windows of the tokenizer's
     # train shard up to the model's context, loss on every token) so sft keeps the language model; 0: off
-    replay: float = 0.25
+    replay: float = 0.75
 
     def __post_init__(self) -> None:
         super().__post_init__()
