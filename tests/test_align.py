@@ -286,7 +286,7 @@ def test_sources_strict_fails_naming_file_line_and_field(sft_dir, tmp_path):
     from components.chat.formats import FormatError
 
     src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
-    cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1)
+    cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1, replay=0)
     (tmp_path / "out").mkdir()
     with pytest.raises(FormatError, match=r"prefs\.jsonl:4: field 'rejected'"):
         run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
