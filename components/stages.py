@@ -86,8 +86,8 @@ STAGES: dict[str, Stage] = {
         Stage("tokenizer", "tokenizer", "TokenizerConfig", by_role("data"), concurrent=True),
         Stage("pretrain", "components.pretrain", "PretrainConfig", by_role("tokenizer"), True),
         Stage("extend", "components.extend", "ExtendConfig", by_role("pretrain", "tokenizer"), True, stands_in_for="pretrain"),
-        Stage("sft", "components.sft", "SFTConfig", by_role("pretrain"), True),
-        Stage("align", "components.align", "AlignConfig", by_role("sft"), True),
+        Stage("sft", "components.sft", "SFTConfig", by_role("pretrain", "tokenizer"), True),  # tokenizer: replay text
+        Stage("align", "components.align", "AlignConfig", by_role("sft", "tokenizer"), True),  # tokenizer: replay text
         Stage("reward", "components.reward", "RewardConfig", by_role("sft"), True),
         Stage("rl", "components.rl", "RLConfig", by_role("sft"), True),
         Stage("eval", "components.eval", "EvalConfig",

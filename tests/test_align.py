@@ -14,14 +14,21 @@ from components.model.build import build_model
 from components.model.config import ModelConfig
 from components.tasks import preference_pairs
 from components.train.losses import IGNORE, dpo_loss, sequence_logps
-from tests.tiny import save_tiny_model, tiny_tokenizer
+from tests.tiny import make_tokenizer_artifact, save_tiny_model
 
 TINY = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, context_length=64)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+def tok_dir(tmp_path_factory):
+    return make_tokenizer_artifact(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir / "hf")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +160,7 @@ def test_prefix_sharing_changes_no_result(sft_dir, tmp_path):
     from components.config import output_relevant
 
     base = dict(max_steps=4, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=32, num_val_pairs=16, rpo_alpha=0.5,
-                mixed_precision="no", log_every=1, rejected="generated")
+                mixed_precision="no", log_every=1, rejected="generated", replay=0)
     results = {}
     for shared in (True, False):
         out = tmp_path / str(shared)
@@ -183,7 +190,7 @@ def test_loss_starts_at_ln2_and_moves(sft_dir, tmp_path):
     from components.align.run import run
 
     cfg = AlignConfig(max_steps=8, warmup_steps=1, batch_size=8, lr=5e-3, num_pairs=64, num_val_pairs=16, rpo_alpha=0.0,
-                      mixed_precision="no", log_every=1, rejected="generated")
+                      mixed_precision="no", log_every=1, rejected="generated", replay=0)
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path))
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -200,6 +207,10 @@ def test_bad_align_values_name_their_key():
         AlignConfig(loss="kto")
     with pytest.raises(ValueError, match=r"align\.pack_tokens"):
         AlignConfig(pack_tokens=-1)
+    with pytest.raises(ValueError, match=r"align\.replay=-1"):
+        AlignConfig(replay=-1)
+    with pytest.raises(ValueError, match=r"align\.replay_tokens=0"):
+        AlignConfig(replay_tokens=0)
 
 
 def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
@@ -207,7 +218,7 @@ def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
     from components.align.run import run
 
     base = dict(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no", log_every=1,
-                rejected="generated")
+                rejected="generated", replay=0)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     run(AlignConfig(rpo_alpha=0.0, **base), {"sft": sft_dir}, StageContext.local(tmp_path / "a"))
     run(AlignConfig(rpo_alpha=0.5, **base), {"sft": sft_dir}, StageContext.local(tmp_path / "b"))
@@ -215,6 +226,20 @@ def test_rpo_term_adds_the_chosen_nll(sft_dir, tmp_path):
     mixed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["loss"]
     assert pure == pytest.approx(math.log(2), abs=1e-4)
     assert mixed > pure + 0.5  # a random model's NLL per token is several nats
+
+
+def test_replay_adds_its_weighted_next_token_loss_on_pretraining_text(sft_dir, tok_dir, tmp_path):
+    """align.replay: step 0's loss is ln 2 (policy = reference) plus the weight times the replay windows' mean NLL."""
+    from components.align.run import run
+
+    cfg = AlignConfig(max_steps=1, warmup_steps=0, batch_size=8, num_pairs=8, num_val_pairs=8, mixed_precision="no",
+                      log_every=1, rejected="generated", rpo_alpha=0.0, replay=0.5, replay_tokens=100)
+    run(cfg, {"sft": sft_dir, "tokenizer": tok_dir}, StageContext.local(tmp_path))
+    row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert row["replay_loss"] > 3  # a random model's NLL per token on prose is several nats
+    assert row["loss"] == pytest.approx(math.log(2) + 0.5 * row["replay_loss"], abs=1e-4)
+    with pytest.raises(ValueError, match=r"align\.replay=0\.5 adds a language-model loss.*input 'tokenizer'"):
+        run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "again"))
 
 
 def test_on_policy_rejected_are_the_models_own_wrong_answers(sft_dir, tokenizer):
@@ -261,7 +286,7 @@ def test_sources_strict_fails_naming_file_line_and_field(sft_dir, tmp_path):
     from components.chat.formats import FormatError
 
     src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
-    cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1)
+    cfg = AlignConfig(sources=[str(src)], strict=True, max_steps=1, warmup_steps=0, num_val_pairs=1, replay=0)
     (tmp_path / "out").mkdir()
     with pytest.raises(FormatError, match=r"prefs\.jsonl:4: field 'rejected'"):
         run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
@@ -272,7 +297,7 @@ def test_sources_quarantine_and_train(sft_dir, tmp_path):
 
     src = _write_jsonl(tmp_path / "prefs.jsonl", MIXED)
     cfg = AlignConfig(sources=[str(tmp_path / "*.jsonl")], max_steps=2, warmup_steps=0, batch_size=2, num_val_pairs=1,
-                      mixed_precision="no", rpo_alpha=0.0, log_every=1)
+                      mixed_precision="no", rpo_alpha=0.0, log_every=1, replay=0)
     assert cfg.rejected_from == "dataset"  # auto: the sources' own rejected answers, never replaced
     (tmp_path / "out").mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
@@ -290,7 +315,8 @@ def test_sources_too_long_pairs_are_left_out_with_a_reason(sft_dir, tmp_path):
 
     long = {"prompt": "Repeat " + "words and more words " * 20, "chosen": "ok", "rejected": "no"}
     src = _write_jsonl(tmp_path / "p.jsonl", [MIXED[0], MIXED[1], long, MIXED[5]])
-    cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, batch_size=2, num_val_pairs=1, mixed_precision="no")
+    cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, batch_size=2, num_val_pairs=1, mixed_precision="no",
+                      replay=0)
     (tmp_path / "out").mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out"))
     assert (metrics["too_long_pairs"], metrics["quarantined_pairs"], metrics["train_pairs"]) == (1, 0, 2)
@@ -356,7 +382,7 @@ def test_real_preference_samples_train(samples, sft_dir_256, tmp_path):
     from components.align.run import run
 
     cfg = AlignConfig(sources=[str(samples / "preference" / "*.json*")], max_steps=2, warmup_steps=0, batch_size=4,
-                      num_val_pairs=16, lr=5e-3, rpo_alpha=0.0, mixed_precision="no", log_every=1)
+                      num_val_pairs=16, lr=5e-3, rpo_alpha=0.0, mixed_precision="no", log_every=1, replay=0)
     metrics = run(cfg, {"sft": sft_dir_256}, StageContext.local(tmp_path))
     # 274 well-formed pairs; the one malformed record (an HH pair with an empty chosen answer) quarantined
     assert (metrics["source_pairs"], metrics["quarantined_pairs"]) == (274, 1)

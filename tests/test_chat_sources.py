@@ -238,7 +238,7 @@ def model_dir(tmp_path_factory, tokenizer):
 
 
 SHORT = [{"question": "2+2?", "answer": "4"}, {"question": "3+4?", "answer": "7"}]  # fit 48 tokens
-FEW = dict(max_steps=1, warmup_steps=0, batch_size=2, mixed_precision="no", log_every=1)
+FEW = dict(max_steps=1, warmup_steps=0, batch_size=2, mixed_precision="no", log_every=1, replay=0)  # replay: test_replay.py
 
 
 def test_sft_truncates_long_examples_and_counts_per_source(model_dir, tmp_path, caplog):

@@ -104,7 +104,7 @@ def test_a_role_is_named_apart_from_the_stage_filling_it(toy_home):
         assert steps["judge"].sources == {"tokenizer": "tokenizer", "model": "sft"}
         assert steps["judge"].inputs == {"tokenizer": steps["tokenizer"].key, "model": steps["sft"].key}
         on = {s.stage: s for s in make_plan(pipeline_config("run.until=judge", "extend.enabled=true"))}
-        assert on["judge"].sources["model"] == "sft" and on["sft"].sources == {"pretrain": "extend"}
+        assert on["judge"].sources["model"] == "sft" and on["sft"].sources == {"pretrain": "extend", "tokenizer": "tokenizer"}
 
 
 def test_the_flow_runs_added_stages_and_independent_branches_at_once(toy_home, tmp_path):
@@ -152,8 +152,8 @@ def test_a_missing_or_disabled_input_fails_at_plan_time_naming_both_stages(toy_h
 
 def test_config_chooses_the_edges_extend_fills_the_pretrain_role():
     off, on = stage_graph(pipeline_config()), stage_graph(pipeline_config("extend.enabled=true"))
-    assert "extend" not in off and off["sft"] == {"pretrain": "pretrain"}
-    assert on["sft"] == {"pretrain": "extend"} and on["eval"]["pretrain"] == "extend"
+    assert "extend" not in off and off["sft"] == {"pretrain": "pretrain", "tokenizer": "tokenizer"}
+    assert on["sft"] == {"pretrain": "extend", "tokenizer": "tokenizer"} and on["eval"]["pretrain"] == "extend"
     assert on["extend"] == {"pretrain": "pretrain", "tokenizer": "tokenizer"}  # never its own input
     with pytest.raises(ValueError, match=r"run\.until"):
         pipeline_config("run.until=extend")  # a disabled stage: still the clear error

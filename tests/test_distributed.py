@@ -75,7 +75,7 @@ def test_dpo_two_processes_train_like_one(tok_dir, tmp_path):
     build_model(TINY, tokenizer, seed=1).save_pretrained(sft / "model")
     tokenizer.save_pretrained(sft / "model")
     cfg = AlignConfig(max_steps=3, warmup_steps=1, batch_size=7, grad_accum=2, lr=5e-3, num_pairs=40, num_val_pairs=9,
-                      loss="ipo", mixed_precision="no", log_every=1, save_every=100, rejected="generated")
+                      loss="ipo", mixed_precision="no", log_every=1, save_every=100, rejected="generated", replay=0)
     (tmp_path / "one").mkdir()
     one = align(cfg, {"sft": sft}, StageContext.local(tmp_path / "one"))
     two = launch(cfg, {"sft": sft}, StageContext.local(tmp_path / "two", stage="align"),

@@ -216,7 +216,7 @@ def test_align_with_every_pair_quarantined_keeps_them_and_quotes_the_reasons(tin
     rows = [json.dumps({"prompt": f"What is {i} + {i}?", "chosen": str(2 * i)}) for i in range(3)] + ["{not json"]
     src = _jsonl(tmp_path / "prefs.jsonl", rows)
     root = tmp_path / "artifacts"
-    cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, num_val_pairs=1, mixed_precision="no")
+    cfg = AlignConfig(sources=[str(src)], max_steps=1, warmup_steps=0, num_val_pairs=1, mixed_precision="no", replay=0)
     with pytest.raises(ValueError, match=r"align: no usable training pair in .*: 4 left out \(3 .*rejected.*, "
                                          r"1 invalid JSON\); see quarantine.jsonl") as raised:
         build(root, "align", "k", cfg, {"sft": tiny_model}, align_run)

@@ -46,9 +46,9 @@ def run_chain(root: Path, precision: str) -> dict:
         ("pretrain", pretrain, PretrainConfig(model=TINY, max_steps=6, batch_size=8, max_val_tokens=512, **few),
          {"tokenizer": tok}),
         ("sft", sft, SFTConfig(max_steps=6, batch_size=8, num_examples=64, num_val_examples=16, **few),
-         {"pretrain": root / "pretrain"}),
+         {"pretrain": root / "pretrain", "tokenizer": tok}),
         ("align", align, AlignConfig(max_steps=4, batch_size=4, num_pairs=16, num_val_pairs=8, **few),
-         {"sft": root / "sft"}),
+         {"sft": root / "sft", "tokenizer": tok}),
     ):
         (root / name).mkdir()
         out[name] = fn(cfg, inputs, StageContext.local(root / name))

@@ -93,9 +93,11 @@ def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_pat
     out.mkdir()
     cfg = SFTConfig(max_steps=25, warmup_steps=2, batch_size=16, lr=5e-3, num_examples=200, num_val_examples=20,
                     mixed_precision="no", log_every=5)
-    metrics = run(cfg, {"pretrain": pre}, StageContext.local(out))
+    metrics = run(cfg, {"pretrain": pre, "tokenizer": tok_dir}, StageContext.local(out))  # tokenizer: sft.replay's text
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.85  # chat answers and replayed prose together
+    replay = [r["replay_loss"] for r in rows]  # a few dozen tokens a step: compare five-step means
+    assert sum(replay[-5:]) < sum(replay[:5])  # the replayed prose trains too
     assert metrics["val_loss"] < rows[0]["loss"]
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     assert reloaded.config.vocab_size == len(tokenizer)
@@ -111,7 +113,8 @@ def _pretrain_dir(tmp_path, tokenizer, model_cfg=TINY):
     return pre
 
 
-FEW = dict(max_steps=2, warmup_steps=1, batch_size=4, lr=1e-3, num_val_examples=4, mixed_precision="no", log_every=1)
+FEW = dict(max_steps=2, warmup_steps=1, batch_size=4, lr=1e-3, num_val_examples=4, mixed_precision="no", log_every=1,
+           replay=0)  # these test the sources; tests/test_replay.py and the stage test above cover replay
 GOOD = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
         {"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]},
         {"prompt": "Reverse ab.", "response": "ba"},

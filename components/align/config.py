@@ -49,6 +49,10 @@ class AlignConfig(TrainConfig, AdapterConfig):
     pack_tokens: int = log_only(128)
     # adapter, lora_*, adalora_target_rank, ia3_targets, num_virtual_tokens: the PEFT method (adapter_config.py);
     # the reference stays the sft model as it came in (its log-probs are computed before the adapter is added)
+    # weight of the mean next-token loss on pretraining text (windows of the tokenizer's train shard, every
+    # token trained) added to the DPO loss, so align keeps the language model (components/train/replay.py); 0: off
+    replay: float = 1.0
+    replay_tokens: int = 256  # replay next-token targets per micro-batch (windows up to the model's context)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +77,8 @@ class AlignConfig(TrainConfig, AdapterConfig):
         check(self.num_val_pairs > 0, "align.num_val_pairs", self.num_val_pairs, "must be > 0")
         self.check_adapter("align", "align.prefix_sharing" if self.prefix_sharing else None)
         check(self.pack_tokens >= 0, "align.pack_tokens", self.pack_tokens, "must be >= 0 (0: one pair per row)")
+        check(self.replay >= 0, "align.replay", self.replay, "must be >= 0: the weight of the replay loss (0: off)")
+        check(self.replay_tokens > 0, "align.replay_tokens", self.replay_tokens, "must be > 0 (align.replay=0 turns replay off)")
 
     @functools.cached_property
     def chat_sources(self) -> tuple[ChatSource, ...]:

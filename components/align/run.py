@@ -27,10 +27,12 @@ from components.evidence import count_kinds, top_reasons
 from components.tasks import preference_pairs
 from components.config import check
 from components.train import adapters
+from components.train.data import load_shard
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, dpo_loss
 from components.train.loop import make_accelerator, train
+from components.train.replay import check_replay_tokens, with_replay_loss, with_replay_weight
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,27 @@ def load_policy(cfg: AlignConfig, src: Path) -> torch.nn.Module:
     return model
 
 
+def replay_text(cfg: AlignConfig, inputs: dict[str, Path], vocab_size: int):
+    """The tokenizer's train shard for align.replay (None when off), checked before any work."""
+    if not cfg.replay:
+        return None
+    if "tokenizer" not in inputs:
+        raise ValueError(f"align.replay={cfg.replay} adds a language-model loss on pretraining text: it needs the "
+                         "tokenizer artifact's train shard (input 'tokenizer'); set align.replay=0 to train without it")
+    tokens = load_shard(Path(inputs["tokenizer"]), "train")
+    check_replay_tokens(tokens, vocab_size, "align.replay")
+    return tokens
+
+
+def mix_replay(cfg: AlignConfig, tokens, batch_fn, objective, max_len: int) -> tuple:
+    """(batch_fn, loss_fn): with align.replay, align.replay_tokens of pretraining text in every batch, their mean
+    next-token loss added with that weight (components/train/replay.py); without, the DPO batches as they were."""
+    if tokens is None:
+        return batch_fn, objective
+    return (with_replay_weight(batch_fn, tokens, cfg.replay, cfg.replay_tokens, max_len, cfg.seed),
+            with_replay_loss(objective))
+
+
 def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     src = Path(inputs["sft"]) / "model"
@@ -244,6 +267,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     torch.manual_seed(cfg.seed)
     model = load_policy(cfg, src)
     pad = tokenizer.pad_token_id
+    replay = replay_text(cfg, inputs, model.config.vocab_size)
     accelerator = make_accelerator(cfg, model, ctx.strategy)
     if cfg.adapter != "qlora":  # a 4-bit model was placed on its GPU as it loaded
         model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
@@ -278,7 +302,8 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             "val_preference_accuracy": float((logps[:, 0] > logps[:, 1]).float().mean()),
         }
 
-    metrics = train(model, cfg, batch_fn, dpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
+    batch_fn, loss_fn = mix_replay(cfg, replay, batch_fn, dpo_objective(cfg), model.config.max_position_embeddings)
+    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
     before = float((ref_val[:, 0] > ref_val[:, 1]).float().mean())
     return {**metrics, **epochs, **counts, "val_preference_accuracy_before": before}

@@ -37,6 +37,9 @@ class SFTConfig(TrainConfig, AdapterConfig):
     strict: bool = False  # true: the first bad record raises; false: quarantined (quarantine.jsonl) and counted
     packing: bool = False  # several examples per sequence, no attention across them (batch_size = packed sequences)
     # adapter, lora_*, adalora_target_rank, ia3_targets, num_virtual_tokens: the PEFT method (adapter_config.py)
+    # share of each micro-batch's next-token targets that are pretraining text (windows of the tokenizer's
+    # train shard up to the model's context, loss on every token) so sft keeps the language model; 0: off
+    replay: float = 0.75
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,6 +55,8 @@ class SFTConfig(TrainConfig, AdapterConfig):
         check(self.system_prompt is None or self.system_prompt.strip() != "", "sft.system_prompt", self.system_prompt,
               "must be a non-empty string, or null")
         self.check_adapter("sft", "sft.packing" if self.packing else None)
+        check(0 <= self.replay < 1, "sft.replay", self.replay,
+              "must be in [0, 1): the share of each batch's trained tokens that are pretraining text (0: off)")
 
     @functools.cached_property
     def chat_sources(self) -> tuple[ChatSource, ...]:

@@ -24,10 +24,12 @@ from components.sft.config import SFTConfig
 from components.tasks import sft_examples
 from components.train import adapters
 from components.train.budget import count_parameters
+from components.train.data import load_shard
 from components.train.device import model_device, to_device
 from components.train.epochs import with_epochs
 from components.train.losses import IGNORE, lm_loss
 from components.train.loop import train
+from components.train.replay import check_replay_tokens, with_replay_loss, with_replay_share
 
 log = logging.getLogger(__name__)
 Row = tuple[list[int], list[int]]
@@ -168,6 +170,21 @@ def training_rows(cfg: SFTConfig, tokenizer, max_len: int, ctx: StageContext) ->
         "quarantined_too_long": len(too_long)}
 
 
+def mix_replay(cfg: SFTConfig, inputs: dict[str, Path], batch_fn, max_len: int, vocab_size: int) -> tuple:
+    """(batch_fn, loss_fn): with sft.replay, windows of the tokenizer's train shard make that share of every
+    batch's targets (components/train/replay.py); without it, the chat batches and lm_loss unchanged."""
+    if not cfg.replay:
+        return batch_fn, lm_loss
+    if "tokenizer" not in inputs:
+        raise ValueError(f"sft.replay={cfg.replay} mixes pretraining text into sft: it needs the tokenizer "
+                         "artifact's train shard (input 'tokenizer'); set sft.replay=0 to train without it")
+    tokens = load_shard(Path(inputs["tokenizer"]), "train")
+    check_replay_tokens(tokens, vocab_size, "sft.replay")
+    log.info("sft: replay: %.0f%% of each batch's targets from the %d-token pretraining shard", 100 * cfg.replay,
+             len(tokens))
+    return with_replay_share(batch_fn, tokens, cfg.replay, max_len, cfg.seed), with_replay_loss(lm_loss)
+
+
 def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     src = Path(inputs["pretrain"]) / "model"
@@ -187,6 +204,7 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
         val_batches["val_loss_sources"] = pad_batch(source_val_rows, tokenizer.pad_token_id)
 
     batch_fn, bins = make_batch_fn(train_rows, cfg, max_len, tokenizer.pad_token_id)
+    batch_fn, loss_fn = mix_replay(cfg, inputs, batch_fn, max_len, model.config.vocab_size)
     cfg, epochs = with_epochs(cfg, len(bins), "packed sequences" if cfg.packing else "examples")
     model = adapters.add_adapter(model, cfg, "sft", cfg.max_steps)  # adalora schedules its pruning by the steps
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
@@ -202,6 +220,6 @@ def run(cfg: SFTConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
             out[name] = float(loss) / int((batch["labels"] != IGNORE).sum())
         return out
 
-    metrics = train(model, cfg, batch_fn, lm_loss, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
+    metrics = train(model, cfg, batch_fn, loss_fn, out_dir, evaluate, export=(tokenizer, out_dir / "model"), ctx=ctx)
     return {**metrics, "train_examples": len(train_rows), "train_sequences": len(bins),
             "nonpad_fraction": round(fill, 4), **epochs, **counts, "params": n_params, "trainable_params": n_trainable}
