@@ -15,6 +15,7 @@ import components.artifacts as artifacts
 from components.artifacts import build, code_fingerprint, stage_closure, stage_key
 from components.code_version import Closure, git_state, library_versions
 from components.extend.config import ExtendConfig
+from components.reward.config import RewardConfig
 from components.rl.config import RLConfig
 from components.stages import STAGES
 from flows.config import PipelineConfig
@@ -34,8 +35,9 @@ def repo(tmp_path, monkeypatch) -> Path:
 
 
 def every_key() -> dict[str, str]:
-    """The keys of all eight stages (extend on, so it is planned too) for the default configs."""
-    return {step.stage: step.key for step in make_plan(PipelineConfig(extend=ExtendConfig(enabled=True), rl=RLConfig(enabled=True)))}
+    """The keys of all nine stages (extend on, so it is planned too) for the default configs."""
+    return {step.stage: step.key for step in make_plan(PipelineConfig(extend=ExtendConfig(enabled=True), reward=RewardConfig(enabled=True),
+                                                                   rl=RLConfig(enabled=True)))}
 
 
 def append(path: Path, text: str) -> None:

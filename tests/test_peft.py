@@ -112,7 +112,7 @@ def test_combinations_that_cannot_work_fail_naming_the_key(tokenizer):
 
 
 ALIGN_FEW = dict(max_steps=4, warmup_steps=1, batch_size=4, lr=5e-3, num_pairs=16, num_val_pairs=8, rpo_alpha=0.0,
-                 mixed_precision="no", log_every=1, rejected="generated", prefix_sharing=False)
+                 mixed_precision="no", log_every=1, rejected="generated", prefix_sharing=False, replay=0.0)  # replay: tests/test_replay.py
 
 
 def test_align_adapters_keep_the_sft_model_as_reference(tokenizer, tmp_path):
