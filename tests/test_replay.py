@@ -101,9 +101,9 @@ def test_replay_config_errors_name_the_key(tok_dir, chat_batches):
             SFTConfig(replay=bad)
     batch_fn, _ = chat_batches
     with pytest.raises(ValueError, match=r"sft\.replay=0\.75 mixes pretraining text.*input 'tokenizer'"):
-        mix_replay(SFTConfig(replay=0.75), {"pretrain": "p"}, batch_fn, 64, 400)
+        mix_replay(SFTConfig(), {"pretrain": "p"}, batch_fn, 64, 400)
     with pytest.raises(ValueError, match=r"sft\.replay: the train shard has token id \d+, outside the model's vocabulary of 10"):
-        mix_replay(SFTConfig(replay=0.75), {"tokenizer": tok_dir}, batch_fn, 64, 10)
+        mix_replay(SFTConfig(), {"tokenizer": tok_dir}, batch_fn, 64, 10)
     key = lambda cfg: stage_key("sft", cfg, {"pretrain": "p", "tokenizer": "t"}, STAGES["sft"].module)  # noqa: E731
-    assert key(SFTConfig(replay=0.75)) != key(SFTConfig()) == key(SFTConfig(replay=0.0))  # in the cache key
+    assert key(SFTConfig(replay=0)) != key(SFTConfig()) == key(SFTConfig(replay=0.75))  # in the cache key
     assert STAGES["sft"].needs["tokenizer"] == "tokenizer"

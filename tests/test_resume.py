@@ -41,8 +41,8 @@ def base(tmp_path_factory):
 
 CASES = {
     "pretrain": (lambda: PretrainConfig(model=TINY, batch_size=8, lr=1e-2, **COMMON), ("tokenizer",)),
-    "sft": (lambda: SFTConfig(batch_size=8, lr=1e-3, num_examples=200, num_val_examples=16, replay=0.75, **COMMON), ("pretrain", "tokenizer")),
-    "align": (lambda: AlignConfig(batch_size=8, lr=1e-3, num_pairs=100, num_val_pairs=16, replay=1.0, **COMMON), ("sft", "tokenizer")),
+    "sft": (lambda: SFTConfig(batch_size=8, lr=1e-3, num_examples=200, num_val_examples=16, **COMMON), ("pretrain", "tokenizer")),
+    "align": (lambda: AlignConfig(batch_size=8, lr=1e-3, num_pairs=100, num_val_pairs=16, **COMMON), ("sft", "tokenizer")),
 }
 
 

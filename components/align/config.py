@@ -51,7 +51,7 @@ class AlignConfig(TrainConfig, AdapterConfig):
     # the reference stays the sft model as it came in (its log-probs are computed before the adapter is added)
     # weight of the mean next-token loss on pretraining text (windows of the tokenizer's train shard, every
     # token trained) added to the DPO loss, so align keeps the language model (components/train/replay.py); 0: off
-    replay: float = 0.0  # off by default, as sft.replay (README: "SFT without forgetting")
+    replay: float = 1.0
     replay_tokens: int = 256  # replay next-token targets per micro-batch (windows up to the model's context)
 
     def __post_init__(self) -> None:
