@@ -29,8 +29,8 @@ def pipeline_config(*overrides: str):
 def test_off_by_default_the_plan_and_keys_do_not_change():
     plan = {s.stage: s for s in make_plan(pipeline_config())}
     assert "extend" not in plan
-    assert plan["sft"].sources == {"pretrain": "pretrain"}
-    assert plan["sft"].inputs == {"pretrain": plan["pretrain"].key}
+    assert plan["sft"].sources == {"pretrain": "pretrain", "tokenizer": "tokenizer"}  # tokenizer: sft.replay's text
+    assert plan["sft"].inputs == {"pretrain": plan["pretrain"].key, "tokenizer": plan["tokenizer"].key}
     assert plan["eval"].sources["pretrain"] == "pretrain"
 
 
@@ -39,7 +39,8 @@ def test_on_it_stands_in_for_pretrain_after_it():
     assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "extend", "sft", "align", "eval"]
     steps = {s.stage: s for s in plan}
     assert steps["extend"].sources == {"pretrain": "pretrain", "tokenizer": "tokenizer"}
-    assert steps["sft"].sources == {"pretrain": "extend"} and steps["sft"].inputs == {"pretrain": steps["extend"].key}
+    assert steps["sft"].sources == {"pretrain": "extend", "tokenizer": "tokenizer"}
+    assert steps["sft"].inputs == {"pretrain": steps["extend"].key, "tokenizer": steps["tokenizer"].key}
     assert steps["eval"].sources["pretrain"] == "extend" and steps["eval"].sources["sft"] == "sft"
     off = {s.stage: s for s in make_plan(pipeline_config())}
     assert steps["pretrain"].key == off["pretrain"].key and steps["sft"].key != off["sft"].key
