@@ -154,3 +154,32 @@ def test_eval_reads_the_rl_model_only_when_rl_is_enabled():
     assert "rl" not in off and "rl" not in off["eval"].inputs
     assert on["eval"].inputs["rl"] == on["rl"].key and on["rl"].inputs == {"sft": on["sft"].key}
     assert on["eval"].key != off["eval"].key and on["sft"].key == off["sft"].key  # upstream untouched
+
+
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["native_bf16_cpu", "no_bf16_cpu"])
+def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cpu(sft_dir, tokenizer, tmp_path,
+                                                                                   monkeypatch, native_bf16):
+    """rl.mixed_precision=bf16 samples and trains in bf16 where the CPU has it, fp32 (logged) where it does not."""
+    from transformers import AutoModelForCausalLM
+
+    from components.train import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = RLConfig(enabled=True, max_steps=2, warmup_steps=1, batch_size=2, group_size=2, max_new_tokens=2,
+                   beta=0.0, mixed_precision="bf16", log_every=100)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    accelerator = make_accelerator(cfg, model)
+    batch_fn = rollout_source(model, None, tokenizer, sft_examples("train", 8), cfg, accelerator.autocast,
+                              starts_early_in_alphabet)
+    metrics = train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
+                    ctx=StageContext.local(tmp_path, stage="rl"))
+    assert metrics["precision"] == ("bf16" if native_bf16 else "no")
+    # bf16 where the CPU has it (some of the stage's forward passes still run in fp32 there: not yet traced,
+    # see the issue note); nothing in bf16 where the CPU has none
+    assert (torch.bfloat16 in seen) if native_bf16 else seen == {torch.float32}
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_loss"]))
