@@ -215,7 +215,7 @@ def run_plan(plan: list[Step], root: str, launcher: Any = None) -> list[dict]:
         row = {
             "stage": step.stage,
             "status": "cached" if state.name == "Cached" else ("built" if result["built"] else "reused"),
-            "seconds": round(finished[futures[step.stage].task_run_id] - ready, 1),  # since its inputs were ready
+            "seconds": max(0.0, round(finished[futures[step.stage].task_run_id] - ready, 1)),  # since its inputs were ready (clock jitter: never -0.0)
             "metric": key_metric(step.stage, read_manifest(Path(paths[step.stage]))),
             "path": paths[step.stage],
         }
