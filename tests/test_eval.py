@@ -311,3 +311,21 @@ def test_the_users_held_out_examples_and_pairs_are_scored_for_every_model(result
         assert s["sft_n"] == 5 and s["preference_n"] == 4 and 0 <= s["preference_accuracy"] <= 1
         assert s["preference_accuracy"] == m.preference_accuracy(model, tokenizer, pairs, 1)
     assert "## Your held-out data" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_report_lists_the_rl_model_when_it_ran_and_compares_it_with_sft():
+    from components.eval import report
+
+    def model(acc):
+        return {"val_ppl": 30.0, "task_accuracy": acc, "preference_accuracy": 0.8}
+
+    results = {"base": model(0.1), "sft": model(0.5), "aligned": model(0.52), "rl": model(0.7), "unigram_ppl": 200.0,
+               "n": {"tasks": 200, "pairs": 200}, "per_task": {"base": {"add": 0.1}, "sft": {"add": 0.4},
+                                                             "aligned": {"add": 0.5}, "rl": {"add": 0.9}}}
+    headline, changes, per_task = report._headline(results), report._differences(results), report._per_task(results)
+    assert [row.split("|")[1].strip() for row in headline[2:-1]] == ["base", "sft", "aligned", "rl"]
+    assert any(row.startswith("| sft → rl | +0.200") and "(better)" in row for row in changes), changes
+    assert any(row.startswith("| sft → aligned | +0.020") and "(within noise)" in row for row in changes), changes
+    assert per_task[0] == "| task | base | sft | aligned | rl |" and per_task[2] == "| add | 0.10 | 0.40 | 0.50 | 0.90 |"
+    del results["rl"], results["per_task"]["rl"]  # rl off: no rl row, no rl column
+    assert "rl" not in "".join(report._headline(results) + report._differences(results) + report._per_task(results))

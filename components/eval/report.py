@@ -21,7 +21,14 @@ from components.eval.metrics import difference_interval  # noqa: E402
 from components.eval.passkey_report import passkey_section  # noqa: E402
 from components.eval.reward_scores import reward_lines  # noqa: E402
 
-STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align"}
+STAGE_OF = {"base": "pretrain", "sft": "sft", "aligned": "align", "rl": "rl"}  # rl: when its stage ran
+STARTED_FROM = {"sft": "base", "aligned": "sft", "rl": "sft"}  # each model against the one it was trained from
+TRAINING_STAGES = ("pretrain", "sft", "align", "reward", "rl")
+
+
+def _models(results: dict) -> list[str]:
+    """The run's models, in stage order: base, sft, aligned, and rl when it ran."""
+    return [name for name in STAGE_OF if name in results]
 DATA_HEADLINE = ("docs_in", "docs_out", "train_docs", "validation_docs", "train_bytes", "quarantined",
                  "exact_dedup_dropped", "minhash_dropped")
 TOKENIZER_HEADLINE = ("vocab_size", "bytes_per_token", "train_tokens", "validation_tokens")
@@ -58,8 +65,9 @@ def _code(text: str) -> str:
 
 
 def _plot_losses(out_dir: Path, inputs: dict) -> str:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, stage in zip(axes, ("pretrain", "sft", "align")):
+    stages = [s for s in TRAINING_STAGES if s in ("pretrain", "sft", "align") or s in inputs]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.4 * len(stages), 3.5))
+    for ax, stage in zip(axes, stages):
         rows = _log_rows(inputs.get(stage))
         train = [r for r in rows if "loss" in r and "step" in r]
         val = [r for r in rows if "val_loss" in r and "step" in r]
@@ -79,7 +87,7 @@ def _plot_losses(out_dir: Path, inputs: dict) -> str:
 
 
 def _plot_accuracy(out_dir: Path, results: dict) -> str:
-    names = list(STAGE_OF)
+    names = _models(results)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, metric in enumerate(("task_accuracy", "preference_accuracy")):
         ax.bar([j + 0.38 * i for j in range(len(names))], [results[n][metric] for n in names], 0.38, label=metric)
@@ -102,7 +110,7 @@ def _with_ci(r: dict, metric: str) -> str:
 def _headline(results: dict) -> list[str]:
     lines = ["| model | val_ppl | bits/byte | task_accuracy [95% CI] | preference_accuracy [95% CI] |",
              "|---|---|---|---|---|"]
-    for name in STAGE_OF:
+    for name in _models(results):
         r = results[name]
         lines.append(f"| {name} | {_fmt(r['val_ppl'], 2)} | {_fmt(r.get('val_bits_per_byte'))} | "
                      f"{_with_ci(r, 'task_accuracy')} | {_with_ci(r, 'preference_accuracy')} |")
@@ -112,12 +120,11 @@ def _headline(results: dict) -> list[str]:
 
 
 def _differences(results: dict) -> list[str]:
-    """Each stage against the one before it: is the change larger than the noise of n items?"""
+    """Each model against the one it was trained from: is the change larger than the noise of n items?"""
     n = results.get("n", {})
     lines = ["| change | task_accuracy | preference_accuracy |", "|---|---|---|"]
-    names = list(STAGE_OF)
-    for before, after in zip(names, names[1:]):
-        cells = []
+    for after in _models(results)[1:]:
+        before, cells = STARTED_FROM[after], []
         for metric, count in (("task_accuracy", n.get("tasks")), ("preference_accuracy", n.get("pairs"))):
             if not count:
                 cells.append("n/a")
@@ -131,9 +138,10 @@ def _differences(results: dict) -> list[str]:
 
 def _per_task(results: dict) -> list[str]:
     tasks = sorted({t for per in results["per_task"].values() for t in per})
-    lines = ["| task | " + " | ".join(STAGE_OF) + " |", "|---|" + "---|" * len(STAGE_OF)]
+    names = [n for n in _models(results) if n in results["per_task"]]
+    lines = ["| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for task in tasks:
-        lines.append(f"| {task} | " + " | ".join(_fmt(results["per_task"][n].get(task), 2) for n in STAGE_OF) + " |")
+        lines.append(f"| {task} | " + " | ".join(_fmt(results["per_task"][n].get(task), 2) for n in names) + " |")
     return lines
 
 
@@ -147,7 +155,7 @@ def _summary(title: str, metrics: dict, headline: tuple) -> list[str]:
 
 def _training(inputs: dict) -> list[str]:
     lines = ["| stage | steps | final loss | val_loss | seconds | tokens/s |", "|---|---|---|---|---|---|"]
-    for stage in ("pretrain", "sft", "align"):
+    for stage in [s for s in TRAINING_STAGES if s in ("pretrain", "sft", "align") or s in inputs]:
         manifest = read_manifest(inputs.get(stage))
         mt = manifest.get("metrics", {})
         lines.append(f"| {manifest.get('stage', stage)} | {_fmt(mt.get('steps'))} | {_fmt(mt.get('final_loss'), 4)} | "
@@ -173,11 +181,11 @@ def _data_funnel(out_dir: Path, data: dict) -> list[str]:
 def _decoding(results: dict) -> list[str]:
     """Task accuracy and pass@k per decoding strategy (eval.decoding), one row per model and strategy."""
     strategies = results.get("decoding_strategies", {})
-    ks = sorted({k for name in STAGE_OF for d in results[name].get("decoding", {}).values() for k in d
+    ks = sorted({k for name in _models(results) for d in results[name].get("decoding", {}).values() for k in d
                  if k.startswith("pass@")}, key=lambda k: int(k[5:]))
     lines = ["| model | strategy | GenerationConfig | n per task | task_accuracy [95% CI] | " + " | ".join(ks) + " |",
              "|---|---|---|---|---|" + "---|" * len(ks)]
-    for name in STAGE_OF:
+    for name in _models(results):
         for strategy, d in results[name].get("decoding", {}).items():
             lines.append(f"| {name} | {strategy} | {describe(strategies.get(strategy, {}))} | {d['samples_per_task']} | "
                          f"{_with_ci(d, 'task_accuracy')} | " + " | ".join(_fmt(d.get(k)) for k in ks) + " |")
@@ -195,7 +203,7 @@ def _samples(samples: dict) -> list[str]:
 
 def _own_data(results: dict) -> list[str]:
     """The user's held-out data (metrics.json `<model>.sources`); nothing when no stage held any out."""
-    scored = [name for name in STAGE_OF if results.get(name, {}).get("sources")]
+    scored = [name for name in _models(results) if results.get(name, {}).get("sources")]
     if not scored:
         return []
 
@@ -234,8 +242,8 @@ def write_report(out_dir: Path, results: dict, samples: dict, inputs: dict) -> N
              "## Decoding strategies", "", "Exact match per strategy (eval.decoding). A sampling strategy draws n "
              "answers per task: its accuracy is their mean, pass@k the unbiased estimate of Chen et al. (2021) "
              "that one of k draws is right.", "", *_decoding(results), "",
-             *benchmark_table(results, list(STAGE_OF)),
-             *passkey_section(out_dir, results, list(STAGE_OF)),
+             *benchmark_table(results, _models(results)),
+             *passkey_section(out_dir, results, _models(results)),
              "## Data and tokenizer", "",
              *_data_funnel(out_dir, read_manifest(inputs.get("data")).get("metrics", {})),
              *_summary("Data", read_manifest(inputs.get("data")).get("metrics", {}), DATA_HEADLINE),
