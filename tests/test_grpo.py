@@ -179,7 +179,6 @@ def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cp
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
                     ctx=StageContext.local(tmp_path, stage="rl"))
     assert metrics["precision"] == ("bf16" if native_bf16 else "no")
-    # bf16 where the CPU has it (some of the stage's forward passes still run in fp32 there: not yet traced,
-    # see the issue note); nothing in bf16 where the CPU has none
-    assert (torch.bfloat16 in seen) if native_bf16 else seen == {torch.float32}
+    # every forward pass (sampling, reference, update) in bf16 where the CPU has it; none where it has not
+    assert seen == ({torch.bfloat16} if native_bf16 else {torch.float32}), seen
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_loss"]))

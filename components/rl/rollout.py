@@ -2,6 +2,7 @@
 components/chat/generate.py), rewarded 1/0 by the task's checker, laid out for the GRPO loss."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -32,9 +33,11 @@ def answer_tokens(row: torch.Tensor, stops: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def sample_answers(model, tokenizer, examples: list[dict], cfg, seed: int) -> tuple[list[list[int]], list[list[int]], list[str], float]:
+def sample_answers(model, tokenizer, examples: list[dict], cfg, seed: int,
+                   autocast=contextlib.nullcontext) -> tuple[list[list[int]], list[list[int]], list[str], float]:
     """(prompt ids per answer, answer ids per answer, answer texts, seconds): cfg.group_size sampled answers
-    per example, each example's in a row. Seeded by `seed` alone: a resumed run draws what it would have drawn."""
+    per example, each example's in a row. Seeded by `seed` alone: a resumed run draws what it would have drawn.
+    Sampled under the training precision's autocast: the policy that is scored is the one that sampled."""
     model.eval()
     tokenizer.padding_side = "left"
     config = generation_config(model, tokenizer, cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
@@ -45,7 +48,8 @@ def sample_answers(model, tokenizer, examples: list[dict], cfg, seed: int) -> tu
                     return_token_type_ids=False).to(model_device(model))
     torch.manual_seed(seed)
     start = time.perf_counter()
-    out = model.generate(**enc, generation_config=config).cpu()
+    with autocast():
+        out = model.generate(**enc, generation_config=config).cpu()
     seconds = time.perf_counter() - start
     width, stops, end = enc["input_ids"].shape[1], stop_ids(config), end_of_turn(tokenizer)
     prompts = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
@@ -81,7 +85,7 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
                   reward=checker_reward) -> dict:
     """One global micro-batch of rollouts with the reference's per-token log-probs and the step's rollout
     figures (mean reward, share of groups with no signal, answer length, rollout tokens/s)."""
-    prompt_ids, answer_ids, answers, seconds = sample_answers(model, tokenizer, examples, cfg, seed)
+    prompt_ids, answer_ids, answers, seconds = sample_answers(model, tokenizer, examples, cfg, seed, autocast)
     rewards = [reward(a, examples[i // cfg.group_size]) for i, a in enumerate(answers)]
     batch = rollout_batch(prompt_ids, answer_ids, rewards, cfg, tokenizer.pad_token_id)
     if cfg.beta:
