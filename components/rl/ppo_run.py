@@ -165,8 +165,10 @@ def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
         save_export(policy, tokenizer, out_dir / "model", accelerator.get_state_dict(policy))
     accelerator.wait_for_everyone()
     log_path = out_dir / "log.jsonl"
-    speeds = per_step(log_path, "rollout_tokens_per_s")
+    speeds, rewards = per_step(log_path, "rollout_tokens_per_s"), per_step(log_path, "reward_mean")
+    tail = max(1, len(rewards) // 10)
     return {**metrics, **epochs, **{f"{k}_before": v for k, v in before.items()},
-            "reward_per_step": per_step(log_path, "reward_mean"), "kl_per_step": per_step(log_path, "kl"),
+            "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
+            "reward_per_step": rewards, "kl_per_step": per_step(log_path, "kl"),
             "value_loss_per_step": per_step(log_path, "value_loss"),
             "rollout_tokens_per_s": round(sum(speeds) / max(1, len(speeds)), 1)}
