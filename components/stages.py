@@ -56,8 +56,9 @@ def enabled(stage: Stage, cfg: Any) -> bool:
 def input_sources(name: str, stage_cfgs: dict[str, Any]) -> dict[str, str]:
     """{input role: the stage whose artifact fills it}, the config's choice of edges: the role's
     default filler, or an enabled stand-in for it (never for the stand-in's own input)."""
+    reads = getattr(stage_cfgs.get(name), "reads_input", lambda role: True)  # a config may leave an optional role out
     sources = {role: src for role, src in STAGES[name].needs.items()
-               if role not in STAGES[name].optional or enabled(STAGES[src], stage_cfgs.get(src))}
+               if role not in STAGES[name].optional or (enabled(STAGES[src], stage_cfgs.get(src)) and reads(role))}
     for role, default in sources.items():
         stand_ins = [s.name for s in STAGES.values() if s.stands_in_for == default and s.name != name
                      and enabled(s, stage_cfgs.get(s.name))]
@@ -89,7 +90,7 @@ STAGES: dict[str, Stage] = {
         Stage("sft", "components.sft", "SFTConfig", by_role("pretrain", "tokenizer"), True),  # tokenizer: replay text
         Stage("align", "components.align", "AlignConfig", by_role("sft", "tokenizer"), True),  # tokenizer: replay text
         Stage("reward", "components.reward", "RewardConfig", by_role("sft"), True),
-        Stage("rl", "components.rl", "RLConfig", by_role("sft"), True),
+        Stage("rl", "components.rl", "RLConfig", by_role("sft", "reward"), True, optional=("reward",)),
         Stage("eval", "components.eval", "EvalConfig",
               by_role("data", "tokenizer", "pretrain", "sft", "align", "reward", "rl"), optional=("reward", "rl")),
     )

@@ -134,15 +134,13 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,key", [
-    ({"algorithm": "ppo"}, "rl.algorithm"), ({"algorithm": "reinforce"}, "rl.algorithm"),
+    ({"algorithm": "reinforce"}, "rl.algorithm"),
     ({"group_size": 1}, "rl.group_size"), ({"epsilon": 1.5}, "rl.epsilon"), ({"loss": "bnpo"}, "rl.loss"),
     ({"beta": -0.1}, "rl.beta"), ({"scale_rewards": "batch"}, "rl.scale_rewards"), ({"lr": 0}, "rl.lr"),
 ])
 def test_bad_rl_values_name_their_key(overrides, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as err:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         RLConfig(**overrides)
-    if overrides.get("algorithm") == "ppo":
-        assert "not built yet" in str(err.value)
 
 
 def test_eval_reads_the_rl_model_only_when_rl_is_enabled():

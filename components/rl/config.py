@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from components.config import check, check_choice, log_only
 from components.train.config import TrainConfig
 
-ALGORITHMS = ("grpo",)  # ppo (value head, GAE, reward-model rewards) is a later piece of issue 15
+ALGORITHMS = ("grpo", "ppo")
+REWARDS = ("model", "checker")
 LOSSES = ("grpo", "dapo")
 SCALE_REWARDS = ("group", "none")
 
@@ -18,7 +19,9 @@ class RLConfig(TrainConfig):
     (GRPO, Shao et al. 2024, as TRL's GRPOTrainer computes it). Off by default; rl.enabled=true runs it."""
 
     enabled: bool = False
-    algorithm: str = "grpo"  # grpo (group-normalised advantages, checker rewards); ppo is not built yet
+    # grpo (group-normalised advantages, checker rewards) | ppo (value head, GAE, per-token KL reward: InstructGPT,
+    # as TRL's PPOTrainer; components/rl/ppo.py)
+    algorithm: str = "grpo"
     lr: float = 2e-5
     max_steps: int = 60  # optimizer steps, each on freshly sampled rollouts
     warmup_steps: int = 5
@@ -36,14 +39,22 @@ class RLConfig(TrainConfig):
     max_new_tokens: int = 16  # answer budget per rollout (the tasks' answers are a few tokens)
     num_prompts: int = 4000  # training prompts: generated tasks of the train split, drawn in seeded order
     num_val_prompts: int = 200  # held-out task prompts scored (greedy, exact match) at each validation
+    # ppo only: model: the reward stage's model scores (prompt, answer) (needs reward.enabled=true) | checker: the task's
+    reward: str = "model"
+    kl_coef: float = 0.05  # ppo: per-token reward -kl_coef * (logp - ref_logp) (TRL's kl_coef); 0: no KL penalty
+    gamma: float = 1.0  # ppo: discount of GAE (TRL's)
+    lam: float = 0.95  # ppo: GAE's lambda (TRL's)
+    vf_coef: float = 0.1  # ppo: weight of the value loss beside the policy loss (TRL's)
+    cliprange: float = 0.2  # ppo: the ratio pi/pi_old is clipped to [1 - cliprange, 1 + cliprange]
+    cliprange_value: float = 0.2  # ppo: the value prediction is clipped to old value +- cliprange_value
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.algorithm != "ppo", "rl.algorithm", self.algorithm,
-              "ppo is not built yet (it needs the reward stage's model and a value head): use grpo")
         check_choice("rl.algorithm", self.algorithm, ALGORITHMS)
-        check(self.group_size >= 2, "rl.group_size", self.group_size,
-              "must be >= 2: advantages are normalised within a group of answers to one prompt")
+        check(self.algorithm == "ppo" or self.group_size >= 2, "rl.group_size", self.group_size,
+              "must be >= 2 with grpo: advantages are normalised within a group of answers to one prompt")
+        check(self.group_size >= 1, "rl.group_size", self.group_size, "must be >= 1")
+        self.check_ppo()
         check(self.beta >= 0, "rl.beta", self.beta, "must be >= 0 (0: no KL penalty)")
         check(0 < self.epsilon < 1, "rl.epsilon", self.epsilon, "must be in (0, 1)")
         check_choice("rl.loss", self.loss, LOSSES)
@@ -53,3 +64,16 @@ class RLConfig(TrainConfig):
         check(self.max_new_tokens > 0, "rl.max_new_tokens", self.max_new_tokens, "must be > 0")
         check(self.num_prompts > 0, "rl.num_prompts", self.num_prompts, "must be > 0")
         check(self.num_val_prompts > 0, "rl.num_val_prompts", self.num_val_prompts, "must be > 0")
+
+    def check_ppo(self) -> None:
+        check_choice("rl.reward", self.reward, REWARDS)
+        check(self.kl_coef >= 0, "rl.kl_coef", self.kl_coef, "must be >= 0 (0: no KL penalty)")
+        check(0 <= self.gamma <= 1, "rl.gamma", self.gamma, "must be in [0, 1]")
+        check(0 <= self.lam <= 1, "rl.lam", self.lam, "must be in [0, 1]")
+        check(self.vf_coef > 0, "rl.vf_coef", self.vf_coef, "must be > 0: the value head learns only through it")
+        check(0 < self.cliprange < 1, "rl.cliprange", self.cliprange, "must be in (0, 1)")
+        check(self.cliprange_value > 0, "rl.cliprange_value", self.cliprange_value, "must be > 0")
+
+    def reads_input(self, role: str) -> bool:
+        """The reward stage's model is an input only of ppo with reward=model (components/stages.py)."""
+        return role != "reward" or (self.algorithm == "ppo" and self.reward == "model")

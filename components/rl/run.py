@@ -77,6 +77,10 @@ def run(cfg: RLConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     if ctx.strategy == "fsdp":  # rollouts call generate on the whole model, which FSDP shards
         raise ValueError("config error: launcher.strategy=fsdp: the rl stage samples with the unsharded model; "
                          "use single or ddp")
+    if cfg.algorithm == "ppo":
+        from components.rl.ppo_run import run_ppo
+
+        return run_ppo(cfg, inputs, ctx, per_step)
     out_dir = ctx.out_dir
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)

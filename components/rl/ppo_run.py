@@ -1,0 +1,174 @@
+"""The ppo run inside the shared loop: the loop's model is ActorCritic (the policy and the critic, so one
+optimizer, checkpoint and resume hold both); batch_fn samples rollouts and computes their old log-probs,
+values, per-token rewards and GAE under no_grad; loss_fn is PPO's clipped policy + value loss (one update
+per rollout batch: TRL's num_ppo_epochs=1, which keeps batch_fn a pure function of the position)."""
+from __future__ import annotations
+
+import torch
+
+import logging
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.chat.batches import epoch_indices
+from components.chat.generate import generate
+from components.model.export import save_export
+from components.reward.model import scalar_head_model
+from components.rl.rollout import checker_reward
+from components.tasks import sft_examples
+from components.train.epochs import with_epochs
+from components.train.loop import make_accelerator, train
+from components.reward.model import score_conversations
+from components.rl.grpo import token_logps
+from components.rl.ppo import gae, ppo_loss, token_rewards
+from components.rl.rollout import rollout_batch, sample_answers
+from components.train.device import model_device
+
+log = logging.getLogger(__name__)
+
+
+class ActorCritic(torch.nn.Module):
+    """The policy (a causal LM) and the critic: a sequence classifier's decoder + scalar head read at every
+    token (DeepSpeed-Chat / TRL initialise it from the reward model; with reward=checker, the sft model and a
+    fresh head)."""
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L-1]: V of the state after token t (the value of target t+1's position, as token_logps lays out)."""
+        backbone = getattr(self.critic, self.critic.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self.critic.score(hidden).squeeze(-1)[:, :-1].float()
+
+    def forward(self, input_ids, attention_mask, temperature: float = 1.0):
+        return token_logps(self.policy, input_ids, attention_mask, temperature), self.values(input_ids, attention_mask)
+
+
+def ppo_objective(cfg):
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps, values = model(batch["input_ids"], batch["attention_mask"], cfg.temperature)
+        loss, policy_loss, value_loss = ppo_loss(logps, batch["old_logps"], batch["advantages"], values,
+                                                 batch["old_values"], batch["returns"], batch["completion_mask"],
+                                                 cfg.cliprange, cfg.cliprange_value, cfg.vf_coef)
+        return loss, {**batch["stats"], "policy_loss": float(policy_loss.detach()), "value_loss": float(value_loss.detach())}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def ppo_rollouts(actor_critic: ActorCritic, reference, tokenizer, examples: list[dict], cfg, seed: int,
+                 autocast, score) -> dict:
+    """One micro-batch: group_size sampled answers per prompt, scored by score(answers, examples), with the
+    old log-probs, values, per-token rewards (KL to the reference + score), advantages and returns."""
+    prompt_ids, answer_ids, answers, seconds = sample_answers(actor_critic.policy, tokenizer, examples, cfg, seed)
+    owners = [examples[i // cfg.group_size] for i in range(len(answers))]
+    scores = torch.tensor(score(answers, owners), dtype=torch.float32)
+    batch = rollout_batch(prompt_ids, answer_ids, scores.tolist(), _Layout(cfg), tokenizer.pad_token_id)
+    where = model_device(actor_critic.policy)
+    ids, mask = batch["input_ids"].to(where), batch["attention_mask"].to(where)
+    with autocast():
+        old_logps, old_values = (t.float().cpu() for t in actor_critic(ids, mask, cfg.temperature))
+        ref_logps = token_logps(reference, ids, mask, cfg.temperature).float().cpu()
+    answer = batch["completion_mask"]
+    rewards, kl = token_rewards(old_logps, ref_logps, scores, answer, cfg.kl_coef)
+    advantages, returns = gae(rewards, old_values, answer, cfg.gamma, cfg.lam)
+    n_generated = sum(len(a) for a in answer_ids)
+    batch.update(old_logps=old_logps, old_values=old_values * answer, advantages=advantages, returns=returns,
+                 n_targets=1)  # ppo_loss is a mean over the micro-batch's answer tokens (TRL's)
+    batch["stats"] = {"reward_mean": float(scores.mean()), "kl": float((kl.sum() / answer.sum()).item()),
+                      "answer_tokens_mean": n_generated / len(answer_ids),
+                      "rollout_tokens": n_generated, "rollout_seconds": seconds,
+                      "rollout_tokens_per_s": n_generated / max(1e-9, seconds)}
+    return batch
+
+
+class _Layout:
+    """What rollout_batch reads of the config; its GRPO advantages (overwritten here) unscaled, since a
+    one-answer group's std is undefined."""
+
+    def __init__(self, cfg):
+        self.group_size, self.scale_rewards, self.loss = cfg.group_size, "none", cfg.loss
+
+
+def ppo_source(actor_critic, reference, tokenizer, prompts: list[dict], cfg, autocast, score):
+    cache: dict = {}
+
+    def batch_fn(step: int, micro: int) -> dict:
+        position = step * cfg.grad_accum + micro
+        if position not in cache:
+            idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
+            cache.clear()
+            cache[position] = ppo_rollouts(actor_critic, reference, tokenizer, [prompts[i] for i in idx], cfg,
+                                           cfg.seed * 1_000_003 + position, autocast, score)
+        return cache[position]
+
+    return batch_fn
+
+
+def reward_model_score(reward_model, tokenizer, batch_size: int = 64):
+    """score(answers, examples): the reward model's score of each (prompt, answer) conversation."""
+    def score(answers: list[str], examples: list[dict]) -> list[float]:
+        conversations = [ex["messages"][:-1] + [{"role": "assistant", "content": a}] for a, ex in zip(answers, examples)]
+        return score_conversations(reward_model, tokenizer, conversations, batch_size)
+
+    return score
+
+
+def checker_score(answers: list[str], examples: list[dict]) -> list[float]:
+    return [checker_reward(a, ex) for a, ex in zip(answers, examples)]
+
+
+def heldout_figures(policy, tokenizer, examples: list[dict], cfg, reward_model) -> dict:
+    """Greedy answers to held-out prompts: task accuracy, and the reward model's mean score when there is one."""
+    answers = generate(policy, tokenizer, [ex["messages"][:-1] for ex in examples], cfg.max_new_tokens, batch_size=64)
+    out = {"val_task_accuracy": sum(checker_score(answers, examples)) / len(examples)}
+    if reward_model is not None:
+        out["val_reward_model_score"] = sum(reward_model_score(reward_model, tokenizer)(answers, examples)) / len(examples)
+    return out
+
+
+def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
+    """The rl stage with algorithm=ppo: actor and reference from sft, the critic (and the scorer with
+    reward=model) from the reward stage's model; the actor is exported as the rl model."""
+    out_dir, src = ctx.out_dir, Path(inputs["sft"]) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(cfg.seed)
+    policy = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval().requires_grad_(False)
+    reward_model = None
+    if cfg.reward == "model":
+        reward_dir = Path(inputs["reward"]) / "model"
+        reward_model = scalar_head_model(reward_dir, tokenizer.pad_token_id, cfg.seed).eval().requires_grad_(False)
+        critic = scalar_head_model(reward_dir, tokenizer.pad_token_id, cfg.seed)
+    else:
+        critic = scalar_head_model(src, tokenizer.pad_token_id, cfg.seed)  # the sft decoder and a fresh head
+    model = ActorCritic(policy, critic)
+    accelerator = make_accelerator(cfg, model, ctx.strategy)
+    for module in (model, reference, reward_model):
+        if module is not None:
+            module.to(accelerator.device)
+    prompts = sft_examples("train", cfg.num_prompts, cfg.seed)
+    heldout = sft_examples("heldout", cfg.num_val_prompts, cfg.seed)
+    cfg, epochs = with_epochs(cfg, len(prompts), "prompts")
+    score = reward_model_score(reward_model, tokenizer) if reward_model is not None else checker_score
+    batch_fn = ppo_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast, score)
+
+    def evaluate(wrapped: torch.nn.Module) -> dict:
+        return heldout_figures(accelerator.unwrap_model(wrapped).policy, tokenizer, heldout, cfg, reward_model)
+
+    before = heldout_figures(policy, tokenizer, heldout, cfg, reward_model)
+    metrics = train(model, cfg, batch_fn, ppo_objective(cfg), out_dir, evaluate, accelerator=accelerator, ctx=ctx)
+    if accelerator.is_main_process:  # the actor alone is the rl model (single process: the loop trained it in place)
+        save_export(policy, tokenizer, out_dir / "model", accelerator.get_state_dict(policy))
+    accelerator.wait_for_everyone()
+    log_path = out_dir / "log.jsonl"
+    speeds, rewards = per_step(log_path, "rollout_tokens_per_s"), per_step(log_path, "reward_mean")
+    tail = max(1, len(rewards) // 10)
+    return {**metrics, **epochs, **{f"{k}_before": v for k, v in before.items()},
+            "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
+            "reward_per_step": rewards, "kl_per_step": per_step(log_path, "kl"),
+            "value_loss_per_step": per_step(log_path, "value_loss"),
+            "rollout_tokens_per_s": round(sum(speeds) / max(1, len(speeds)), 1)}
