@@ -63,7 +63,7 @@ def ppo_rollouts(actor_critic: ActorCritic, reference, tokenizer, examples: list
                  autocast, score) -> dict:
     """One micro-batch: group_size sampled answers per prompt, scored by score(answers, examples), with the
     old log-probs, values, per-token rewards (KL to the reference + score), advantages and returns."""
-    prompt_ids, answer_ids, answers, seconds = sample_answers(actor_critic.policy, tokenizer, examples, cfg, seed)
+    prompt_ids, answer_ids, answers, seconds = sample_answers(actor_critic.policy, tokenizer, examples, cfg, seed, autocast)
     owners = [examples[i // cfg.group_size] for i in range(len(answers))]
     scores = torch.tensor(score(answers, owners), dtype=torch.float32)
     batch = rollout_batch(prompt_ids, answer_ids, scores.tolist(), _Layout(cfg), tokenizer.pad_token_id)
