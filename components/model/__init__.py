@@ -1,8 +1,0 @@
-"""Importing components.model registers the ALiBi decoder (model_type alibi_llama) with transformers'
-Auto classes, so every stage loads an alibi artifact by its config.json without trust_remote_code."""
-from transformers import AutoConfig, AutoModelForCausalLM
-
-from components.model.alibi import AlibiLlamaConfig, AlibiLlamaForCausalLM
-
-AutoConfig.register(AlibiLlamaConfig.model_type, AlibiLlamaConfig, exist_ok=True)
-AutoModelForCausalLM.register(AlibiLlamaConfig, AlibiLlamaForCausalLM, exist_ok=True)

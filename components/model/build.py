@@ -11,6 +11,7 @@ import logging
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
+import components.model.registry  # noqa: F401  registers alibi_llama (init_from of an alibi checkpoint)
 from components.model.alibi import AlibiLlamaConfig, AlibiLlamaForCausalLM
 from components.model.config import SHAPE_KEYS, ModelConfig
 
