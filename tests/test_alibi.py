@@ -163,3 +163,14 @@ def test_alibi_config_errors_name_the_key(tokenizer, tmp_path):
     ModelConfig(**SHAPE, position="alibi", init_from=str(tmp_path / "alibi"))  # an alibi checkpoint continues as alibi
     with pytest.raises(ValueError, match="pretrain.model.position"):
         ModelConfig(**SHAPE, init_from=str(tmp_path / "alibi"))
+
+
+def test_extend_refuses_an_alibi_model(tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from components.extend import run as extend
+    from components.extend.config import ExtendConfig
+
+    save_export(alibi(tokenizer), tokenizer, tmp_path / "pretrain" / "model")
+    with pytest.raises(ValueError, match="extend.rope_scaling.*position=alibi"):
+        extend.run(ExtendConfig(), {"pretrain": tmp_path / "pretrain", "tokenizer": tmp_path}, SimpleNamespace(out_dir=tmp_path / "out"))
