@@ -42,7 +42,11 @@ def run(cfg: ExtendConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     out_dir = ctx.out_dir
     source = Path(inputs["pretrain"]) / "model"
     shards = Path(inputs["tokenizer"])
-    original = AutoConfig.from_pretrained(source).max_position_embeddings
+    source_config = AutoConfig.from_pretrained(source)
+    if source_config.model_type == "alibi_llama":  # ALiBi has no rotary embedding to scale
+        raise ValueError(f"config error: extend.rope_scaling={cfg.rope_scaling}: the pretrain model ({source}) uses "
+                         "pretrain.model.position=alibi, which has no RoPE to scale: drop the extend stage")
+    original = source_config.max_position_embeddings
     if cfg.context_length <= original:
         raise ValueError(f"config error: extend.context_length={cfg.context_length}: must be longer than the "
                          f"pretrain model's {original} positions ({source})")

@@ -11,6 +11,8 @@ import logging
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
+import components.model.registry  # noqa: F401  registers alibi_llama (init_from of an alibi checkpoint)
+from components.model.alibi import AlibiLlamaConfig, AlibiLlamaForCausalLM
 from components.model.config import SHAPE_KEYS, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def max_positions(cfg: ModelConfig, original: int) -> int:
     return original if cfg.rope_scaling == "dynamic" else cfg.context_length
 
 
-def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:
+def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:  # AlibiLlamaConfig is a LlamaConfig
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.d_model,
@@ -52,6 +54,8 @@ def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:
         pad_token_id=tokenizer.pad_token_id,
         attention_dropout=0.0,
     )
+    if cfg.position == "alibi":
+        return AlibiLlamaConfig(**common)
     if not cfg.moe_experts:
         return LlamaConfig(**common)
     return MixtralConfig(**common, num_local_experts=cfg.moe_experts, num_experts_per_tok=cfg.moe_top_k,
@@ -61,6 +65,8 @@ def hf_config(cfg: ModelConfig, tokenizer) -> LlamaConfig | MixtralConfig:
 def build_model(cfg: ModelConfig, tokenizer, seed: int) -> LlamaForCausalLM | MixtralForCausalLM:
     config = hf_config(cfg, tokenizer)
     torch.manual_seed(seed)
+    if cfg.position == "alibi":
+        return AlibiLlamaForCausalLM(config)
     return MixtralForCausalLM(config) if cfg.moe_experts else LlamaForCausalLM(config)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import check, check_choice, input_path
 
 ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn")
+POSITIONS = ("rope", "alibi")  # rotary embedding, or ALiBi attention biases (components/model/alibi.py)
 # ignored when the weights come from init_from (the checkpoint's own config.json decides them)
 SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "rope_theta", "tie_embeddings",
               "init_std", "moe_experts", "moe_top_k", "router_aux_loss_coef")
@@ -47,6 +48,7 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int = 2  # < n_heads: grouped-query attention
     ffn_hidden: int = 704  # SwiGLU width (~8/3 d_model, a multiple of 64); per expert with MoE
+    position: str = "rope"  # rope | alibi (no position embedding; per-head linear attention biases)
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     context_length: int = 256
@@ -66,7 +68,8 @@ class ModelConfig:
             check(getattr(self, name) > 0, f"pretrain.model.{name}", getattr(self, name), "must be > 0")
         check(self.d_model % self.n_heads == 0, "pretrain.model.n_heads", self.n_heads, f"must divide pretrain.model.d_model={self.d_model}")
         check(self.n_heads % self.n_kv_heads == 0, "pretrain.model.n_kv_heads", self.n_kv_heads, f"must divide pretrain.model.n_heads={self.n_heads}")
-        check((self.d_model // self.n_heads) % 2 == 0, "pretrain.model.n_heads", self.n_heads, "head dim must be even for RoPE")
+        self._check_position()
+        check(self.position == "alibi" or (self.d_model // self.n_heads) % 2 == 0, "pretrain.model.n_heads", self.n_heads, "head dim must be even for RoPE")
         check(self.moe_experts == 0 or self.moe_experts > 1, "pretrain.model.moe_experts", self.moe_experts,
               "must be 0 (dense) or > 1")
         if self.moe_experts:
@@ -81,6 +84,20 @@ class ModelConfig:
         if self.init_from is not None:
             missing = missing_checkpoint_files(str(Path(self.init_from).expanduser()), weights=True)
             check(not missing, "pretrain.model.init_from", self.init_from, f"not a Hugging Face checkpoint: {missing}")
+
+    def _check_position(self) -> None:
+        check_choice("pretrain.model.position", self.position, POSITIONS)
+        if self.position == "alibi":
+            check(self.rope_scaling == "none", "pretrain.model.rope_scaling", self.rope_scaling,
+                  "must be none with pretrain.model.position=alibi (no rotary embedding to scale)")
+            check(self.moe_experts == 0, "pretrain.model.moe_experts", self.moe_experts,
+                  "must be 0 with pretrain.model.position=alibi (ALiBi is built on the dense decoder only)")
+        if self.init_from is not None and (Path(self.init_from).expanduser() / "config.json").is_file():
+            model_type = json.loads((Path(self.init_from).expanduser() / "config.json").read_text()).get("model_type")
+            own = "alibi" if model_type == "alibi_llama" else "rope"
+            check(own == self.position, "pretrain.model.position", self.position,
+                  f"pretrain.model.init_from={self.init_from} is a {model_type} checkpoint ({own} positions): "
+                  f"set pretrain.model.position={own}")
 
     @property
     def original_context(self) -> int:

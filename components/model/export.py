@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import components.model.registry  # noqa: F401  registers alibi_llama: a loop that exports loads it too
 from components.chat.template import end_of_turn
 
 FILE_MODE = 0o644  # save_pretrained's atomic writes leave safetensors 0600: unreadable to a serving user
