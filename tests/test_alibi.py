@@ -174,3 +174,11 @@ def test_extend_refuses_an_alibi_model(tokenizer, tmp_path):
     save_export(alibi(tokenizer), tokenizer, tmp_path / "pretrain" / "model")
     with pytest.raises(ValueError, match="extend.rope_scaling.*position=alibi"):
         extend.run(ExtendConfig(), {"pretrain": tmp_path / "pretrain", "tokenizer": tmp_path}, SimpleNamespace(out_dir=tmp_path / "out"))
+
+
+def test_the_reward_stage_with_an_alibi_model_fails_at_config_time():
+    from tests.test_config import _config
+
+    assert _config("pretrain.model.position=alibi").pretrain.model.position == "alibi"
+    with pytest.raises(ValueError, match="reward.enabled.*alibi"):
+        _config("pretrain.model.position=alibi", "reward.enabled=true")
