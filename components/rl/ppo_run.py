@@ -11,7 +11,6 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.chat.batches import epoch_indices
 from components.chat.generate import generate
 from components.model.export import save_export
 from components.reward.model import scalar_head_model
@@ -22,7 +21,7 @@ from components.train.loop import make_accelerator, train
 from components.reward.model import score_conversations
 from components.rl.grpo import token_logps
 from components.rl.ppo import gae, ppo_loss, token_rewards
-from components.rl.rollout import rollout_batch, sample_answers
+from components.rl.rollout import positional_source, rollout_batch, sample_answers
 from components.train.device import model_device
 
 log = logging.getLogger(__name__)
@@ -94,18 +93,9 @@ class _Layout:
 
 
 def ppo_source(actor_critic, reference, tokenizer, prompts: list[dict], cfg, autocast, score):
-    cache: dict = {}
-
-    def batch_fn(step: int, micro: int) -> dict:
-        position = step * cfg.grad_accum + micro
-        if position not in cache:
-            idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
-            cache.clear()
-            cache[position] = ppo_rollouts(actor_critic, reference, tokenizer, [prompts[i] for i in idx], cfg,
-                                           cfg.seed * 1_000_003 + position, autocast, score)
-        return cache[position]
-
-    return batch_fn
+    """The loop's batch_fn: the PPO rollouts (with values and per-token rewards) of the micro-batch at a position."""
+    return positional_source(prompts, cfg, lambda examples, seed: ppo_rollouts(
+        actor_critic, reference, tokenizer, examples, cfg, seed, autocast, score))
 
 
 def reward_model_score(reward_model, tokenizer, batch_size: int = 64):

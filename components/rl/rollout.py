@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from components.chat.batches import epoch_indices
 from components.chat.generate import cut_answer, generation_config
 from components.chat.template import end_of_turn
 from components.rl.grpo import group_advantages, token_logps
@@ -100,3 +101,20 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
                       "answer_tokens_mean": n_generated / len(answer_ids),
                       "rollout_tokens": n_generated, "rollout_seconds": seconds}
     return batch
+
+
+def positional_source(prompts: list[dict], cfg, make_batch):
+    """The loop's batch_fn for rollouts: the micro-batch at a position draws its prompts and its sampling seed
+    from the position alone (so a resumed run samples what the uninterrupted one would have);
+    make_batch(examples, seed) samples and scores them with the current policy."""
+    cache: dict = {}  # the loop asks for step 0's first batch twice (budget, then training): sampled once
+
+    def batch_fn(step: int, micro: int) -> dict:
+        position = step * cfg.grad_accum + micro
+        if position not in cache:
+            idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
+            cache.clear()
+            cache[position] = make_batch([prompts[i] for i in idx], cfg.seed * 1_000_003 + position)
+        return cache[position]
+
+    return batch_fn

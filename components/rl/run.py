@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.chat.batches import epoch_indices
 from components.chat.generate import generate
 from components.context import StageContext
 from components.rl.config import RLConfig
 from components.rl.grpo import grpo_loss, token_logps
-from components.rl.rollout import checker_reward, make_rollouts
+from components.rl.rollout import checker_reward, make_rollouts, positional_source
 from components.tasks import sft_examples
 from components.train.epochs import with_epochs
 from components.train.loop import make_accelerator, train
@@ -45,20 +44,10 @@ def grpo_objective(cfg: RLConfig):
 
 def rollout_source(model, reference, tokenizer, prompts: list[dict], cfg: RLConfig, autocast,
                    reward=checker_reward):
-    """The loop's batch_fn: the rollouts of the micro-batch at a position, sampled from the current policy;
-    its prompts and sampling seed are functions of the position. reward(answer, example) -> float."""
-    cache: dict = {}  # the loop asks for step 0's first batch twice (budget, then training): sampled once
-
-    def batch_fn(step: int, micro: int) -> dict:
-        position = step * cfg.grad_accum + micro
-        if position not in cache:
-            idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
-            cache.clear()
-            cache[position] = make_rollouts(model, reference, tokenizer, [prompts[i] for i in idx], cfg,
-                                            cfg.seed * 1_000_003 + position, autocast, reward)
-        return cache[position]
-
-    return batch_fn
+    """The loop's batch_fn: the GRPO rollouts of the micro-batch at a position, sampled from the current policy.
+    reward(answer, example) -> float."""
+    return positional_source(prompts, cfg, lambda examples, seed: make_rollouts(
+        model, reference, tokenizer, examples, cfg, seed, autocast, reward))
 
 
 def heldout_accuracy(model, tokenizer, examples: list[dict], cfg: RLConfig) -> float:
