@@ -8,6 +8,8 @@ its temporary server and every process it started."""
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from components.eval.html import inline_images
 from components.train.launch import free_port
 from flows.compose import compose_pipeline_config
 from flows.deploy import DeploymentSpec, check_overrides, read_deployment, read_deployments
@@ -124,6 +127,38 @@ def test_sigterm_stops_the_pipeline_its_temporary_server_and_every_process_it_st
         cli.wait(timeout=10)
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # .ci/run installs Debian's
+
+
+def the_prefect_ui_shows_the_reports_images_and_tables(port: int, env: dict, tmp_path: Path) -> None:
+    """The eval-report artifact as the pipeline makes it (report.md, its PNGs inlined: flows/dag.py), opened on
+    the server's own UI page in headless Chromium: the rendered page holds the table and the image, not alt text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = tmp_path / "report"
+    report.mkdir()
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([3.0, 2.0, 1.5])
+    fig.savefig(report / "loss_curves.png")
+    plt.close(fig)
+    (report / "report.md").write_text("# Report\n\n| model | task accuracy |\n|---|---|\n| sft | 0.490 |\n\n"
+                                      "![loss curves](loss_curves.png)\n")
+    code = ("import sys; from prefect.artifacts import create_markdown_artifact; "
+            "print(create_markdown_artifact(key='eval-report', markdown=sys.stdin.read()))")
+    made = subprocess.run([PY, "-c", code], input=inline_images((report / "report.md").read_text(), report), cwd=REPO,
+                          env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, capture_output=True, text=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
+    page = f"http://127.0.0.1:{port}/artifacts/artifact/{made.stdout.split()[-1]}"
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                          "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+    assert re.search(r'<img[^>]+src="data:image/png;base64,', dom), dom[-2000:]  # the picture, not its alt text
+    assert "<table" in dom and "0.490" in dom
+
+
 async def wait_final(client, run_id, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,6 +226,8 @@ def test_serve_schedules_runs_and_stops_only_what_it_started(tmp_path):
         assert {t.name.split("-")[0] for t in result["tasks"]} == {"data", "tokenizer", "pretrain"}
         assert all(t.state.is_completed() for t in result["tasks"])
         assert (root / "pretrain").is_dir()
+        if CHROMIUM:
+            the_prefect_ui_shows_the_reports_images_and_tables(port, env, tmp_path)
 
         (home / "serve-worker-1.pid").write_text(json.dumps({"pid": bystander.pid, "create_time": 1.0}))
         assert "nothing started" in subprocess.run([PY, "-m", "flows.deploy", "stop", "--port", "1"], cwd=REPO,
