@@ -1,5 +1,6 @@
 """GRPO (the rl stage): our loss against TRL's GRPOTrainer on a fixed batch, the group-normalised
 advantages, a tiny run that learns a toy verifiable task, and the config checks."""
+import dataclasses
 import json
 
 import pytest
@@ -180,3 +181,23 @@ def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cp
     # every forward pass (sampling, reference, update) in bf16 where the CPU has it; none where it has not
     assert seen == ({torch.bfloat16} if native_bf16 else {torch.float32}), seen
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_loss"]))
+
+
+def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path):
+    """The rl stage (grpo, checker rewards) cut at step 3, step 2's checkpoint left, then run to the end: the same
+    rollouts (sampled from the position's seed by the restored policy), rewards, KL and losses as one whole run."""
+    from components.rl.run import run
+
+    cfg = RLConfig(enabled=True, max_steps=4, warmup_steps=1, lr=1e-2, batch_size=4, group_size=4, max_new_tokens=4,
+                   num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100, eval_every=0, save_every=2)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(whole, stage="rl"))
+    assert metrics["steps"] == 4 and len(metrics["reward_per_step"]) == 4
+    run(dataclasses.replace(cfg, max_steps=3), {"sft": sft_dir}, StageContext.local(cut, stage="rl"))
+    assert any((cut / "checkpoints").iterdir())
+    resumed = run(cfg, {"sft": sft_dir}, StageContext.local(cut, stage="rl"))
+    assert resumed["reward_per_step"] == metrics["reward_per_step"] and resumed["kl_per_step"] == metrics["kl_per_step"]
+    losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (whole, cut)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    assert resumed["val_task_accuracy"] == metrics["val_task_accuracy"]

@@ -1,5 +1,6 @@
 """The reward stage: TRL's RewardTrainer loss on a fixed batch, an export that transformers loads and that
 scores as training did, a tiny run that learns a planted preference, config errors naming the key."""
+import dataclasses
 import json
 
 import pytest
@@ -128,3 +129,24 @@ def test_off_by_default_and_on_it_runs_after_sft_and_eval_reads_it():
     assert steps["reward"].inputs == {"sft": steps["sft"].key} and steps["eval"].inputs["reward"] == steps["reward"].key
     assert steps["sft"].key == off["sft"].key and steps["align"].key == off["align"].key
     assert steps["eval"].key != off["eval"].key
+
+
+def test_a_resumed_reward_run_equals_the_uninterrupted_one(tokenizer, sft_dir, tmp_path):
+    """Cut at step 3 (step 2's checkpoint left), then run to the end: the losses, the held-out figures and the
+    exported head are those of one uninterrupted run (model, optimizer, data position from the checkpoint)."""
+    from safetensors.torch import load_file
+
+    cfg = RewardConfig(num_pairs=40, num_val_pairs=10, max_steps=4, warmup_steps=1, lr=3e-3, batch_size=4,
+                       mixed_precision="no", eval_every=0, save_every=2, log_every=100)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(whole, stage="reward"))
+    run(dataclasses.replace(cfg, max_steps=3), {"sft": sft_dir}, StageContext.local(cut, stage="reward"))
+    assert any((cut / "checkpoints").iterdir())
+    resumed = run(cfg, {"sft": sft_dir}, StageContext.local(cut, stage="reward"))
+    losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (whole, cut)]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], abs=1e-6)
+    for key in ("val_pair_accuracy", "val_reward_margin", "val_chosen_reward"):
+        assert resumed[key] == pytest.approx(metrics[key], abs=1e-6), key
+    heads = [load_file(d / "model" / "model.safetensors")["score.weight"] for d in (whole, cut)]
+    assert torch.allclose(heads[0], heads[1], atol=1e-6)
