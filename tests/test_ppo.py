@@ -212,3 +212,46 @@ def test_tiny_ppo_run_through_the_stage(tmp_path):
     loss = [json.loads(line)["loss"] for line in (whole / "log.jsonl").read_text().splitlines()]
     loss_resumed = [json.loads(line)["loss"] for line in (first / "log.jsonl").read_text().splitlines()]
     assert loss_resumed == pytest.approx(loss, abs=1e-6)
+
+
+def test_whiten_rewards_keeps_the_mean_as_trl_does():
+    mask, logps, ref, _, scores, _ = fixed_batch(seed=3)
+    rewards, _ = token_rewards(logps, ref, scores, mask, kl_coef=0.1)
+    ours = masked_whiten(rewards, mask.float(), shift_mean=False) * mask
+    theirs = torch.masked_fill(trl_masked_whiten(rewards, mask, shift_mean=False), ~mask, 0)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert float(ours[mask].mean()) == pytest.approx(float(rewards[mask].mean()), abs=1e-5)  # mean kept
+    assert float(ours[mask].std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_answer_cut_at_max_new_tokens_loses_the_missing_eos_penalty(tmp_path, monkeypatch):
+    """TRL's missing_eos_penalty: the score of each answer that did not end its turn (its last token is no stop
+    of the policy's generation_config) drops by the penalty, the others keep theirs; the share of cut answers
+    is a per-step figure. The answers are fixed (two end, two are cut) so both kinds are in the batch."""
+    import contextlib
+
+    from transformers import AutoModelForCausalLM
+
+    from components.model.config import ModelConfig
+    from components.reward.model import scalar_head_model
+    from components.rl import ppo_run
+    from components.rl.rollout import stop_ids
+    from components.tasks import sft_examples
+    from tests.tiny import save_tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    sft = save_tiny_model(tmp_path / "sft", tokenizer, ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1,
+                                                                    ffn_hidden=64, context_length=64), seed=1) / "model"
+    policy = AutoModelForCausalLM.from_pretrained(sft)
+    model = ppo_run.ActorCritic(policy, scalar_head_model(sft, tokenizer.pad_token_id, seed=0))
+    stop = sorted(stop_ids(policy.generation_config))[0]
+    answers = [[11, 12, stop], [13, 14, 15], [stop], [16, 17, 18]]  # ended, cut, ended, cut (max_new_tokens 3)
+    monkeypatch.setattr(ppo_run, "sample_answers", lambda *a, **k: ([[5, 6, 7]] * 4, answers, ["x"] * 4, 0.1))
+    for penalty in (0.0, 1.5):
+        cfg = RLConfig(enabled=True, algorithm="ppo", reward="checker", group_size=1, max_new_tokens=3, kl_coef=0.0,
+                       missing_eos_penalty=penalty)
+        batch = ppo_run.ppo_rollouts(model, policy, tokenizer, sft_examples("train", 4), cfg, 0, contextlib.nullcontext,
+                                     lambda texts, owners: [0.5] * len(texts))
+        assert batch["rewards"].tolist() == pytest.approx([0.5, 0.5 - penalty, 0.5, 0.5 - penalty])
+        assert batch["stats"]["unfinished_share"] == 0.5
+        assert batch["stats"]["reward_mean"] == pytest.approx(0.5)  # the score as given, before the penalty

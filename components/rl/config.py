@@ -47,6 +47,9 @@ class RLConfig(TrainConfig):
     vf_coef: float = 0.1  # ppo: weight of the value loss beside the policy loss (TRL's)
     cliprange: float = 0.2  # ppo: the ratio pi/pi_old is clipped to [1 - cliprange, 1 + cliprange]
     cliprange_value: float = 0.2  # ppo: the value prediction is clipped to old value +- cliprange_value
+    whiten_rewards: bool = False  # ppo: per-token rewards scaled to unit variance over the batch's answer tokens, mean kept (TRL's)
+    # ppo: taken off the score of an answer that ran to max_new_tokens without ending its turn (TRL's); 0: none
+    missing_eos_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +76,8 @@ class RLConfig(TrainConfig):
         check(self.vf_coef > 0, "rl.vf_coef", self.vf_coef, "must be > 0: the value head learns only through it")
         check(0 < self.cliprange < 1, "rl.cliprange", self.cliprange, "must be in (0, 1)")
         check(self.cliprange_value > 0, "rl.cliprange_value", self.cliprange_value, "must be > 0")
+        check(self.missing_eos_penalty >= 0, "rl.missing_eos_penalty", self.missing_eos_penalty,
+              "must be >= 0 (it is subtracted from the score; 0: none)")
 
     def reads_input(self, role: str) -> bool:
         """The reward stage's model is an input only of ppo with reward=model (components/stages.py)."""

@@ -17,11 +17,13 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum()
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over the masked entries, var with Bessel's correction (TRL's)."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries, var with Bessel's correction (TRL's);
+    shift_mean=False adds the mean back (TRL's whiten_rewards: the scale changes, the sign of the mean stays)."""
     mean = masked_mean(values, mask)
     var = masked_mean((values - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)
-    return (values - mean) * torch.rsqrt(var + WHITEN_EPS)
+    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
+    return whitened if shift_mean else whitened + mean
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from components.train.epochs import with_epochs
 from components.train.loop import make_accelerator, train
 from components.reward.model import score_conversations
 from components.rl.grpo import token_logps
-from components.rl.ppo import gae, ppo_loss, token_rewards
-from components.rl.rollout import positional_source, rollout_batch, sample_answers
+from components.rl.ppo import gae, masked_whiten, ppo_loss, token_rewards
+from components.rl.rollout import positional_source, rollout_batch, sample_answers, stop_ids
 from components.train.device import model_device
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ def ppo_rollouts(actor_critic: ActorCritic, reference, tokenizer, examples: list
     old log-probs, values, per-token rewards (KL to the reference + score), advantages and returns."""
     prompt_ids, answer_ids, answers, seconds = sample_answers(actor_critic.policy, tokenizer, examples, cfg, seed, autocast)
     owners = [examples[i // cfg.group_size] for i in range(len(answers))]
-    scores = torch.tensor(score(answers, owners), dtype=torch.float32)
+    raw = torch.tensor(score(answers, owners), dtype=torch.float32)
+    stops = stop_ids(actor_critic.policy.generation_config)
+    unfinished = torch.tensor([float(not a or a[-1] not in stops) for a in answer_ids])  # cut at max_new_tokens
+    scores = raw - cfg.missing_eos_penalty * unfinished
     batch = rollout_batch(prompt_ids, answer_ids, scores.tolist(), _Layout(cfg), tokenizer.pad_token_id)
     where = model_device(actor_critic.policy)
     ids, mask = batch["input_ids"].to(where), batch["attention_mask"].to(where)
@@ -73,11 +76,13 @@ def ppo_rollouts(actor_critic: ActorCritic, reference, tokenizer, examples: list
         ref_logps = token_logps(reference, ids, mask, cfg.temperature).float().cpu()
     answer = batch["completion_mask"]
     rewards, kl = token_rewards(old_logps, ref_logps, scores, answer, cfg.kl_coef)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, answer, shift_mean=False) * answer
     advantages, returns = gae(rewards, old_values, answer, cfg.gamma, cfg.lam)
     n_generated = sum(len(a) for a in answer_ids)
     batch.update(old_logps=old_logps, old_values=old_values * answer, advantages=advantages, returns=returns,
                  n_targets=1)  # ppo_loss is a mean over the micro-batch's answer tokens (TRL's)
-    batch["stats"] = {"reward_mean": float(scores.mean()), "kl": float((kl.sum() / answer.sum()).item()),
+    batch["stats"] = {"reward_mean": float(raw.mean()), "unfinished_share": float(unfinished.mean()), "kl": float((kl.sum() / answer.sum()).item()),
                       "answer_tokens_mean": n_generated / len(answer_ids),
                       "rollout_tokens": n_generated, "rollout_seconds": seconds,
                       "rollout_tokens_per_s": n_generated / max(1e-9, seconds)}
