@@ -46,3 +46,14 @@ def samples() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip("../shared/samples is absent")
     return SAMPLES
+
+
+@pytest.fixture(params=[True, False], ids=["native_bf16_cpu", "no_bf16_cpu"])
+def cpu_bf16(request, monkeypatch):
+    """Pretend to be either kind of CPU (no GPU), so both precision branches run on every host: a
+    CPU with native bf16 (AVX512-BF16/AMX) trains in bf16, one without falls back to fp32."""
+    from components.train import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: request.param)
+    return request.param

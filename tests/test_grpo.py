@@ -155,16 +155,11 @@ def test_eval_reads_the_rl_model_only_when_rl_is_enabled():
     assert on["eval"].key != off["eval"].key and on["sft"].key == off["sft"].key  # upstream untouched
 
 
-@pytest.mark.parametrize("native_bf16", [True, False], ids=["native_bf16_cpu", "no_bf16_cpu"])
 def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cpu(sft_dir, tokenizer, tmp_path,
-                                                                                   monkeypatch, native_bf16):
+                                                                                   cpu_bf16):
     """rl.mixed_precision=bf16 samples and trains in bf16 where the CPU has it, fp32 (logged) where it does not."""
     from transformers import AutoModelForCausalLM
 
-    from components.train import device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
     cfg = RLConfig(enabled=True, max_steps=2, warmup_steps=1, batch_size=2, group_size=2, max_new_tokens=2,
                    beta=0.0, mixed_precision="bf16", log_every=100)
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
@@ -177,23 +172,24 @@ def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cp
                               starts_early_in_alphabet)
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
                     ctx=StageContext.local(tmp_path, stage="rl"))
-    assert metrics["precision"] == ("bf16" if native_bf16 else "no")
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")
     # every forward pass (sampling, reference, update) in bf16 where the CPU has it; none where it has not
-    assert seen == ({torch.bfloat16} if native_bf16 else {torch.float32}), seen
+    assert seen == ({torch.bfloat16} if cpu_bf16 else {torch.float32}), seen
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_loss"]))
 
 
-def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path):
+def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path, cpu_bf16):
     """The rl stage (grpo, checker rewards) cut at step 3, step 2's checkpoint left, then run to the end: the same
     rollouts (sampled from the position's seed by the restored policy), rewards, KL and losses as one whole run."""
     from components.rl.run import run
 
     cfg = RLConfig(enabled=True, max_steps=4, warmup_steps=1, lr=1e-2, batch_size=4, group_size=4, max_new_tokens=4,
-                   num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100, eval_every=0, save_every=2)
+                   num_prompts=32, num_val_prompts=8, mixed_precision="bf16", log_every=100, eval_every=0, save_every=2)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir(), cut.mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(whole, stage="rl"))
     assert metrics["steps"] == 4 and len(metrics["reward_per_step"]) == 4
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # this kind of CPU's branch ran
     run(dataclasses.replace(cfg, max_steps=3), {"sft": sft_dir}, StageContext.local(cut, stage="rl"))
     assert any((cut / "checkpoints").iterdir())
     resumed = run(cfg, {"sft": sft_dir}, StageContext.local(cut, stage="rl"))

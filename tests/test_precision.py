@@ -21,14 +21,6 @@ def tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(make_tokenizer_artifact(tmp_path_factory.mktemp("tok")) / "hf")
 
 
-@pytest.fixture(params=[True, False], ids=["native_bf16_cpu", "no_bf16_cpu"])
-def cpu_bf16(request, monkeypatch):
-    """Pretend to be either kind of CPU (no GPU), so both branches run on every host."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: request.param)
-    return request.param
-
-
 def cfg(precision: str, **kw) -> PretrainConfig:
     return PretrainConfig(mixed_precision=precision, max_steps=3, warmup_steps=1, batch_size=2, log_every=1,
                           save_every=1000, **kw)

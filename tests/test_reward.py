@@ -131,16 +131,17 @@ def test_off_by_default_and_on_it_runs_after_sft_and_eval_reads_it():
     assert steps["eval"].key != off["eval"].key
 
 
-def test_a_resumed_reward_run_equals_the_uninterrupted_one(tokenizer, sft_dir, tmp_path):
+def test_a_resumed_reward_run_equals_the_uninterrupted_one(tokenizer, sft_dir, tmp_path, cpu_bf16):
     """Cut at step 3 (step 2's checkpoint left), then run to the end: the losses, the held-out figures and the
     exported head are those of one uninterrupted run (model, optimizer, data position from the checkpoint)."""
     from safetensors.torch import load_file
 
     cfg = RewardConfig(num_pairs=40, num_val_pairs=10, max_steps=4, warmup_steps=1, lr=3e-3, batch_size=4,
-                       mixed_precision="no", eval_every=0, save_every=2, log_every=100)
+                       mixed_precision="bf16", eval_every=0, save_every=2, log_every=100)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir(), cut.mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(whole, stage="reward"))
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # this kind of CPU's branch ran
     run(dataclasses.replace(cfg, max_steps=3), {"sft": sft_dir}, StageContext.local(cut, stage="reward"))
     assert any((cut / "checkpoints").iterdir())
     resumed = run(cfg, {"sft": sft_dir}, StageContext.local(cut, stage="reward"))
