@@ -49,8 +49,7 @@ def measure(model_dir: Path, tokenizer_dir: Path, args) -> list[dict]:
     for condition in ["none", "linear"] if position == "rope" else ["none"]:
         for multiple in args.lengths:
             length = round(multiple * context)
-            model = load_with_rope(model_dir, condition, max(1.0, multiple), context, "cpu") if position == "rope" \
-                else load_with_rope(model_dir, "none", 1.0, context, "cpu")
+            model = load_with_rope(model_dir, condition, max(1.0, multiple), context, "cpu")  # none: as saved
             nll = nll_by_position(model, tokens, length, args.windows)
             passkey = accuracy_by_depth(model, tokenizer, filler, length, args.depths, args.trials, 16, 0) \
                 if multiple in args.passkey_lengths else None
