@@ -82,7 +82,8 @@ def ppo_rollouts(actor_critic: ActorCritic, reference, tokenizer, examples: list
     n_generated = sum(len(a) for a in answer_ids)
     batch.update(old_logps=old_logps, old_values=old_values * answer, advantages=advantages, returns=returns,
                  n_targets=1)  # ppo_loss is a mean over the micro-batch's answer tokens (TRL's)
-    batch["stats"] = {"reward_mean": float(raw.mean()), "unfinished_share": float(unfinished.mean()), "kl": float((kl.sum() / answer.sum()).item()),
+    batch["stats"] = {"reward_mean": float(raw.mean()), "unfinished_share": float(unfinished.mean()),
+                      "kl": float((kl.sum() / answer.sum()).item()),
                       "answer_tokens_mean": n_generated / len(answer_ids),
                       "rollout_tokens": n_generated, "rollout_seconds": seconds,
                       "rollout_tokens_per_s": n_generated / max(1e-9, seconds)}
