@@ -169,8 +169,8 @@ def test_prefix_sharing_changes_no_result(sft_dir, tmp_path):
         results[shared] = (metrics, torch.load(out / "ref_logps.pt"),
                            [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()])
     (m_on, ref_on, loss_on), (m_off, ref_off, loss_off) = results[True], results[False]
-    for split in ("train", "heldout"):
-        torch.testing.assert_close(ref_on[split], ref_off[split], rtol=0, atol=1e-5)
+    for split in ("train", "heldout"):  # sequence log-probs of ~-80: fp32 summation order moves them by ~1e-5
+        torch.testing.assert_close(ref_on[split], ref_off[split], rtol=1e-6, atol=1e-5)
     assert loss_on == pytest.approx(loss_off, abs=1e-5)
     for key in ("val_reward_accuracy", "val_reward_margin", "val_preference_accuracy"):
         assert m_on[key] == pytest.approx(m_off[key], abs=1e-5)

@@ -41,7 +41,7 @@ class AlignConfig(TrainConfig, AdapterConfig):
     rejected: str = "auto"
     rejected_max_new_tokens: int = 24  # greedy decoding budget for on_policy answers
     # chosen and rejected in one row, their shared prompt computed once (a 4D attention mask keeps the
-    # branches apart; sdpa or eager attention): the log-probs of two rows per pair to 1e-5 in fp32, so
+    # branches apart; sdpa or eager attention): the log-probs of two rows per pair to 1e-5 (or 1e-6 relative) in fp32, so
     # log only; false: two padded rows per pair
     prefix_sharing: bool = log_only(True)
     # with prefix_sharing: pairs packed into rows of up to this many tokens, no attention across pairs
