@@ -45,9 +45,6 @@ class CrossStageChecks:
               or self.reward.enabled, "reward.enabled", self.reward.enabled,
               "rl.algorithm=ppo with rl.reward=model scores answers with the reward stage's model: set "
               "reward.enabled=true, or rl.reward=checker")
-        check(not (self.reward.enabled and self.pretrain.model.position == "alibi"), "reward.enabled", self.reward.enabled,
-              "the reward model (a sequence-classification head) is not built for pretrain.model.position=alibi: "
-              "set reward.enabled=false, or position=rope")
         if self.extend.enabled and init is None:  # an imported model's context is known only from its files, at run time
             short = self.pretrain.model.context_length
             check(self.extend.context_length > short, "extend.context_length", self.extend.context_length,

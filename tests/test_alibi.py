@@ -176,9 +176,43 @@ def test_extend_refuses_an_alibi_model(tokenizer, tmp_path):
         extend.run(ExtendConfig(), {"pretrain": tmp_path / "pretrain", "tokenizer": tmp_path}, SimpleNamespace(out_dir=tmp_path / "out"))
 
 
-def test_the_reward_stage_with_an_alibi_model_fails_at_config_time():
+SCORE_ELSEWHERE = LOAD_ELSEWHERE.split("model = ")[0] + """
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+"""
+
+
+def test_the_reward_model_of_an_alibi_decoder_exports_and_scores_alike(tokenizer, tmp_path):
+    """reward.enabled with position=alibi: the scalar head sits on the ALiBi decoder (not a RoPE one), scores a
+    padded row as its unpadded self, and the export loads with transformers alone to the same scores."""
+    from components.reward.model import scalar_head_model
+
     from tests.test_config import _config
 
-    assert _config("pretrain.model.position=alibi").pretrain.model.position == "alibi"
-    with pytest.raises(ValueError, match="reward.enabled.*alibi"):
-        _config("pretrain.model.position=alibi", "reward.enabled=true")
+    assert _config("pretrain.model.position=alibi", "reward.enabled=true").reward.enabled
+    causal = alibi(tokenizer)
+    save_export(causal, tokenizer, tmp_path / "sft")
+    pad = tokenizer.pad_token_id
+    model = scalar_head_model(tmp_path / "sft", pad, seed=0).eval()
+    assert type(model).__name__ == "AlibiLlamaForSequenceClassification"
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, causal.model.layers[0].self_attn.q_proj.weight)
+    x = ids(tokenizer, rows=2, length=10)
+    padded = torch.cat([x[:1], torch.full((1, 4), pad)], dim=1)
+    with torch.no_grad():
+        scores = model(x).logits
+        assert torch.allclose(model(padded, attention_mask=(padded != pad).long()).logits[0], scores[0], atol=1e-5)
+        causal_hidden = causal.model(x).last_hidden_state[:, -1]
+        assert torch.allclose(scores, model.score(causal_hidden), atol=1e-5)  # the decoder is the ALiBi one
+    save_export(model, tokenizer, tmp_path / "reward")
+    auto_map = json.loads((tmp_path / "reward" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSequenceClassification"] == "alibi.AlibiLlamaForSequenceClassification"
+    torch.save(x, tmp_path / "x.pt")
+    (tmp_path / "score.py").write_text(SCORE_ELSEWHERE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
+    (tmp_path / "elsewhere").mkdir()
+    subprocess.run([sys.executable, str(tmp_path / "score.py"), str(tmp_path / "reward"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "out.pt")], cwd=tmp_path / "elsewhere", env=env, check=True)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), scores)

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,
-                                                      LlamaPreTrainedModel, LlamaRMSNorm, eager_attention_forward)
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM,
+                                                      LlamaForSequenceClassification, LlamaModel, LlamaPreTrainedModel,
+                                                      LlamaRMSNorm, eager_attention_forward)
 
 
 def alibi_slopes(n_heads: int, device=None) -> torch.Tensor:
@@ -118,6 +119,19 @@ class AlibiLlamaForCausalLM(AlibiLlamaPreTrainedModel, LlamaForCausalLM):
         self.post_init()
 
 
+class AlibiLlamaForSequenceClassification(AlibiLlamaPreTrainedModel, LlamaForSequenceClassification):
+    """The reward stage's model: the ALiBi decoder with a linear score head read at each row's last token
+    (LlamaForSequenceClassification's forward; its __init__ would build the decoder through AutoModel)."""
+
+    def __init__(self, config: AlibiLlamaConfig):
+        AlibiLlamaPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = AlibiLlamaModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+
 # save_pretrained then copies this file and writes auto_map into config.json
 AlibiLlamaConfig.register_for_auto_class()
 AlibiLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+AlibiLlamaForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
