@@ -137,6 +137,10 @@ def test_ppo_loss_equals_trl_on_a_fixed_batch():
     ({"reward": "judge"}, "rl.reward"), ({"kl_coef": -0.1}, "rl.kl_coef"), ({"gamma": 1.5}, "rl.gamma"),
     ({"lam": -0.1}, "rl.lam"), ({"vf_coef": 0.0}, "rl.vf_coef"), ({"cliprange": 1.0}, "rl.cliprange"),
     ({"cliprange_value": 0.0}, "rl.cliprange_value"), ({"algorithm": "reinforce"}, "rl.algorithm"),
+    ({"ppo_epochs": 0}, "rl.ppo_epochs"), ({"algorithm": "grpo", "ppo_epochs": 2}, "rl.ppo_epochs"),
+    ({"algorithm": "grpo", "num_mini_batches": 2}, "rl.num_mini_batches"),
+    ({"num_mini_batches": 3}, "rl.num_mini_batches"),  # 16 x 8 answers do not split in 3
+    ({"ppo_epochs": 3}, "rl.save_every"),  # 200 is no multiple of 3: a checkpoint would fall mid-rollout
 ])
 def test_bad_ppo_values_name_their_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -255,3 +259,82 @@ def test_an_answer_cut_at_max_new_tokens_loses_the_missing_eos_penalty(tmp_path,
         assert batch["rewards"].tolist() == pytest.approx([0.5, 0.5 - penalty, 0.5, 0.5 - penalty])
         assert batch["stats"]["unfinished_share"] == 0.5
         assert batch["stats"]["reward_mean"] == pytest.approx(0.5)  # the score as given, before the penalty
+
+
+def test_ppo_epochs_and_minibatches_share_one_rollout_batch():
+    """ppo_epochs=2, num_mini_batches=2: four optimizer steps train on one rollout batch, sampled once at the
+    first; each pass's two minibatches are disjoint and cover it, the passes shuffle differently; the fifth
+    step samples anew; a source started afresh (a resumed run) gives the same minibatches."""
+    from components.rl.ppo_run import minibatch
+    from components.rl.rollout import positional_source
+
+    cfg = RLConfig(algorithm="ppo", batch_size=4, group_size=2, ppo_epochs=2, num_mini_batches=2, save_every=4)
+    calls = []
+
+    def make_batch(examples, seed):
+        calls.append(seed)
+        rows, width = 8, 6
+        ids = torch.arange(rows)[:, None].expand(rows, width).clone()  # row i holds i: minibatches show their rows
+        lengths = torch.tensor([3, 6, 4, 5, 6, 2, 4, 3])
+        mask = (torch.arange(width)[None] < lengths[:, None]).long()
+        targets = torch.rand(rows, width - 1, generator=torch.Generator().manual_seed(seed))
+        return {"input_ids": ids, "attention_mask": mask, "completion_mask": mask[:, 1:].bool(),
+                "rewards": torch.arange(rows).float(), "advantages": targets, "old_logps": targets,
+                "old_values": targets, "returns": targets, "n_targets": 1, "n_tokens": int(mask.sum()), "stats": {}}
+
+    prompts = [{"messages": []}] * 40
+    source = positional_source(prompts, cfg, make_batch, minibatch(cfg))
+    steps = [source(step, 0) for step in range(5)]
+    assert len(calls) == 2  # steps 0-3 on the first rollout, step 4 on the second
+    for epoch in (0, 1):
+        a, b = steps[2 * epoch], steps[2 * epoch + 1]
+        rows_a, rows_b = set(a["input_ids"][:, 0].tolist()), set(b["input_ids"][:, 0].tolist())
+        assert len(rows_a) == len(rows_b) == 4 and rows_a | rows_b == set(range(8))
+        assert a["stats"]["ppo_epoch"] == b["stats"]["ppo_epoch"] == epoch
+        for batch in (a, b):  # each tensor keeps its rows together and its own padding
+            rows = batch["input_ids"][:, 0]
+            assert torch.equal(batch["rewards"], rows.float())
+            assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
+            assert batch["old_logps"].shape[1] == batch["input_ids"].shape[1] - 1
+            assert batch["n_tokens"] == int(batch["attention_mask"].sum())
+    assert steps[0]["input_ids"][:, 0].tolist() != steps[2]["input_ids"][:, 0].tolist()  # a fresh shuffle per pass
+    resumed = positional_source(prompts, cfg, make_batch, minibatch(cfg))
+    for step in (4, 5, 6):
+        again, first = resumed(step, 0), source(step, 0)
+        assert torch.equal(again["input_ids"], first["input_ids"]) and torch.equal(again["old_logps"], first["old_logps"])
+
+
+def test_a_resumed_ppo_run_with_epochs_and_minibatches_equals_the_uninterrupted_one(tmp_path):
+    """Two passes of two minibatches per rollout, through the real stage: a run cut after step 5 leaves step 4's
+    checkpoint (the first rollout's last update; steps 1-4 are warmup, the same lr in both runs); the full run
+    resumed from it equals the uninterrupted one."""
+    import json
+
+    from components.context import StageContext
+    from components.model.config import ModelConfig
+    from components.reward.model import scalar_head_model
+    from components.rl.run import run
+    from tests.tiny import save_tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    sft = save_tiny_model(tmp_path / "sft", tokenizer, ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1,
+                                                                    ffn_hidden=64, context_length=64), seed=1)
+    reward_dir = tmp_path / "reward"
+    scalar_head_model(sft / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
+    cfg = RLConfig(enabled=True, algorithm="ppo", max_steps=8, warmup_steps=4, lr=1e-3, batch_size=4, group_size=1,
+                   max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100,
+                   eval_every=0, save_every=4, ppo_epochs=2, num_mini_batches=2)
+    inputs = {"sft": sft, "reward": reward_dir}
+    whole, first = tmp_path / "whole", tmp_path / "first"
+    whole.mkdir(), first.mkdir()
+    metrics = run(cfg, inputs, StageContext.local(whole, stage="rl"))
+    rows = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
+    assert [r["ppo_epoch"] for r in rows] == [0, 0, 1, 1] * 2
+    assert metrics["reward_per_step"][:4] == [metrics["reward_per_step"][0]] * 4  # one rollout's score, 4 updates
+    assert [r["policy_loss"] for r in rows[:2]] != [r["policy_loss"] for r in rows[2:4]]
+    run(RLConfig(**{**cfg.__dict__, "max_steps": 5}), inputs, StageContext.local(first, stage="rl"))
+    resumed = run(cfg, inputs, StageContext.local(first, stage="rl"))
+    assert resumed["kl_per_step"] == metrics["kl_per_step"] and resumed["reward_per_step"] == metrics["reward_per_step"]
+    loss = [r["loss"] for r in rows]
+    loss_resumed = [json.loads(line)["loss"] for line in (first / "log.jsonl").read_text().splitlines()]
+    assert loss_resumed == pytest.approx(loss, abs=1e-6)

@@ -1,7 +1,8 @@
 """The ppo run inside the shared loop: the loop's model is ActorCritic (the policy and the critic, so one
 optimizer, checkpoint and resume hold both); batch_fn samples rollouts and computes their old log-probs,
-values, per-token rewards and GAE under no_grad; loss_fn is PPO's clipped policy + value loss (one update
-per rollout batch: TRL's num_ppo_epochs=1, which keeps batch_fn a pure function of the position)."""
+values, per-token rewards and GAE under no_grad; loss_fn is PPO's clipped policy + value loss. Each rollout
+batch takes ppo_epochs x num_mini_batches optimizer steps (TRL's num_ppo_epochs, num_mini_batches), each on
+one shuffled minibatch; batch_fn stays a pure function of the position (checkpoints fall between rollouts)."""
 from __future__ import annotations
 
 import torch
@@ -98,10 +99,33 @@ class _Layout:
         self.group_size, self.scale_rewards, self.loss = cfg.group_size, "none", cfg.loss
 
 
+ROWS = ("input_ids", "attention_mask", "completion_mask", "rewards", "advantages", "old_logps", "old_values", "returns")
+
+
+def minibatch(cfg):
+    """pick(rollout, update, seed): minibatch update % num_mini_batches of pass update // num_mini_batches, each
+    pass a fresh seeded permutation of the rollout's answers (TRL's), its minibatches disjoint and covering it."""
+    def pick(rollout: dict, update: int, seed: int) -> dict:
+        epoch, part = divmod(update, cfg.num_mini_batches)
+        rows = len(rollout["input_ids"])
+        order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed * 31 + epoch))
+        size = rows // cfg.num_mini_batches
+        idx = order[part * size:(part + 1) * size]
+        width = int(rollout["attention_mask"][idx].sum(1).max())  # the minibatch's own padding
+        sliced = {k: rollout[k][idx] for k in ROWS}
+        sliced = {k: v[:, :width] if k in ("input_ids", "attention_mask") else v[:, :width - 1] if v.dim() == 2 else v
+                  for k, v in sliced.items()}
+        return {**rollout, **sliced, "n_tokens": int(sliced["attention_mask"].sum()),
+                "stats": {**rollout["stats"], "ppo_epoch": epoch}}
+
+    return pick
+
+
 def ppo_source(actor_critic, reference, tokenizer, prompts: list[dict], cfg, autocast, score):
-    """The loop's batch_fn: the PPO rollouts (with values and per-token rewards) of the micro-batch at a position."""
+    """The loop's batch_fn: the PPO rollouts (with values and per-token rewards) of the micro-batch at a position,
+    or the step's minibatch of them."""
     return positional_source(prompts, cfg, lambda examples, seed: ppo_rollouts(
-        actor_critic, reference, tokenizer, examples, cfg, seed, autocast, score))
+        actor_critic, reference, tokenizer, examples, cfg, seed, autocast, score), minibatch(cfg))
 
 
 def reward_model_score(reward_model, tokenizer, batch_size: int = 64):

@@ -103,18 +103,24 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
     return batch
 
 
-def positional_source(prompts: list[dict], cfg, make_batch):
+def positional_source(prompts: list[dict], cfg, make_batch, pick=None):
     """The loop's batch_fn for rollouts: the micro-batch at a position draws its prompts and its sampling seed
     from the position alone (so a resumed run samples what the uninterrupted one would have);
-    make_batch(examples, seed) samples and scores them with the current policy."""
-    cache: dict = {}  # the loop asks for step 0's first batch twice (budget, then training): sampled once
+    make_batch(examples, seed) samples and scores them with the current policy. With
+    cfg.updates_per_rollout = U > 1 (ppo's epochs x minibatches), U optimizer steps share each rollout
+    batch, sampled at the first of them: step s trains on pick(rollout, s % U, seed)."""
+    updates = getattr(cfg, "updates_per_rollout", 1)
+    cache: dict = {}  # the current rollouts (the loop asks for step 0's first batch twice: sampled once)
 
     def batch_fn(step: int, micro: int) -> dict:
-        position = step * cfg.grad_accum + micro
+        phase, update = divmod(step, updates)
+        position = phase * cfg.grad_accum + micro
+        seed = cfg.seed * 1_000_003 + position
         if position not in cache:
+            for old in [p for p in cache if p < phase * cfg.grad_accum]:
+                del cache[old]
             idx = epoch_indices(len(prompts), cfg.batch_size, cfg.seed, position)
-            cache.clear()
-            cache[position] = make_batch([prompts[i] for i in idx], cfg.seed * 1_000_003 + position)
-        return cache[position]
+            cache[position] = make_batch([prompts[i] for i in idx], seed)
+        return cache[position] if updates == 1 else pick(cache[position], update, seed)
 
     return batch_fn
