@@ -52,7 +52,7 @@ class CrossStageChecks:
 
 
 def check_adapters(cfg) -> None:
-    """sft's adapter as align and eval will meet it (components/train/adapter_config.py)."""
+    """sft's adapter as align, reward, rl and eval will meet it, and rl's as eval will (components/train/adapter_config.py)."""
     from components.train.adapter_config import MERGING, VIRTUAL_TOKENS
 
     sft = cfg.sft.adapter
@@ -60,7 +60,17 @@ def check_adapters(cfg) -> None:
           f"sft.adapter={sft} is exported unmerged (base + adapter): align trains that adapter further; set none")
     check(sft not in VIRTUAL_TOKENS or not cfg.align.prefix_sharing, "align.prefix_sharing", True,
           f"sft.adapter={sft} puts learned tokens before each row, which prefix-shared pairs would share: set false")
-    for stage in ("sft", "align"):  # lm-evaluation-harness would read their virtual tokens' logits as the prompt's
+    if sft not in ("none", *MERGING):
+        check(not cfg.reward.enabled, "reward.enabled", cfg.reward.enabled,
+              f"sft.adapter={sft} is exported unmerged (base + adapter), and the reward model starts from the sft "
+              "model's weights: set sft.adapter to none, lora, adalora or ia3, or reward.enabled=false")
+        check(not cfg.rl.enabled or cfg.rl.adapter == "none", "rl.adapter", cfg.rl.adapter,
+              f"sft.adapter={sft} is exported unmerged (base + adapter): rl trains that adapter further; set none")
+        check(not (cfg.rl.enabled and cfg.rl.algorithm == "ppo"), "rl.algorithm", cfg.rl.algorithm,
+              f"sft.adapter={sft} is exported unmerged (base + adapter), and ppo's critic starts from the sft model's "
+              "weights: use grpo, or a merging sft.adapter")
+    scored = ["sft", "align"] + (["rl"] if cfg.rl.enabled else [])
+    for stage in scored:  # lm-evaluation-harness would read their virtual tokens' logits as the prompt's
         method = getattr(cfg, stage).adapter
         check(not (cfg.eval.benchmarks and method in ("prompt", "ptuning")), "eval.benchmarks", "[...]",
               f"{stage}.adapter={method}: lm-evaluation-harness cannot score a model with learned input tokens; "

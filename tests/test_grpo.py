@@ -197,3 +197,45 @@ def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path, cp
     losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (whole, cut)]
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)
     assert resumed["val_task_accuracy"] == metrics["val_task_accuracy"]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "prefix", "prompt"])
+def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokenizer, tmp_path, adapter, monkeypatch):
+    """rl.adapter (grpo): the held-out figure before training is the sft model's, the adapter moves, the base
+    weights stay; lora is exported merged, prefix and prompt as base + adapter that load_model puts back together
+    with the logits the stage trained (prompt's virtual tokens: their logits are cut off before the log-probs)."""
+    from transformers import AutoModelForCausalLM
+
+    from components.rl import run as rl_run
+    from components.rl.run import run
+    from components.train import adapters
+
+    # the tiny model never answers a task right: a reward it can earn gives the adapter a gradient
+    monkeypatch.setattr(rl_run, "rollout_source", lambda *a: rollout_source(*a, reward=starts_early_in_alphabet))
+    cfg = RLConfig(enabled=True, max_steps=3, warmup_steps=1, lr=5e-2, batch_size=4, group_size=4, max_new_tokens=4,
+                   num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100, eval_every=0,
+                   adapter=adapter, lora_rank=4, num_virtual_tokens=4)
+    (tmp_path / "none").mkdir(), (tmp_path / "out").mkdir()
+    plain = run(dataclasses.replace(cfg, adapter="none", max_steps=1, warmup_steps=0), {"sft": sft_dir},
+                StageContext.local(tmp_path / "none", stage="rl"))
+    metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out", stage="rl"))
+    assert metrics["val_task_accuracy_before"] == plain["val_task_accuracy_before"]  # the sft model, no adapter init
+    assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"]))
+               for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines())
+    export = tmp_path / "out" / "model"
+    assert (export / adapters.ADAPTER_DIR).is_dir() == (adapter != "lora")
+    sft = dict(AutoModelForCausalLM.from_pretrained(sft_dir / "model").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(export).named_parameters())
+    moved = {k for k in base if not torch.equal(base[k], sft[k])}
+    if adapter == "lora":
+        assert moved and all(k.endswith("proj.weight") for k in moved), moved
+        return
+    assert not moved  # the base is the sft model; the adapter holds what rl learnt
+    model = adapters.load_model(export).eval()
+    assert adapters.method_of(model) == {"prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}[adapter]
+    ids = tokenizer("hello world", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logps = token_logps(model, ids, torch.ones_like(ids))
+        assert logps.shape == (1, ids.shape[1] - 1)
+        assert not torch.allclose(logps, token_logps(AutoModelForCausalLM.from_pretrained(export).eval(), ids,
+                                                     torch.ones_like(ids)))

@@ -151,7 +151,7 @@ def test_align_on_an_unmerged_sft_adapter_trains_it_further_or_names_the_key(tok
     policy = load_policy(AlignConfig(**ALIGN_FEW), tmp_path)
     assert adapters.method_of(policy) == "PROMPT_TUNING"
     assert {k for k, v in policy.named_parameters() if v.requires_grad} == {"prompt_encoder.default.embedding.weight"}
-    with pytest.raises(ValueError, match=r"align\.adapter='lora': the sft model is a PROMPT_TUNING adapter"):
+    with pytest.raises(ValueError, match=r"align\.adapter='lora': the model it starts from .* is a PROMPT_TUNING adapter"):
         load_policy(AlignConfig(adapter="lora", **ALIGN_FEW), tmp_path)
     with pytest.raises(ValueError, match=r"align\.prefix_sharing=True: .*set align\.prefix_sharing=false"):
         load_policy(AlignConfig(**{**ALIGN_FEW, "prefix_sharing": True}), tmp_path)
@@ -164,8 +164,14 @@ def test_align_on_an_unmerged_sft_adapter_trains_it_further_or_names_the_key(tok
     (["sft.adapter=prompt"], r"align\.prefix_sharing=True: sft\.adapter=prompt"),
     (["sft.adapter=prefix", "align.adapter=lora", "align.prefix_sharing=false"], r"align\.adapter='lora': sft\.adapter=prefix"),
     (["sft.adapter=ptuning", "align.prefix_sharing=false"], r"eval\.benchmarks=.*sft\.adapter=ptuning"),
+    (["sft.adapter=prefix", "align.prefix_sharing=false", "reward.enabled=true"], r"reward\.enabled=True: sft\.adapter=prefix"),
+    (["sft.adapter=prefix", "align.prefix_sharing=false", "rl.enabled=true", "rl.adapter=lora"], r"rl\.adapter='lora': sft\.adapter=prefix"),
+    (["sft.adapter=prefix", "align.prefix_sharing=false", "rl.enabled=true", "rl.algorithm=ppo", "rl.reward=checker"],
+     r"rl\.algorithm='ppo': sft\.adapter=prefix"),
+    (["rl.adapter=lora", "rl.algorithm=ppo", "rl.reward=checker"], r"rl\.adapter='lora': is grpo's"),
+    (["rl.enabled=true", "rl.adapter=prompt"], r"eval\.benchmarks=.*rl\.adapter=prompt"),
 ])
-def test_what_align_and_eval_cannot_do_with_sfts_adapter_fails_when_the_config_is_read(overrides, key):
+def test_what_later_stages_cannot_do_with_an_adapter_fails_when_the_config_is_read(overrides, key):
     from hydra import compose, initialize_config_dir
 
     from flows.config import register, to_pipeline_config

@@ -67,16 +67,28 @@ def planted_pairs(n: int) -> list[dict]:
             for p in preference_pairs("train", n, seed=3)]
 
 
-def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(tokenizer, sft_dir, tmp_path):
+@pytest.mark.parametrize("adapter", ["none", "lora", "adalora"])
+def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(tokenizer, sft_dir, tmp_path, adapter):
+    """reward.adapter: the adapter and the new score head train, the decoder's own weights stay, and the export
+    is the same one plain classifier (the adapter merged)."""
     from transformers import AutoModelForSequenceClassification
 
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in planted_pairs(120)))
     cfg = RewardConfig(sources=[str(source)], num_pairs=100, num_val_pairs=20, max_steps=20, warmup_steps=2,
-                       lr=3e-3, batch_size=8, mixed_precision="no", eval_every=0)
+                       lr=3e-3, batch_size=8, mixed_precision="no", eval_every=0, adapter=adapter, lora_rank=4,
+                       adalora_target_rank=2)
     out = tmp_path / "reward"
     out.mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(out, stage="reward"))
+    assert not (out / "model" / "adapter").exists()
+    sft_weights = dict(AutoModelForSequenceClassification.from_pretrained(sft_dir / "model", num_labels=1).named_parameters())
+    exported = dict(AutoModelForSequenceClassification.from_pretrained(out / "model").named_parameters())
+    moved = {k for k in exported if "score" not in k and not torch.equal(exported[k], sft_weights[k])}
+    if adapter == "none":
+        assert "model.layers.0.mlp.up_proj.weight" in moved and "model.embed_tokens.weight" in moved
+    else:  # only the adapted projections moved (merged in); embeddings and norms are the sft model's
+        assert moved and all(k.endswith("proj.weight") for k in moved), moved
     assert metrics["val_pair_accuracy"] > 0.9 and metrics["val_reward_margin"] > 0
     assert metrics["untrained_val_pair_accuracy"] < 0.9  # learnt, not there from the start
     assert metrics["val_chosen_reward"] > metrics["val_rejected_reward"]
@@ -108,6 +120,7 @@ def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(
 
 
 @pytest.mark.parametrize("override,key", [({"margin": -1.0}, "reward.margin"), ({"center_coef": -0.1}, "reward.center_coef"),
+                                          ({"adapter": "prefix"}, "reward.adapter"), ({"adapter": "qlora"}, "reward.adapter"),
                                           ({"rejected": "on_policy"}, "reward.rejected"),
                                           ({"format": "hh_rlhf"}, "reward.format"), ({"num_val_pairs": 0}, "reward.num_val_pairs"),
                                           ({"lr": 0.0}, "reward.lr"), ({"sources": [{"path": "x.jsonl", "response_key": "r"}]},

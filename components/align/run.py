@@ -227,14 +227,9 @@ def dpo_objective(cfg: AlignConfig):
 def load_policy(cfg: AlignConfig, src: Path) -> torch.nn.Module:
     """The sft model to start from (4-bit for align.adapter=qlora). An sft adapter that does not merge
     (prefix, prompt, ptuning, qlora) comes with its base and trains further, the base frozen."""
-    if not (src / adapters.ADAPTER_DIR).is_dir():
-        return adapters.load_base(src, cfg)
-    model = adapters.load_model(src, trainable=True)
-    method = adapters.method_of(model)
-    check(cfg.adapter == "none", "align.adapter", cfg.adapter,
-          f"the sft model is a {method} adapter over its base, not merged: align trains that adapter further; set none")
-    check(not (model.active_peft_config.is_prompt_learning and cfg.prefix_sharing), "align.prefix_sharing", True,
-          f"the sft model's {method} adapter puts learned tokens before each row, which prefix-shared pairs would "
+    model = adapters.load_trainable(src, cfg, "align")
+    check(not (adapters.lora.is_adapted(model) and model.active_peft_config.is_prompt_learning and cfg.prefix_sharing),
+          "align.prefix_sharing", True, f"the sft model's {adapters.method_of(model)} adapter puts learned tokens before each row, which prefix-shared pairs would "
           "share: set align.prefix_sharing=false")
     return model
 

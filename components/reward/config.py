@@ -7,11 +7,12 @@ from typing import Any
 from components.chat.formats import PREFERENCE_FORMATS
 from components.chat.sources import ChatSource, parse_sources
 from components.config import check, check_choice, input_files, log_only
+from components.train.adapter_config import MERGING, AdapterConfig
 from components.train.config import TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class RewardConfig(TrainConfig):
+class RewardConfig(TrainConfig, AdapterConfig):
     """A reward model (InstructGPT / DeepSpeed-Chat step 2): the sft model with a scalar head, trained on
     preference pairs with the pairwise loss -log sigmoid(r_chosen - r_rejected - margin). The pairs are
     align's: generated from the tasks, or read from preference files by align's readers."""
@@ -40,9 +41,15 @@ class RewardConfig(TrainConfig):
     # auto: generated for generated pairs, dataset with sources | generated: each task's plausible wrong
     # answer | dataset: the sources' own rejected answers
     rejected: str = "auto"
+    # adapter, lora_*, adalora_target_rank, ia3_targets: the PEFT method (adapter_config.py); the new score head
+    # trains in full beside it. Only the merging ones: the reward model is exported as one plain classifier
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_adapter("reward")
+        check(self.adapter in ("none", *MERGING), "reward.adapter", self.adapter,
+              f"the reward model is exported merged (one plain sequence classifier that eval and ppo load): "
+              f"choose none or one of {', '.join(MERGING)}")
         check(self.margin >= 0, "reward.margin", self.margin, "must be >= 0 (0: the plain pairwise loss)")
         check(self.center_coef >= 0, "reward.center_coef", self.center_coef, "must be >= 0 (0: off)")
         check_choice("reward.format", self.format, ("auto", *PREFERENCE_FORMATS))

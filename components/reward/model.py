@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 def scalar_head_model(model_dir: Path, pad_token_id: int, seed: int) -> torch.nn.Module:
     """The causal LM in model_dir with its LM head replaced by a seeded 1-output linear head, in float32."""
+    if (Path(model_dir) / "adapter").is_dir():  # from_pretrained would read the base alone, silently
+        raise ValueError(f"{model_dir} is a base model + an unmerged adapter (model/adapter): a sequence classifier "
+                         "cannot start from it; train the sft stage with a merging adapter (none, lora, adalora, ia3)")
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the expected "lm_head unused, score newly initialised" report

@@ -23,6 +23,7 @@ from components.context import StageContext
 from components.evidence import count_kinds, top_reasons
 from components.reward.config import RewardConfig
 from components.reward.model import all_rewards, pair_metrics, pair_rewards, scalar_head_model
+from components.train import adapters
 from components.train.epochs import with_epochs
 from components.train.losses import pairwise_reward_loss
 from components.train.loop import make_accelerator, train
@@ -62,6 +63,7 @@ def run(cfg: RewardConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     log.info("reward: %s", counts)
     cfg, epochs = with_epochs(cfg, len(train_pairs), "pairs")
     before = pair_metrics(all_rewards(model, val_pairs, pad, cfg.batch_size, accelerator), "untrained_val_")
+    model = adapters.add_adapter(model, cfg, "reward", cfg.max_steps)  # the score head trains in full beside it
 
     def batch_fn(step: int, micro: int) -> dict:
         return pairs_batch(train_pairs, epoch_indices(len(train_pairs), cfg.batch_size, cfg.seed,

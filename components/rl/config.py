@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.config import check, check_choice, log_only
+from components.train.adapter_config import AdapterConfig
 from components.train.config import TrainConfig
 
 ALGORITHMS = ("grpo", "ppo")
@@ -12,7 +13,7 @@ SCALE_REWARDS = ("group", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RLConfig(TrainConfig):
+class RLConfig(TrainConfig, AdapterConfig):
     """RL from verifiable rewards after sft: each step samples group_size answers per generated task prompt,
     rewards them 1/0 with the task's checker (exact match, as eval scores), and takes a clipped
     policy-gradient step on the group-normalised advantages with a KL penalty to the frozen sft model
@@ -60,6 +61,9 @@ class RLConfig(TrainConfig):
               "must be >= 2 with grpo: advantages are normalised within a group of answers to one prompt")
         check(self.group_size >= 1, "rl.group_size", self.group_size, "must be >= 1")
         self.check_ppo()
+        self.check_adapter("rl")
+        check(self.adapter == "none" or self.algorithm == "grpo", "rl.adapter", self.adapter,
+              "is grpo's: ppo trains the policy and its critic as one model, in full; set none")
         check(self.beta >= 0, "rl.beta", self.beta, "must be >= 0 (0: no KL penalty)")
         check(0 < self.epsilon < 1, "rl.epsilon", self.epsilon, "must be in (0, 1)")
         check_choice("rl.loss", self.loss, LOSSES)

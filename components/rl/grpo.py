@@ -25,7 +25,8 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask:
                 temperature: float = 1.0) -> torch.Tensor:
     """[B, L-1]: log p(token t+1 | tokens <= t) under logits / temperature (the sampling distribution, as
     TRL scores it), in float32 at least. Right-padded rows: no position shift from padding."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, -input_ids.shape[1]:-1]  # prompt / p-tuning adapters add logits for their virtual tokens
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 

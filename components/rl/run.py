@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from components.chat.generate import generate
 from components.context import StageContext
@@ -20,6 +20,7 @@ from components.rl.config import RLConfig
 from components.rl.grpo import grpo_loss, token_logps
 from components.rl.rollout import checker_reward, make_rollouts, positional_source
 from components.tasks import sft_examples
+from components.train import adapters
 from components.train.epochs import with_epochs
 from components.train.loop import make_accelerator, train
 
@@ -74,20 +75,22 @@ def run(cfg: RLConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     src = Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval().requires_grad_(False)
+    model = adapters.load_trainable(src, cfg, "rl")  # an sft adapter that does not merge trains further
+    reference = adapters.load_model(src).eval().requires_grad_(False)  # the sft model as it came in
     accelerator = make_accelerator(cfg, model, ctx.strategy)
-    model.to(accelerator.device)
+    if cfg.adapter != "qlora":  # a 4-bit model was placed on its GPU as it loaded
+        model.to(accelerator.device)
     reference.to(accelerator.device)
     prompts = sft_examples("train", cfg.num_prompts, cfg.seed)
     heldout = sft_examples("heldout", cfg.num_val_prompts, cfg.seed)
     cfg, epochs = with_epochs(cfg, len(prompts), "prompts")
+    before = heldout_accuracy(model, tokenizer, heldout, cfg)  # the sft model, before any adapter's init
+    model = adapters.add_adapter(model, cfg, "rl", cfg.max_steps)  # adalora schedules its pruning by the steps
     batch_fn = rollout_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast)
 
     def evaluate(policy: torch.nn.Module) -> dict:
         return {"val_task_accuracy": heldout_accuracy(accelerator.unwrap_model(policy), tokenizer, heldout, cfg)}
 
-    before = heldout_accuracy(model, tokenizer, heldout, cfg)
     log.info("rl: sft model's held-out accuracy %.3f on %d prompts; %d training prompts, %d answers each",
              before, len(heldout), len(prompts), cfg.group_size)
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,

@@ -1,4 +1,4 @@
-"""The PEFT methods of sft and align (adapter_config.py), through peft: building, stepping, loading.
+"""The PEFT methods of sft, align, reward and rl (adapter_config.py), through peft: building, stepping, loading.
 
 lora, adalora and ia3 are merged into the base weights on export (lora.exportable): a plain
 Hugging Face model. prefix, prompt, ptuning and qlora are not (virtual tokens have no weight to
@@ -19,6 +19,7 @@ import torch
 
 import components.model.registry  # noqa: F401  registers the alibi_llama model type with the Auto classes
 from components.train import lora
+from components.config import check
 from components.train.adapter_config import FEEDFORWARD, AdapterConfig
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,25 @@ def load_base(src: Path, cfg: AdapterConfig) -> torch.nn.Module:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # the loop's knob decides
 
 
+def load_trainable(src: Path, cfg: AdapterConfig, section: str) -> torch.nn.Module:
+    """The exported model at src to fine-tune: its weights (4-bit for qlora) to take cfg.adapter, or, where the
+    export is a method that does not merge (base + adapter), that adapter to train further, the base frozen."""
+    if not (Path(src) / ADAPTER_DIR).is_dir():
+        return load_base(src, cfg)
+    model = load_model(src, trainable=True)
+    check(cfg.adapter == "none", f"{section}.adapter", cfg.adapter,
+          f"the model it starts from ({src}) is a {method_of(model)} adapter over its base, not merged: {section} "
+          "trains that adapter further; set none")
+    return model
+
+
 def peft_config(model: torch.nn.Module, cfg: AdapterConfig, section: str, total_steps: int):
     """The peft config of cfg.adapter for this model (module names checked against it, naming the key)."""
     from peft import (AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig,
                       PromptTuningConfig, TaskType)
 
-    method, causal = cfg.adapter, TaskType.CAUSAL_LM
+    # a reward model (sequence classification): peft trains its new score head in full beside the adapter
+    method, causal = cfg.adapter, TaskType.CAUSAL_LM if model.can_generate() else TaskType.SEQ_CLS
     if method in ("lora", "qlora", "adalora"):
         lora.check_targets(model, cfg.lora_targets, f"{section}.lora_targets")
     if method in ("lora", "qlora"):
