@@ -182,3 +182,35 @@ def test_what_later_stages_cannot_do_with_an_adapter_fails_when_the_config_is_re
         composed = compose("config", overrides=["experiment=smoke", *overrides])
     with pytest.raises(ValueError, match=key):
         to_pipeline_config(composed)
+
+
+def test_adalora_orthogonality_regulariser_is_pefts_and_the_loop_adds_it(tokenizer, rows):
+    """peft adds orth_reg_weight x mean ||PP^T - I|| only to a loss it computes from labels; the loop's losses
+    read logits, so the loop adds it: the same figure as peft's, and the gradients of (mean loss + it)."""
+    from accelerate import Accelerator
+
+    from components.sft.run import make_batch_fn
+    from components.train.losses import lm_loss
+    from components.train.loop import accumulate_gradients
+
+    cfg = SFTConfig(adapter="adalora", **FEW, **SMALL)
+    model = adapters.add_adapter(build_model(TINY, tokenizer, seed=0).train(), cfg, "sft", 40)
+    batch = make_batch_fn(rows, cfg, TINY.context_length, tokenizer.pad_token_id)[0](0, 0)
+    penalty = adapters.orthogonal_penalty(model)
+    assert penalty is not None and adapters.orthogonal_penalty(build_model(TINY, tokenizer, seed=0)) is None
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
+    with torch.no_grad():
+        with_reg = model(**inputs).loss  # AdaLoraModel.forward adds it to the labels' loss
+        plain = model.base_model.model(**inputs).loss  # the same forward without peft's addition
+    assert float(penalty()) > 0
+    assert float(with_reg - plain) == pytest.approx(float(penalty()), rel=1e-5)
+    accelerator = Accelerator(cpu=True)
+    model.zero_grad()
+    _, n_targets, extras = accumulate_gradients(model, [batch], lm_loss, accelerator)
+    ours = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss_sum, _ = lm_loss(model, batch)
+    (loss_sum / n_targets + penalty()).backward()
+    for k, grad in ours.items():
+        torch.testing.assert_close(grad, model.get_parameter(k).grad, rtol=1e-5, atol=1e-7)
+    assert extras["orth_reg"] == pytest.approx(float(penalty()), rel=1e-5)

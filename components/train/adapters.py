@@ -101,6 +101,27 @@ def after_update(model: torch.nn.Module, step: int) -> None:
         model.base_model.update_and_allocate(step)
 
 
+def orthogonal_penalty(model: torch.nn.Module):
+    """AdaLoRA's orthogonality regulariser as peft adds it to a loss it computes itself (AdaLoraModel.forward):
+    orth_reg_weight x the mean over the adapter's P (lora_A) and Q (lora_B) of ||P P^T - I||_F (||Q^T Q - I||_F).
+    Our loss functions read logits, so peft never adds it: the loop does, through this function of no
+    arguments (None for every other model)."""
+    if not lora.is_adapted(model) or not hasattr(model.base_model, "update_and_allocate"):
+        return None
+    name = model.base_model.trainable_adapter_name
+    weight = model.peft_config[name].orth_reg_weight
+    factors = [(n, p) for n, p in model.named_parameters() if ("lora_A" in n or "lora_B" in n) and name in n]
+
+    def penalty() -> torch.Tensor:
+        total = 0.0
+        for n, p in factors:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device))
+        return weight * total / max(1, len(factors))
+
+    return penalty if weight else None
+
+
 def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
     """An exported model in float32: the plain Hugging Face model, or base + adapter where the method does
     not merge (trainable: the adapter trains further, the base stays frozen)."""

@@ -128,11 +128,17 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict], loss_fn: L
     n_targets = sum(int(b["n_targets"]) for b in batches)
     loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     extras: dict = {}
+    penalty = adapters.orthogonal_penalty(accelerator.unwrap_model(model))  # AdaLoRA's, once a step in all
     for batch in batches:
         batch = device.to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss_sum, metrics = loss_fn(model, batch)
-        accelerator.backward(loss_sum * (world / max(1, n_targets)))
+        scaled = loss_sum * (world / max(1, n_targets))
+        if penalty is not None:  # the same on every rank: the ranks' mean keeps it whole; not in the logged loss
+            regulariser = penalty() / len(batches)
+            scaled = scaled + regulariser
+            metrics = {**metrics, "orth_reg": float(regulariser.detach()) * len(batches)}
+        accelerator.backward(scaled)
         loss_total += loss_sum.detach().double()
         for k, v in metrics.items():
             extras[k] = extras.get(k, 0.0) + float(v) / len(batches)
