@@ -36,7 +36,7 @@ def test_off_by_default_the_plan_and_keys_do_not_change():
 
 def test_on_it_stands_in_for_pretrain_after_it():
     plan = make_plan(pipeline_config("extend.enabled=true"))
-    assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "extend", "sft", "align", "eval"]
+    assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "extend", "sft", "align", "reward", "rl", "eval"]
     steps = {s.stage: s for s in plan}
     assert steps["extend"].sources == {"pretrain": "pretrain", "tokenizer": "tokenizer"}
     assert steps["sft"].sources == {"pretrain": "extend", "tokenizer": "tokenizer"}

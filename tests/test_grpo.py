@@ -148,8 +148,8 @@ def test_eval_reads_the_rl_model_only_when_rl_is_enabled():
     from flows.config import PipelineConfig
     from flows.plan import make_plan
 
-    off = {s.stage: s for s in make_plan(PipelineConfig())}
-    on = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True)))}
+    off = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=False)))}
+    on = {s.stage: s for s in make_plan(PipelineConfig())}  # on by default
     assert "rl" not in off and "rl" not in off["eval"].inputs
     assert on["eval"].inputs["rl"] == on["rl"].key and on["rl"].inputs == {"sft": on["sft"].key}
     assert on["eval"].key != off["eval"].key and on["sft"].key == off["sft"].key  # upstream untouched

@@ -155,11 +155,12 @@ def test_extend_stands_in_for_pretrain_when_enabled(root):
     assert "| extend |" in (paths["eval"] / "report.md").read_text()
 
 
-def test_rl_runs_after_sft_and_eval_scores_its_model(root):
-    """rl.enabled=true: GRPO from the cached sft model, then eval has an `rl` model; off, eval reads no rl input."""
-    rows = run(root, "rl.enabled=true")
+def test_reward_and_rl_run_after_sft_and_eval_scores_their_models(root):
+    """The default's whole DAG (the smoke preset turns reward and rl off): the reward model and GRPO from the
+    cached sft model, then eval has an `rl` model and the reward model's scores; off, eval reads neither."""
+    rows = run(root, "reward.enabled=true", "rl.enabled=true")
     assert statuses(rows) == {"data": "cached", "tokenizer": "cached", "pretrain": "cached", "sft": "cached",
-                              "align": "cached", "rl": "built", "eval": "built"}
+                              "align": "cached", "reward": "built", "rl": "built", "eval": "built"}
     paths = {r["stage"]: Path(r["path"]) for r in rows}
     rl = json.loads((paths["rl"] / "manifest.json").read_text())
     assert rl["inputs"]["sft"]["key"] == paths["sft"].name
@@ -167,8 +168,11 @@ def test_rl_runs_after_sft_and_eval_scores_its_model(root):
     assert rl["metrics"]["rollout_tokens_per_s"] > 0 and (paths["rl"] / "model" / "config.json").is_file()
     metrics = json.loads((paths["eval"] / "metrics.json").read_text())
     assert {"base", "sft", "aligned", "rl"} <= set(metrics) and "task_accuracy" in metrics["rl"]
-    default_eval = next(step for step in make_plan(config(root)) if step.stage == "eval")
-    assert "rl" not in default_eval.inputs and default_eval.key != paths["eval"].name
+    assert set(metrics["reward_model"]["mean_reward"]) >= {"sft", "aligned", "rl"}
+    reward = json.loads((paths["reward"] / "manifest.json").read_text())
+    assert reward["inputs"]["sft"]["key"] == paths["sft"].name and "val_pair_accuracy" in reward["metrics"]
+    smoke_eval = next(step for step in make_plan(config(root)) if step.stage == "eval")
+    assert not {"rl", "reward"} & set(smoke_eval.inputs) and smoke_eval.key != paths["eval"].name
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -160,9 +160,10 @@ def test_ppo_with_model_reward_needs_the_reward_stage_and_reads_it():
     from components.reward.config import RewardConfig
 
     with pytest.raises(ValueError, match=r"reward\.enabled") as err:
-        PipelineConfig(rl=RLConfig(enabled=True, algorithm="ppo"))
+        PipelineConfig(rl=RLConfig(enabled=True, algorithm="ppo"), reward=RewardConfig(enabled=False))
     assert "rl.reward" in str(err.value)
-    checker = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True, algorithm="ppo", reward="checker")))}
+    checker = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True, algorithm="ppo", reward="checker"),
+                                                            reward=RewardConfig(enabled=False)))}
     assert checker["rl"].inputs == {"sft": checker["sft"].key}
     on = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True, algorithm="ppo"),
                                                        reward=RewardConfig(enabled=True)))}

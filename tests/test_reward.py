@@ -130,14 +130,14 @@ def test_config_errors_name_the_key(override, key):
         RewardConfig(**override)
 
 
-def test_off_by_default_and_on_it_runs_after_sft_and_eval_reads_it():
+def test_on_by_default_after_sft_eval_reads_it_and_off_it_leaves_the_rest():
     from tests.test_extend import pipeline_config
     from flows.plan import make_plan
 
-    off = {s.stage: s for s in make_plan(pipeline_config())}
+    off = {s.stage: s for s in make_plan(pipeline_config("reward.enabled=false"))}
     assert "reward" not in off and "reward" not in off["eval"].sources  # eval's optional role left unfilled
-    plan = make_plan(pipeline_config("reward.enabled=true"))
-    assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "sft", "align", "reward", "eval"]
+    plan = make_plan(pipeline_config())
+    assert [s.stage for s in plan] == ["data", "tokenizer", "pretrain", "sft", "align", "reward", "rl", "eval"]
     steps = {s.stage: s for s in plan}
     assert steps["reward"].inputs == {"sft": steps["sft"].key} and steps["eval"].inputs["reward"] == steps["reward"].key
     assert steps["sft"].key == off["sft"].key and steps["align"].key == off["align"].key

@@ -16,7 +16,7 @@ class RewardConfig(TrainConfig, AdapterConfig, PreferenceDataConfig):
     align's: generated from the tasks, or read from preference files by align's readers."""
 
     section: ClassVar[str] = "reward"
-    enabled: bool = False  # true: train the reward model (eval then scores every model's answers with it)
+    enabled: bool = True  # train the reward model (eval then scores every model's answers with it); false: no reward stage
     lr: float = 5e-4  # a new head on a small model: 1e-4 did not fit even the training pairs on the smoke model
     max_steps: int = 300
     eval_every: int = log_only(100)  # validation 3 times a stage: the report's validation curve

@@ -17,9 +17,9 @@ class RLConfig(TrainConfig, AdapterConfig):
     """RL from verifiable rewards after sft: each step samples group_size answers per generated task prompt,
     rewards them 1/0 with the task's checker (exact match, as eval scores), and takes a clipped
     policy-gradient step on the group-normalised advantages with a KL penalty to the frozen sft model
-    (GRPO, Shao et al. 2024, as TRL's GRPOTrainer computes it). Off by default; rl.enabled=true runs it."""
+    (GRPO, Shao et al. 2024, as TRL's GRPOTrainer computes it). On by default; rl.enabled=false drops it."""
 
-    enabled: bool = False
+    enabled: bool = True
     # grpo (group-normalised advantages, checker rewards) | ppo (value head, GAE, per-token KL reward: InstructGPT,
     # as TRL's PPOTrainer; components/rl/ppo.py)
     algorithm: str = "grpo"
