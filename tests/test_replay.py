@@ -105,5 +105,5 @@ def test_replay_config_errors_name_the_key(tok_dir, chat_batches):
     with pytest.raises(ValueError, match=r"sft\.replay: the train shard has token id \d+, outside the model's vocabulary of 10"):
         mix_replay(SFTConfig(), {"tokenizer": tok_dir}, batch_fn, 64, 10)
     key = lambda cfg: stage_key("sft", cfg, {"pretrain": "p", "tokenizer": "t"}, STAGES["sft"].module)  # noqa: E731
-    assert key(SFTConfig(replay=0)) != key(SFTConfig()) == key(SFTConfig(replay=0.75))  # in the cache key
+    assert key(SFTConfig(replay=0)) != key(SFTConfig()) == key(SFTConfig(replay=0.5))  # in the cache key
     assert STAGES["sft"].needs["tokenizer"] == "tokenizer"

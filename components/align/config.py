@@ -21,8 +21,8 @@ class AlignConfig(TrainConfig, AdapterConfig, PreferenceDataConfig):
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo (per-token log-ratios, as TRL) | hinge
     rpo_alpha: float = 1.0  # weight of the chosen answers' NLL added to the loss (RPO); 0: pure preference loss
     lr: float = 5e-5
-    max_steps: int = 400
-    eval_every: int = log_only(100)  # validation 4 times a stage: the report's validation curve
+    max_steps: int = 300
+    eval_every: int = log_only(100)  # validation 3 times a stage: the report's validation curve
     warmup_steps: int = 10
     batch_size: int = 16  # pairs per micro-batch
     # sources, format, strict, num_pairs, max_prompt_length, num_val_pairs, rejected: the pairs

@@ -24,7 +24,7 @@ class RLConfig(TrainConfig, AdapterConfig):
     # as TRL's PPOTrainer; components/rl/ppo.py)
     algorithm: str = "grpo"
     lr: float = 2e-5
-    max_steps: int = 60  # optimizer steps, each on freshly sampled rollouts
+    max_steps: int = 40  # optimizer steps, each on freshly sampled rollouts
     warmup_steps: int = 5
     eval_every: int = log_only(20)  # steps between greedy held-out accuracy passes (0: only at the end)
     batch_size: int = 16  # prompts per micro-batch, each answered group_size times

@@ -39,7 +39,7 @@ class SFTConfig(TrainConfig, AdapterConfig):
     # adapter, lora_*, adalora_target_rank, ia3_targets, num_virtual_tokens: the PEFT method (adapter_config.py)
     # share of each micro-batch's next-token targets that are pretraining text (windows of the tokenizer's
     # train shard up to the model's context, loss on every token) so sft keeps the language model; 0: off
-    replay: float = 0.75
+    replay: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
