@@ -100,7 +100,7 @@ def test_replay_config_errors_name_the_key(tok_dir, chat_batches):
         with pytest.raises(ValueError, match=rf"sft\.replay={bad}"):
             SFTConfig(replay=bad)
     batch_fn, _ = chat_batches
-    with pytest.raises(ValueError, match=r"sft\.replay=0\.75 mixes pretraining text.*input 'tokenizer'"):
+    with pytest.raises(ValueError, match=r"sft\.replay=0\.5 mixes pretraining text.*input 'tokenizer'"):
         mix_replay(SFTConfig(), {"pretrain": "p"}, batch_fn, 64, 400)
     with pytest.raises(ValueError, match=r"sft\.replay: the train shard has token id \d+, outside the model's vocabulary of 10"):
         mix_replay(SFTConfig(), {"tokenizer": tok_dir}, batch_fn, 64, 10)
