@@ -92,7 +92,7 @@ def test_sft_stage_learns_and_saves_a_loadable_model(tok_dir, tokenizer, tmp_pat
     out = tmp_path / "sft"
     out.mkdir()
     cfg = SFTConfig(max_steps=25, warmup_steps=2, batch_size=16, lr=5e-3, num_examples=200, num_val_examples=20,
-                    mixed_precision="no", log_every=5)
+                    mixed_precision="no", log_every=5, replay=0.75)  # the share these bounds were set with
     metrics = run(cfg, {"pretrain": pre, "tokenizer": tok_dir}, StageContext.local(out))  # tokenizer: sft.replay's text
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] * 0.85  # chat answers and replayed prose together
