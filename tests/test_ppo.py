@@ -137,9 +137,7 @@ def test_ppo_loss_equals_trl_on_a_fixed_batch():
     ({"reward": "judge"}, "rl.reward"), ({"kl_coef": -0.1}, "rl.kl_coef"), ({"gamma": 1.5}, "rl.gamma"),
     ({"lam": -0.1}, "rl.lam"), ({"vf_coef": 0.0}, "rl.vf_coef"), ({"cliprange": 1.0}, "rl.cliprange"),
     ({"cliprange_value": 0.0}, "rl.cliprange_value"), ({"algorithm": "reinforce"}, "rl.algorithm"),
-    ({"ppo_epochs": 0}, "rl.ppo_epochs"), ({"algorithm": "grpo", "ppo_epochs": 2}, "rl.ppo_epochs"),
-    ({"algorithm": "grpo", "num_mini_batches": 2}, "rl.num_mini_batches"),
-    ({"num_mini_batches": 3}, "rl.num_mini_batches"),  # 16 x 8 answers do not split in 3
+    ({"ppo_epochs": 0}, "rl.ppo_epochs"), ({"num_mini_batches": 3}, "rl.num_mini_batches"),  # 16 x 8 answers do not split in 3
     ({"ppo_epochs": 3}, "rl.save_every"),  # 200 is no multiple of 3: a checkpoint would fall mid-rollout
 ])
 def test_bad_ppo_values_name_their_key(overrides, key):
@@ -149,6 +147,8 @@ def test_bad_ppo_values_name_their_key(overrides, key):
 
 def test_ppo_takes_group_size_one_and_grpo_does_not():
     assert RLConfig(algorithm="ppo", group_size=1).group_size == 1
+    # ppo's passes are ppo's alone: grpo takes one update per rollout whatever ppo_epochs says (a checkpoint anywhere)
+    assert RLConfig(algorithm="ppo").updates_per_rollout == 4 and RLConfig(save_every=3).updates_per_rollout == 1
     with pytest.raises(ValueError, match=r"rl\.group_size"):
         RLConfig(group_size=1)
 
@@ -193,7 +193,7 @@ def test_tiny_ppo_run_through_the_stage(tmp_path):
     scalar_head_model(sft / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
     cfg = RLConfig(enabled=True, algorithm="ppo", max_steps=4, warmup_steps=1, lr=1e-3, batch_size=4, group_size=1,
                    max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100,
-                   eval_every=0, save_every=2)
+                   eval_every=0, save_every=2, ppo_epochs=1)  # one update per rollout (epochs: the tests below)
     inputs = {"sft": sft, "reward": reward_dir}
     whole, first = tmp_path / "whole", tmp_path / "first"
     whole.mkdir(), first.mkdir()

@@ -51,7 +51,7 @@ class RLConfig(TrainConfig, AdapterConfig):
     whiten_rewards: bool = False  # ppo: per-token rewards scaled to unit variance over the batch's answer tokens, mean kept (TRL's)
     # ppo: taken off the score of an answer that ran to max_new_tokens without ending its turn (TRL's); 0: none
     missing_eos_penalty: float = 0.0
-    ppo_epochs: int = 1  # ppo: passes over each rollout batch before sampling again (TRL's num_ppo_epochs)
+    ppo_epochs: int = 4  # ppo: passes over each rollout batch before sampling again (TRL's num_ppo_epochs, its default)
     num_mini_batches: int = 1  # ppo: each pass splits the rollout batch into this many updates (TRL's), a fresh shuffle each pass
 
     def __post_init__(self) -> None:
@@ -85,12 +85,9 @@ class RLConfig(TrainConfig, AdapterConfig):
         check(self.missing_eos_penalty >= 0, "rl.missing_eos_penalty", self.missing_eos_penalty,
               "must be >= 0 (it is subtracted from the score; 0: none)")
         for key in ("ppo_epochs", "num_mini_batches"):
-            value = getattr(self, key)
-            check(value >= 1, f"rl.{key}", value, "must be >= 1")
-            check(value == 1 or self.algorithm == "ppo", f"rl.{key}", value,
-                  "is ppo's: grpo takes one update per rollout batch (set rl.algorithm=ppo, or 1)")
+            check(getattr(self, key) >= 1, f"rl.{key}", getattr(self, key), "must be >= 1")
         rows = self.batch_size * self.group_size
-        check(rows % self.num_mini_batches == 0, "rl.num_mini_batches", self.num_mini_batches,
+        check(self.algorithm != "ppo" or rows % self.num_mini_batches == 0, "rl.num_mini_batches", self.num_mini_batches,
               f"must divide the rollout batch's {rows} answers (rl.batch_size x rl.group_size)")
         updates = self.updates_per_rollout
         # a checkpoint mid-rollout would resume on a rollout sampled by the partly updated policy
@@ -100,8 +97,8 @@ class RLConfig(TrainConfig, AdapterConfig):
 
     @property
     def updates_per_rollout(self) -> int:
-        """Optimizer steps on each rollout batch (ppo's epochs x minibatches; 1 for grpo)."""
-        return self.ppo_epochs * self.num_mini_batches
+        """Optimizer steps on each rollout batch: ppo's epochs x minibatches; grpo takes one (its ratio is 1)."""
+        return self.ppo_epochs * self.num_mini_batches if self.algorithm == "ppo" else 1
 
     def reads_input(self, role: str) -> bool:
         """The reward stage's model is an input only of ppo with reward=model (components/stages.py)."""
