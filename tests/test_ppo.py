@@ -172,6 +172,20 @@ def test_ppo_with_model_reward_needs_the_reward_stage_and_reads_it():
     assert grpo["rl"].inputs == {"sft": grpo["sft"].key}  # grpo's key does not follow the reward model
 
 
+def tiny_sft_and_reward(tmp_path):
+    """(sft artifact, reward artifact): a tiny sft model and a reward model made from it (an untrained head)."""
+    from components.model.config import ModelConfig
+    from components.reward.model import scalar_head_model
+    from tests.tiny import save_tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    sft = save_tiny_model(tmp_path / "sft", tokenizer, ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1,
+                                                                    ffn_hidden=64, context_length=64), seed=1)
+    reward_dir = tmp_path / "reward"
+    scalar_head_model(sft / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
+    return sft, reward_dir
+
+
 def test_tiny_ppo_run_through_the_stage(tmp_path):
     """The rl stage with algorithm=ppo and reward=model, a few steps: finite losses, per-step KL and reward-model
     scores in the manifest's metrics, an exported actor that AutoModelForCausalLM loads; a resumed run equals
@@ -181,16 +195,9 @@ def test_tiny_ppo_run_through_the_stage(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from components.context import StageContext
-    from components.model.config import ModelConfig
-    from components.reward.model import scalar_head_model
     from components.rl.run import run
-    from tests.tiny import save_tiny_model, tiny_tokenizer
 
-    tokenizer = tiny_tokenizer(tmp_path / "tok")
-    sft = save_tiny_model(tmp_path / "sft", tokenizer, ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1,
-                                                                    ffn_hidden=64, context_length=64), seed=1)
-    reward_dir = tmp_path / "reward"
-    scalar_head_model(sft / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
+    sft, reward_dir = tiny_sft_and_reward(tmp_path)
     cfg = RLConfig(enabled=True, algorithm="ppo", max_steps=4, warmup_steps=1, lr=1e-3, batch_size=4, group_size=1,
                    max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100,
                    eval_every=0, save_every=2, ppo_epochs=1)  # one update per rollout (epochs: the tests below)
@@ -312,16 +319,9 @@ def test_a_resumed_ppo_run_with_epochs_and_minibatches_equals_the_uninterrupted_
     import json
 
     from components.context import StageContext
-    from components.model.config import ModelConfig
-    from components.reward.model import scalar_head_model
     from components.rl.run import run
-    from tests.tiny import save_tiny_model, tiny_tokenizer
 
-    tokenizer = tiny_tokenizer(tmp_path / "tok")
-    sft = save_tiny_model(tmp_path / "sft", tokenizer, ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1,
-                                                                    ffn_hidden=64, context_length=64), seed=1)
-    reward_dir = tmp_path / "reward"
-    scalar_head_model(sft / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
+    sft, reward_dir = tiny_sft_and_reward(tmp_path)
     cfg = RLConfig(enabled=True, algorithm="ppo", max_steps=8, warmup_steps=4, lr=1e-3, batch_size=4, group_size=1,
                    max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100,
                    eval_every=0, save_every=4, ppo_epochs=2, num_mini_batches=2)
