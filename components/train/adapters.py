@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import components.model.registry  # noqa: F401  registers the alibi_llama model type with the Auto classes
-from components.train import lora
 from components.config import check
+from components.train import lora
 from components.train.adapter_config import FEEDFORWARD, AdapterConfig
 
 log = logging.getLogger(__name__)
