@@ -220,6 +220,7 @@ def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokeni
                 StageContext.local(tmp_path / "none", stage="rl"))
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out", stage="rl"))
     assert metrics["val_task_accuracy_before"] == plain["val_task_accuracy_before"]  # the sft model, no adapter init
+    assert 0 < metrics["trainable_params"] < plain["trainable_params"] / 5  # only the adapter trains
     assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"]))
                for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines())
     export = tmp_path / "out" / "model"

@@ -107,3 +107,25 @@ def test_replay_config_errors_name_the_key(tok_dir, chat_batches):
     key = lambda cfg: stage_key("sft", cfg, {"pretrain": "p", "tokenizer": "t"}, STAGES["sft"].module)  # noqa: E731
     assert key(SFTConfig(replay=0)) != key(SFTConfig()) == key(SFTConfig(replay=0.5))  # in the cache key
     assert STAGES["sft"].needs["tokenizer"] == "tokenizer"
+
+
+def test_a_rank_whose_shard_has_no_replay_window_still_makes_the_replay_forward(tokenizer, tok_dir, chat_batches):
+    """One replay window and two ranks (sft.replay=0.5 on a small batch): the rank without it must still run a
+    second forward, since DDP broadcasts buffers at every forward and unequal counts hang both ranks (seen on
+    the two-machine test). Its loss and gradients are the chat rows' alone."""
+    from components.train.loop import shard
+
+    batch_fn, _ = chat_batches
+    tokens = load_shard(tok_dir, "train")
+    batch = with_replay_share(batch_fn, tokens, 0.5, 64, seed=0)(0, 0)
+    assert len(batch["replay_input_ids"]) == 1  # one window: rank 1 of 2 gets none
+    empty = shard(batch, 1, 2)
+    assert len(empty["replay_input_ids"]) == 0
+    model = build_model(TINY, tokenizer, seed=0)
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    total, metrics = with_replay_loss(lm_loss)(model, empty)
+    assert len(forwards) == 2 and metrics["replay_loss"] == 0.0
+    own, _ = lm_loss(model, {k: v for k, v in empty.items() if not k.startswith("replay_")})
+    assert float(total) == pytest.approx(float(own), abs=1e-6)
+    total.backward()  # the weightless forward joins the graph: DDP sees one backward over both

@@ -82,6 +82,8 @@ def test_tiny_run_learns_a_planted_preference_and_exports_a_loadable_classifier(
     out.mkdir()
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(out, stage="reward"))
     assert not (out / "model" / "adapter").exists()
+    n_params = sum(p.numel() for p in AutoModelForSequenceClassification.from_pretrained(sft_dir / "model", num_labels=1).parameters())
+    assert (metrics["trainable_params"] == n_params) == (adapter == "none"), metrics["trainable_params"]
     sft_weights = dict(AutoModelForSequenceClassification.from_pretrained(sft_dir / "model", num_labels=1).named_parameters())
     exported = dict(AutoModelForSequenceClassification.from_pretrained(out / "model").named_parameters())
     moved = {k for k in exported if "score" not in k and not torch.equal(exported[k], sft_weights[k])}

@@ -24,6 +24,7 @@ from components.evidence import count_kinds, top_reasons
 from components.reward.config import RewardConfig
 from components.reward.model import all_rewards, pair_metrics, pair_rewards, scalar_head_model
 from components.train import adapters
+from components.train.budget import count_parameters
 from components.train.epochs import with_epochs
 from components.train.losses import pairwise_reward_loss
 from components.train.loop import make_accelerator, train
@@ -64,6 +65,8 @@ def run(cfg: RewardConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     cfg, epochs = with_epochs(cfg, len(train_pairs), "pairs")
     before = pair_metrics(all_rewards(model, val_pairs, pad, cfg.batch_size, accelerator), "untrained_val_")
     model = adapters.add_adapter(model, cfg, "reward", cfg.max_steps)  # the score head trains in full beside it
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    log.info("reward: %d of %d parameters trainable (adapter %s)", n_trainable, n_params, cfg.adapter)
 
     def batch_fn(step: int, micro: int) -> dict:
         return pairs_batch(train_pairs, epoch_indices(len(train_pairs), cfg.batch_size, cfg.seed,
@@ -74,4 +77,5 @@ def run(cfg: RewardConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
 
     metrics = train(model, cfg, batch_fn, reward_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
-    return {**metrics, **epochs, **counts, "untrained_val_pair_accuracy": before["untrained_val_pair_accuracy"]}
+    return {**metrics, **epochs, **counts, "trainable_params": n_trainable,
+            "untrained_val_pair_accuracy": before["untrained_val_pair_accuracy"]}

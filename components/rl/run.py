@@ -21,6 +21,7 @@ from components.rl.grpo import grpo_loss, token_logps
 from components.rl.rollout import checker_reward, make_rollouts, positional_source
 from components.tasks import sft_examples
 from components.train import adapters
+from components.train.budget import count_parameters
 from components.train.epochs import with_epochs
 from components.train.loop import make_accelerator, train
 
@@ -91,14 +92,16 @@ def run(cfg: RLConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     def evaluate(policy: torch.nn.Module) -> dict:
         return {"val_task_accuracy": heldout_accuracy(accelerator.unwrap_model(policy), tokenizer, heldout, cfg)}
 
-    log.info("rl: sft model's held-out accuracy %.3f on %d prompts; %d training prompts, %d answers each",
-             before, len(heldout), len(prompts), cfg.group_size)
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    log.info("rl: sft model's held-out accuracy %.3f on %d prompts; %d training prompts, %d answers each; "
+             "%d of %d parameters trainable (adapter %s)", before, len(heldout), len(prompts), cfg.group_size,
+             n_trainable, n_params, cfg.adapter)
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
     rewards, kls = per_step(out_dir / "log.jsonl", "reward_mean"), per_step(out_dir / "log.jsonl", "kl")
     speeds = per_step(out_dir / "log.jsonl", "rollout_tokens_per_s")
     tail = max(1, len(rewards) // 10)
-    return {**metrics, **epochs, "val_task_accuracy_before": before,
+    return {**metrics, **epochs, "val_task_accuracy_before": before, "trainable_params": n_trainable,
             "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
             "rollout_tokens_per_s": round(sum(speeds) / max(1, len(speeds)), 1),
             "reward_per_step": rewards, "kl_per_step": kls}

@@ -84,8 +84,10 @@ def with_replay_weight(batch_fn: BatchFn, tokens: np.ndarray, weight: float, n_r
 
 
 def with_replay_loss(loss_fn: LossFn) -> LossFn:
-    """loss_fn on the batch's own rows plus replay_scale x the next-token loss summed over its replay windows
-    (a rank whose shard holds no window adds nothing and reports 0); reports replay_loss, the mean over its windows."""
+    """loss_fn on the batch's own rows plus replay_scale x the next-token loss summed over its replay windows;
+    reports replay_loss, the mean over its windows. A rank whose shard holds no window (fewer windows than
+    ranks) adds nothing and reports 0, but still makes the replay forward, on one target-less row: DDP
+    broadcasts buffers at every forward, and ranks making different numbers of forwards would wait forever."""
     def loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         own = {k: v for k, v in batch.items() if not k.startswith(PREFIX)}
         total, metrics = loss_fn(model, own)
@@ -97,6 +99,11 @@ def with_replay_loss(loss_fn: LossFn) -> LossFn:
             nll, _ = lm_loss(model, replay)
             total = total + batch["replay_scale"] * nll
             replay_loss = float(nll.detach()) / max(1, int((replay["labels"][:, 1:] != IGNORE).sum()))
+        else:
+            ids = own["input_ids"][:1, :2]  # any two tokens; every label ignored: a sum over no target, 0
+            nll, _ = lm_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                     "labels": torch.full_like(ids, IGNORE)})
+            total = total + 0.0 * nll
         return total, {**metrics, "replay_loss": replay_loss}
 
     return loss
