@@ -312,7 +312,7 @@ def test_ppo_epochs_and_minibatches_share_one_rollout_batch():
         assert torch.equal(again["input_ids"], first["input_ids"]) and torch.equal(again["old_logps"], first["old_logps"])
 
 
-def test_a_resumed_ppo_run_with_epochs_and_minibatches_equals_the_uninterrupted_one(tmp_path):
+def test_a_resumed_ppo_run_with_epochs_and_minibatches_equals_the_uninterrupted_one(tmp_path, cpu_bf16):
     """Two passes of two minibatches per rollout, through the real stage: a run cut after step 5 leaves step 4's
     checkpoint (the first rollout's last update; steps 1-4 are warmup, the same lr in both runs); the full run
     resumed from it equals the uninterrupted one."""
@@ -323,12 +323,13 @@ def test_a_resumed_ppo_run_with_epochs_and_minibatches_equals_the_uninterrupted_
 
     sft, reward_dir = tiny_sft_and_reward(tmp_path)
     cfg = RLConfig(enabled=True, algorithm="ppo", max_steps=8, warmup_steps=4, lr=1e-3, batch_size=4, group_size=1,
-                   max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100,
-                   eval_every=0, save_every=4, ppo_epochs=2, num_mini_batches=2)
+                   max_new_tokens=4, num_prompts=32, num_val_prompts=8, log_every=100,
+                   eval_every=0, save_every=4, ppo_epochs=2, num_mini_batches=2, mixed_precision="bf16")
     inputs = {"sft": sft, "reward": reward_dir}
     whole, first = tmp_path / "whole", tmp_path / "first"
     whole.mkdir(), first.mkdir()
     metrics = run(cfg, inputs, StageContext.local(whole, stage="rl"))
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # both kinds of CPU: the fixture forces each
     rows = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
     assert [r["ppo_epoch"] for r in rows] == [0, 0, 1, 1] * 2
     assert metrics["reward_per_step"][:4] == [metrics["reward_per_step"][0]] * 4  # one rollout's score, 4 updates
