@@ -6,20 +6,51 @@ next-token guess on the repeated half, every 25 steps, at the trained span lengt
 warmup 30, betas 0.9/0.95, weight decay 0.1, clip 1.0), bf16 autocast where the CPU has it.
 
     python -m benchmarks.copy_skill [--steps 300] [--length 40] [--batch 16]
+
+--task passkey asks the same question of eval's passkey format with nothing else to learn: random filler ids,
+a fixed 3-id marker (eval's "The pass key is") before a 5-digit key (digit ids), the filler's rest, a fixed
+5-id question ending in the marker, the key again. Scored per digit of the answered key (chance 0.1) and
+whole keys, at filler lengths --length and --other-lengths; the key sits at a random depth.
+
+    python -m benchmarks.copy_skill --task passkey --length 25 --other-lengths 100 --lr 1e-3 --steps 700
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 
 from benchmarks.common import VOCAB, default_model, quiet
+from components.train.device import cpu_has_native_bf16
 
 
 def repeated(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
     first = torch.randint(10, VOCAB, (batch, length), generator=generator)  # ids under 10: specials
     return torch.cat([first, first], dim=1)
+
+
+DIGITS, MARKER, QUESTION, AFTER_KEY = (10, 20), [30, 31, 32], [40, 41, 30, 31, 32], 50  # ids under 10: specials
+
+
+def passkey_rows(batch: int, filler: int, generator: torch.Generator) -> torch.Tensor:
+    """[batch, filler + 20]: BOS, filler[:depth], MARKER, key, AFTER_KEY, filler[depth:], QUESTION, key."""
+    rows = []
+    for _ in range(batch):
+        noise = torch.randint(100, VOCAB, (filler,), generator=generator).tolist()
+        key = torch.randint(*DIGITS, (5,), generator=generator).tolist()
+        at = int(torch.randint(0, filler + 1, (1,), generator=generator))
+        rows.append([1, *noise[:at], *MARKER, *key, AFTER_KEY, *noise[at:], *QUESTION, *key])
+    return torch.tensor(rows)
+
+
+def passkey_accuracy(model, batch: torch.Tensor) -> tuple[float, float]:
+    """(per-digit, whole-key) accuracy of the next-token guesses at the answered key (the last 5 ids)."""
+    with torch.no_grad():
+        guess = model(input_ids=batch[:, :-1]).logits[:, -5:].argmax(-1)
+    right = guess == batch[:, -5:]
+    return right.float().mean().item(), right.all(1).float().mean().item()
 
 
 def copy_accuracy(model, batch: torch.Tensor, length: int) -> float:
@@ -35,27 +66,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--other-lengths", type=int, nargs="*", default=[20, 64])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task", choices=["repeat", "passkey"], default="repeat")
+    parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
     quiet(args.threads)
     generator = torch.Generator().manual_seed(0)
     model = default_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     lengths = [args.length, *args.other_lengths]
-    held_out = {n: repeated(32, n, torch.Generator().manual_seed(1)) for n in lengths}
+    rows = repeated if args.task == "repeat" else passkey_rows
+    held_out = {n: rows(64, n, torch.Generator().manual_seed(1)) for n in lengths}
+    native = cpu_has_native_bf16()  # emulated bf16 is ~20x slower than fp32 (components/train/device.py)
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if native else contextlib.nullcontext
+    print(f"precision: {'bf16 autocast' if native else 'fp32 (no native bf16 on this CPU)'}")
     start = time.perf_counter()
-    print(f"{'step':>5} {'loss':>7} " + " ".join(f"{f'copy@{n}':>8}" for n in lengths) + f" {'seconds':>8}")
+    heads = [f"copy@{n}" for n in lengths] if args.task == "repeat" else [f"{k}@{n}" for n in lengths for k in ("digit", "key")]
+    print(f"{'step':>5} {'loss':>7} " + " ".join(f"{h:>9}" for h in heads) + f" {'seconds':>8}")
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
-            group["lr"] = 3e-3 * min(1.0, step / 30)
-        batch = repeated(args.batch, args.length, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+            group["lr"] = args.lr * min(1.0, step / 30)
+        batch = rows(args.batch, args.length, generator)
+        with precision():
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0:
-            accs = " ".join(f"{copy_accuracy(model, held_out[n], n):>8.3f}" for n in lengths)
+            scores = ([copy_accuracy(model, held_out[n], n) for n in lengths] if args.task == "repeat"
+                      else [a for n in lengths for a in passkey_accuracy(model, held_out[n])])
+            accs = " ".join(f"{a:>9.3f}" for a in scores)
             print(f"{step:>5} {loss.item():>7.3f} {accs} {time.perf_counter() - start:>8.1f}", flush=True)
 
 
