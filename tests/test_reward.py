@@ -166,3 +166,21 @@ def test_a_resumed_reward_run_equals_the_uninterrupted_one(tokenizer, sft_dir, t
         assert resumed[key] == pytest.approx(metrics[key], abs=1e-6), key
     heads = [load_file(d / "model" / "model.safetensors")["score.weight"] for d in (whole, cut)]
     assert torch.allclose(heads[0], heads[1], atol=1e-6)
+
+
+def test_pair_accuracy_per_source_shows_what_the_mixed_figure_hides():
+    """pair_metrics with groups: each group's accuracy beside the whole set's, and eval's report lists them."""
+    from components.eval.reward_scores import reward_lines
+
+    rewards = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 3 + [[1.0, 0.0]])  # hh: 6 of 6 right; se: 1 of 4
+    groups = ["hh"] * 6 + ["se"] * 4
+    metrics = pair_metrics(rewards, groups=groups)
+    assert metrics["val_pair_accuracy"] == pytest.approx(0.7)
+    assert metrics["val_pair_accuracy/hh"] == 1.0 and metrics["val_pair_accuracy/se"] == 0.25
+    assert not any("/" in k for k in pair_metrics(rewards, groups=["hh"] * 10))  # one group: the whole figure says it
+    with pytest.raises(ValueError, match="9 groups for 10 pairs"):
+        pair_metrics(rewards, groups=groups[:9])
+    scores = {"val_pair_accuracy": 0.7, "val_reward_margin": 0.4, "mean_reward": {"sft": 0.1},
+              "val_pair_accuracy_by_group": {"hh": 1.0, "se": 0.25}}
+    report = "\n".join(reward_lines({"reward_model": scores}))
+    assert "| hh | 1.000 |" in report and "| se | 0.250 |" in report

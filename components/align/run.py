@@ -165,9 +165,10 @@ def split_heldout(pairs: list[dict], n_val: int, section: str = "align") -> tupl
     return train_idx, sorted(held)
 
 
-def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict, list[dict]]:
+def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, list[dict], dict, list[dict], list[str]]:
     """(train encodings, held-out encodings, quarantine rows, counts for the manifest, the sources'
-    held-out pairs as records: none for generated pairs)."""
+    held-out pairs as records: none for generated pairs, each held-out pair's group: its source's name, or
+    its task for generated pairs)."""
     max_len, name = model.config.max_position_embeddings, section(cfg)
     counts, heldout = {"rejected_from": cfg.rejected_from}, []
     if cfg.sources:
@@ -179,6 +180,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
         chosen = select(pools, list(cfg.chat_sources), cfg.num_pairs, cfg.seed)  # not the first N in file order
         train_enc, val_enc = [encoded[i] for i in chosen], [encoded[i] for i in val_idx]
         heldout = [{k: pairs[i][k] for k in ("prompt", "chosen", "rejected", "where", "source")} for i in val_idx]
+        val_groups = [pairs[i]["source"] for i in val_idx]
         for source in names:
             per_source[source].update(too_long=sum(q["source"] == source for q in too_long),
                                       heldout=sum(pairs[i]["source"] == source for i in val_idx),
@@ -196,8 +198,9 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
         if cfg.rejected_from == "on_policy":
             train_raw, counts["on_policy_rejected"] = with_own_mistakes(model, tokenizer, train_raw, cfg)
         _, train_enc, too_long = encode_fitting(tokenizer, train_raw, max_len, cfg.max_prompt_length, name)
-        _, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed),
-                                                  max_len, cfg.max_prompt_length, name)
+        val_kept, val_enc, val_too_long = encode_fitting(tokenizer, preference_pairs("heldout", cfg.num_val_pairs, cfg.seed),
+                                                         max_len, cfg.max_prompt_length, name)
+        val_groups = [p["task"] for p in val_kept]
         too_long += val_too_long
     if too_long:
         log.warning("%s: %d pairs longer than the model's context (%d tokens) left out: see quarantine.jsonl",
@@ -206,7 +209,7 @@ def preference_data(cfg: AlignConfig, model, tokenizer) -> tuple[list, list, lis
         log.warning("%s: %d malformed source records quarantined (first: %s)", name, len(quarantined),
                     quarantined[0]["reason"])
     counts.update(train_pairs=len(train_enc), val_pairs=len(val_enc), too_long_pairs=len(too_long))
-    return train_enc, val_enc, quarantined + too_long, counts, heldout
+    return train_enc, val_enc, quarantined + too_long, counts, heldout, val_groups
 
 
 def dpo_objective(cfg: AlignConfig):
@@ -266,7 +269,7 @@ def run(cfg: AlignConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     accelerator = make_accelerator(cfg, model, ctx.strategy)
     if cfg.adapter != "qlora":  # a 4-bit model was placed on its GPU as it loaded
         model.to(accelerator.device)  # the reference pass (and on-policy answers) run before prepare
-    train_pairs, val_pairs, quarantine, counts, heldout = preference_data(cfg, model, tokenizer)
+    train_pairs, val_pairs, quarantine, counts, heldout, _ = preference_data(cfg, model, tokenizer)
     if ctx.is_main:  # before any failure: kept with the failed build's files
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
             f.writelines(json.dumps(row) + "\n" for row in quarantine)

@@ -35,6 +35,7 @@ def reward_scores(reward_dir: Path | None, tasks: list[dict], answers: dict[str,
 
     metrics = json.loads((Path(reward_dir) / "manifest.json").read_text()).get("metrics", {})
     out: dict = {k: metrics[k] for k in HELD_OUT if k in metrics}
+    out["val_pair_accuracy_by_group"] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val_pair_accuracy/")}
     out["mean_reward"], right, wrong = {}, [], []
     out["mean_reward"]["reference"], _ = mean_reward([t["answer"] for t in tasks])
     for name, replies in answers.items():
@@ -60,4 +61,8 @@ def reward_lines(results: dict) -> list[str]:
     for side in ("correct", "wrong"):
         if scores.get(f"mean_reward_{side}") is not None:
             lines.append(f"| every {side} answer | {scores[f'mean_reward_{side}']:.3f} |")
+    by_group = scores.get("val_pair_accuracy_by_group") or {}
+    if by_group:
+        lines += ["", "Held-out pair accuracy by source (or by task, for generated pairs):", "",
+                  "| group | pair accuracy |", "|---|---|", *(f"| {g} | {a:.3f} |" for g, a in by_group.items())]
     return lines + [""]

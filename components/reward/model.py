@@ -62,12 +62,22 @@ def all_rewards(model: torch.nn.Module, encoded: list[Pair], pad_id: int, batch_
     return out
 
 
-def pair_metrics(rewards: torch.Tensor, prefix: str = "val_") -> dict:
-    """Held-out accuracy (chosen scored above rejected), mean margin and mean chosen / rejected reward."""
+def pair_metrics(rewards: torch.Tensor, prefix: str = "val_", groups: list[str] | None = None) -> dict:
+    """Held-out accuracy (chosen scored above rejected), mean margin and mean chosen / rejected reward; with
+    groups (each pair's source or task) of more than one kind, the accuracy of each too, as
+    `<prefix>pair_accuracy/<group>` (where a mixed set's figure hides a source the model does not learn)."""
     chosen, rejected = rewards[:, 0], rewards[:, 1]
-    return {f"{prefix}pair_accuracy": float((chosen > rejected).float().mean()),
-            f"{prefix}reward_margin": float((chosen - rejected).mean()),
-            f"{prefix}chosen_reward": float(chosen.mean()), f"{prefix}rejected_reward": float(rejected.mean())}
+    right = chosen > rejected
+    out = {f"{prefix}pair_accuracy": float(right.float().mean()),
+           f"{prefix}reward_margin": float((chosen - rejected).mean()),
+           f"{prefix}chosen_reward": float(chosen.mean()), f"{prefix}rejected_reward": float(rejected.mean())}
+    if groups is not None and len(set(groups)) > 1:
+        if len(groups) != len(right):
+            raise ValueError(f"pair_metrics: {len(groups)} groups for {len(right)} pairs")
+        for group in sorted(set(groups)):
+            mine = torch.tensor([g == group for g in groups])
+            out[f"{prefix}pair_accuracy/{group}"] = float(right[mine].float().mean())
+    return out
 
 
 @torch.no_grad()

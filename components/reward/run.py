@@ -52,7 +52,7 @@ def run(cfg: RewardConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     model = scalar_head_model(src, pad, cfg.seed)
     accelerator = make_accelerator(cfg, model, ctx.strategy)
     model.to(accelerator.device)  # the untrained scores are read before prepare
-    train_pairs, val_pairs, quarantine, counts, heldout = preference_data(cfg, model, tokenizer)
+    train_pairs, val_pairs, quarantine, counts, heldout, val_groups = preference_data(cfg, model, tokenizer)
     if ctx.is_main:  # before any failure: kept with the failed build's files
         with open(out_dir / "quarantine.jsonl", "w") as f:  # every pair left out, with its reason
             f.writelines(json.dumps(row) + "\n" for row in quarantine)
@@ -73,7 +73,7 @@ def run(cfg: RewardConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
                                                       step * cfg.grad_accum + micro), pad)
 
     def evaluate(model: torch.nn.Module) -> dict:
-        return pair_metrics(all_rewards(model, val_pairs, pad, cfg.batch_size))  # the loop's autocast is on
+        return pair_metrics(all_rewards(model, val_pairs, pad, cfg.batch_size), groups=val_groups)  # in the loop's autocast
 
     metrics = train(model, cfg, batch_fn, reward_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
