@@ -13,6 +13,9 @@ a fixed 3-id marker (eval's "The pass key is") before a 5-digit key (digit ids),
 whole keys, at filler lengths --length and --other-lengths; the key sits at a random depth.
 
     python -m benchmarks.copy_skill --task passkey --length 25 --other-lengths 100 --lr 1e-3 --steps 700
+
+--loss answer trains on the answered key alone (the rest of the row is context, label -100), so none of the
+gradient goes to the unpredictable filler; --layers changes the depth (the default: 4).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import time
 
 import torch
 
-from benchmarks.common import VOCAB, default_model, quiet
+from benchmarks.common import VOCAB, Vocabulary, build_model, quiet
+from components.model.config import ModelConfig
 from components.train.device import cpu_has_native_bf16
 
 
@@ -43,6 +47,13 @@ def passkey_rows(batch: int, filler: int, generator: torch.Generator) -> torch.T
         at = int(torch.randint(0, filler + 1, (1,), generator=generator))
         rows.append([1, *noise[:at], *MARKER, *key, AFTER_KEY, *noise[at:], *QUESTION, *key])
     return torch.tensor(rows)
+
+
+def answer_labels(batch: torch.Tensor, answer: int) -> torch.Tensor:
+    """Labels for the last `answer` ids alone (the answered key; the repeat task's second half)."""
+    labels = torch.full_like(batch, -100)
+    labels[:, -answer:] = batch[:, -answer:]
+    return labels
 
 
 def passkey_accuracy(model, batch: torch.Tensor) -> tuple[float, float]:
@@ -68,13 +79,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--task", choices=["repeat", "passkey"], default="repeat")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--loss", choices=["all", "answer"], default="all")
+    parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     quiet(args.threads)
     generator = torch.Generator().manual_seed(0)
-    model = default_model()
+    model = build_model(ModelConfig(n_layers=args.layers), Vocabulary(), 0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     lengths = [args.length, *args.other_lengths]
     rows = repeated if args.task == "repeat" else passkey_rows
+    answer = args.length if args.task == "repeat" else 5
     held_out = {n: rows(64, n, torch.Generator().manual_seed(1)) for n in lengths}
     native = cpu_has_native_bf16()  # emulated bf16 is ~20x slower than fp32 (components/train/device.py)
     precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if native else contextlib.nullcontext
@@ -87,7 +101,7 @@ def main() -> None:
             group["lr"] = args.lr * min(1.0, step / 30)
         batch = rows(args.batch, args.length, generator)
         with precision():
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=answer_labels(batch, answer) if args.loss == "answer" else batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
