@@ -85,33 +85,43 @@ def main() -> None:
     quiet(args.threads)
     generator = torch.Generator().manual_seed(0)
     model = build_model(ModelConfig(n_layers=args.layers), Vocabulary(), 0)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     lengths = [args.length, *args.other_lengths]
     rows = repeated if args.task == "repeat" else passkey_rows
     answer = args.length if args.task == "repeat" else 5
     held_out = {n: rows(64, n, torch.Generator().manual_seed(1)) for n in lengths}
-    native = cpu_has_native_bf16()  # emulated bf16 is ~20x slower than fp32 (components/train/device.py)
-    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if native else contextlib.nullcontext
-    print(f"precision: {'bf16 autocast' if native else 'fp32 (no native bf16 on this CPU)'}")
+    print(f"precision: {'bf16 autocast' if cpu_has_native_bf16() else 'fp32 (no native bf16 on this CPU)'}")
     start = time.perf_counter()
     heads = [f"copy@{n}" for n in lengths] if args.task == "repeat" else [f"{k}@{n}" for n in lengths for k in ("digit", "key")]
     print(f"{'step':>5} {'loss':>7} " + " ".join(f"{h:>9}" for h in heads) + f" {'seconds':>8}")
-    for step in range(1, args.steps + 1):
+
+    def report(step: int, loss: float) -> None:
+        scores = ([copy_accuracy(model, held_out[n], n) for n in lengths] if args.task == "repeat"
+                  else [a for n in lengths for a in passkey_accuracy(model, held_out[n])])
+        accs = " ".join(f"{a:>9.3f}" for a in scores)
+        print(f"{step:>5} {loss:>7.3f} {accs} {time.perf_counter() - start:>8.1f}", flush=True)
+
+    fit(model, lambda: rows(args.batch, args.length, generator), answer if args.loss == "answer" else 0,
+        args.steps, args.lr, report)
+
+
+def fit(model, next_batch, answer: int, steps: int, lr: float, report=None, warmup: int = 30) -> None:
+    """AdamW as pretrain's defaults (betas 0.9/0.95, weight decay 0.1, clip 1.0, linear warmup), bf16
+    autocast where the CPU has it natively (emulated bf16 is ~20x slower: components/train/device.py);
+    answer > 0: the loss on the last `answer` ids alone. report(step, loss) every 25 steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_has_native_bf16() else contextlib.nullcontext
+    for step in range(1, steps + 1):
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, step / 30)
-        batch = rows(args.batch, args.length, generator)
+            group["lr"] = lr * min(1.0, step / warmup)
+        batch = next_batch()
         with precision():
-            loss = model(input_ids=batch, labels=answer_labels(batch, answer) if args.loss == "answer" else batch).loss
+            loss = model(input_ids=batch, labels=answer_labels(batch, answer) if answer else batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 25 == 0:
-            scores = ([copy_accuracy(model, held_out[n], n) for n in lengths] if args.task == "repeat"
-                      else [a for n in lengths for a in passkey_accuracy(model, held_out[n])])
-            accs = " ".join(f"{a:>9.3f}" for a in scores)
-            print(f"{step:>5} {loss.item():>7.3f} {accs} {time.perf_counter() - start:>8.1f}", flush=True)
-
+        if report and step % 25 == 0:
+            report(step, loss.item())
 
 if __name__ == "__main__":
     main()
