@@ -182,3 +182,24 @@ def test_a_model_trained_on_the_prompts_scores_1_and_the_untrained_one_0(tmp_pat
         loss.backward()
         optimizer.step()
     assert pk.accuracy_by_depth(model.eval(), tokenizer, filler, batch_size=8, **args) == {"0": 1.0, "0.5": 1.0, "1": 1.0}
+
+
+def test_the_benchmarks_answer_only_labels_and_rope_swap():
+    """benchmarks/copy_skill and passkey_extension, whose README figures rest on these: the loss sees the answered
+    key alone, a row has the key where the question's answer is, and a RoPE swap keeps the weights (same logits as
+    trained; linear PI changes them past position 0)."""
+    from benchmarks.common import Vocabulary, build_model
+    from benchmarks.copy_skill import answer_labels, passkey_rows
+    from benchmarks.passkey_extension import ROW_EXTRA, with_rope
+
+    rows = passkey_rows(3, 30, torch.Generator().manual_seed(0))
+    assert rows.shape == (3, 30 + ROW_EXTRA)
+    labels = answer_labels(rows, 5)
+    assert (labels[:, :-5] == -100).all() and torch.equal(labels[:, -5:], rows[:, -5:])
+    key_at = [r.tolist().index(32) + 1 for r in rows]  # after the marker's last id: the key, stated once
+    assert all(torch.equal(r[at:at + 5], r[-5:]) for r, at in zip(rows, key_at))
+    base = build_model(ModelConfig(context_length=64), Vocabulary(), 0).eval()
+    same, interpolated = with_rope(base, 64, "none", 1), with_rope(base, 64, "linear", 2)
+    with torch.no_grad():
+        logits = [m(input_ids=rows).logits for m in (base, same, interpolated)]
+    assert torch.equal(logits[0], logits[1]) and not torch.allclose(logits[0], logits[2])
