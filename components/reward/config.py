@@ -18,8 +18,8 @@ class RewardConfig(TrainConfig, AdapterConfig, PreferenceDataConfig):
     section: ClassVar[str] = "reward"
     enabled: bool = True  # train the reward model (eval then scores every model's answers with it); false: no reward stage
     lr: float = 5e-4  # a new head on a small model: 1e-4 did not fit even the training pairs on the smoke model
-    max_steps: int = 250
-    eval_every: int = log_only(100)  # validation 3 times a stage: the report's validation curve
+    max_steps: int = 750  # held-out accuracy 0.60 at 250 steps, 0.735 at 750 (README, "Reward model")
+    eval_every: int = log_only(125)  # validation 6 times a stage: the report's validation curve
     warmup_steps: int = 20
     batch_size: int = 16  # pairs per micro-batch
     margin: float = 0.0  # subtracted from r_chosen - r_rejected inside the loss (TRL's margin, one for every pair)
