@@ -43,7 +43,8 @@ def run_one(method: str, pretrain: Path, steps: int, examples: int, n_eval: int,
                     num_examples=examples, num_val_examples=50, eval_every=0, save_every=10 * steps, log_every=steps)
     out.mkdir(parents=True)
     started = time.perf_counter()
-    metrics = run(cfg, {"pretrain": pretrain}, StageContext.local(out))
+    tokenizer_dir = json.loads((pretrain / "manifest.json").read_text())["inputs"]["tokenizer"]["path"]  # sft.replay's shard
+    metrics = run(cfg, {"pretrain": pretrain, "tokenizer": Path(tokenizer_dir)}, StageContext.local(out))
     model, tokenizer = adapters.load_model(out / "model").eval(), AutoTokenizer.from_pretrained(out / "model")
     torch.manual_seed(0)
     accuracy, _, _ = m.task_accuracy(model, tokenizer, sft_examples("heldout", n_eval, 0), 24, 50)
@@ -100,7 +101,9 @@ def main() -> None:
         child = subprocess.run([sys.executable, "-m", "benchmarks.peft_methods", "--one", method, "--pretrain",
                                 str(args.pretrain), "--steps", str(args.steps), "--examples", str(args.examples),
                                 "--eval", str(args.eval), "--threads", str(args.threads), "--out", str(scratch / method)],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True)
+        if child.returncode:  # its own traceback, not only the command line
+            raise SystemExit(f"peft_methods: {method} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(table(rows))
