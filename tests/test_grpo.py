@@ -1,5 +1,6 @@
 """GRPO (the rl stage): our loss against TRL's GRPOTrainer on a fixed batch, the group-normalised
 advantages, a tiny run that learns a toy verifiable task, and the config checks."""
+import contextlib
 import dataclasses
 import json
 
@@ -134,7 +135,32 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     assert last > first + 0.3, rewards  # measured 0.90
 
 
+def test_dynamic_sampling_keeps_the_groups_that_disagree_and_redraws_the_same_on_resume(sft_dir, tokenizer):
+    """rl.dynamic_sampling (DAPO): groups whose answers all got the same reward are dropped and more prompts
+    drawn, up to R rounds; the batch keeps batch_size groups, the disagreeing ones first; the extra draws come
+    from the position's seed alone (the same batch again), and 0 samples once, as before."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
+    prompts = sft_examples("train", 64)
+    off = RLConfig(enabled=True, batch_size=4, group_size=4, max_new_tokens=2, beta=0.0, mixed_precision="no")
+    on = dataclasses.replace(off, dynamic_sampling=6)
+
+    def first_batch(cfg):
+        return rollout_source(model, None, tokenizer, prompts, cfg, contextlib.nullcontext, starts_early_in_alphabet)(0, 0)
+
+    plain, dynamic = first_batch(off), first_batch(on)
+    assert "prompts_sampled" not in plain["stats"]
+    flat = lambda b: (b["rewards"].view(-1, 4).std(1) == 0).float().mean().item()  # noqa: E731
+    assert plain["stats"]["groups_without_signal"] == flat(plain) > 0  # the toy task leaves some groups flat
+    assert dynamic["rewards"].numel() == 16 and dynamic["stats"]["prompts_sampled"] > 4
+    assert dynamic["stats"]["groups_without_signal"] == flat(dynamic) < flat(plain)
+    again = first_batch(on)
+    assert torch.equal(again["input_ids"], dynamic["input_ids"]) and torch.equal(again["rewards"], dynamic["rewards"])
+
+
 @pytest.mark.parametrize("overrides,key", [
+    ({"dynamic_sampling": -1}, "rl.dynamic_sampling"), ({"dynamic_sampling": 2, "algorithm": "ppo"}, "rl.dynamic_sampling"),
     ({"algorithm": "reinforce"}, "rl.algorithm"),
     ({"group_size": 1}, "rl.group_size"), ({"epsilon": 1.5}, "rl.epsilon"), ({"loss": "bnpo"}, "rl.loss"),
     ({"beta": -0.1}, "rl.beta"), ({"scale_rewards": "batch"}, "rl.scale_rewards"), ({"lr": 0}, "rl.lr"),

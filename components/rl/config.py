@@ -35,6 +35,10 @@ class RLConfig(TrainConfig, AdapterConfig):
     # token of the step (TRL's default)
     loss: str = "grpo"
     scale_rewards: str = "group"  # group: advantages (r - mean) / (std + 1e-4) within each group | none: r - mean (Dr. GRPO)
+    # grpo: DAPO's dynamic sampling: up to this many more draws of batch_size prompts a step while fewer than
+    # batch_size groups disagree (all answers right or all wrong: zero advantages, no gradient); the batch keeps
+    # batch_size groups, those that disagree first. Costs up to that many more rollouts a step; 0: off
+    dynamic_sampling: int = 0
     temperature: float = 1.0  # sampling temperature of the rollouts; the log-probs are of logits / temperature (as TRL)
     top_k: int = 0  # sample among the top_k tokens only (0: the whole vocabulary)
     max_new_tokens: int = 16  # answer budget per rollout (the tasks' answers are a few tokens)
@@ -64,6 +68,9 @@ class RLConfig(TrainConfig, AdapterConfig):
         self.check_adapter("rl")
         check(self.adapter == "none" or self.algorithm == "grpo", "rl.adapter", self.adapter,
               "is grpo's: ppo trains the policy and its critic as one model, in full; set none")
+        check(self.dynamic_sampling >= 0, "rl.dynamic_sampling", self.dynamic_sampling, "must be >= 0 (0: off)")
+        check(self.dynamic_sampling == 0 or self.algorithm == "grpo", "rl.dynamic_sampling", self.dynamic_sampling,
+              "is grpo's (groups of answers to one prompt); set 0 with ppo")
         check(self.beta >= 0, "rl.beta", self.beta, "must be >= 0 (0: no KL penalty)")
         check(0 < self.epsilon < 1, "rl.epsilon", self.epsilon, "must be in (0, 1)")
         check_choice("rl.loss", self.loss, LOSSES)

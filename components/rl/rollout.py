@@ -82,12 +82,38 @@ def rollout_batch(prompt_ids: list[list[int]], answer_ids: list[list[int]], rewa
             "n_targets": n if cfg.loss == "grpo" else n_answer_tokens, "n_tokens": int(attention_mask.sum())}
 
 
+def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autocast, reward,
+                  more=None) -> tuple[list[list[int]], list[list[int]], list[float], float, int, float]:
+    """(prompt ids, answer ids and reward per answer; sampling seconds, prompts sampled, share of them whose
+    group had no signal). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
+    len(examples) groups disagree (a group of equal rewards has zero advantages: no gradient), up to R more
+    draws of prompts, more(r); the batch keeps len(examples) groups, those that disagree first."""
+    size, rounds = cfg.group_size, getattr(cfg, "dynamic_sampling", 0)
+    groups, seconds, drawn = [], 0.0, 0
+    for r in range(rounds + 1):
+        batch_examples = examples if r == 0 else more(r)
+        prompt_ids, answer_ids, answers, spent = sample_answers(model, tokenizer, batch_examples, cfg,
+                                                                seed if r == 0 else seed * 1_000 + r, autocast)
+        seconds, drawn = seconds + spent, drawn + len(batch_examples)
+        for i, example in enumerate(batch_examples):
+            rows = slice(i * size, (i + 1) * size)
+            groups.append((prompt_ids[i * size], answer_ids[rows], [reward(a, example) for a in answers[rows]]))
+        if sum(len(set(g[2])) > 1 for g in groups) >= len(examples):
+            break
+    flat = sum(len(set(g[2])) == 1 for g in groups) / len(groups)
+    if rounds:  # a stable sort: the groups that disagree first, each kind in the order drawn
+        groups = sorted(groups, key=lambda g: len(set(g[2])) == 1)[: len(examples)]
+    return ([g[0] for g in groups for _ in range(size)], [a for g in groups for a in g[1]],
+            [x for g in groups for x in g[2]], seconds, drawn, flat)
+
+
 def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: int, autocast,
-                  reward=checker_reward) -> dict:
+                  reward=checker_reward, more=None) -> dict:
     """One global micro-batch of rollouts with the reference's per-token log-probs and the step's rollout
-    figures (mean reward, share of groups with no signal, answer length, rollout tokens/s)."""
-    prompt_ids, answer_ids, answers, seconds = sample_answers(model, tokenizer, examples, cfg, seed, autocast)
-    rewards = [reward(a, examples[i // cfg.group_size]) for i, a in enumerate(answers)]
+    figures (mean reward, share of groups with no signal, answer length, rollout tokens/s; with
+    dynamic sampling, the prompts sampled and the share of their groups that had no signal)."""
+    prompt_ids, answer_ids, rewards, seconds, drawn, flat = sample_groups(model, tokenizer, examples, cfg, seed,
+                                                                          autocast, reward, more)
     batch = rollout_batch(prompt_ids, answer_ids, rewards, cfg, tokenizer.pad_token_id)
     if cfg.beta:
         with torch.no_grad(), autocast():
@@ -100,6 +126,8 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
                       "groups_without_signal": float((grouped.std(1) == 0).float().mean()),
                       "answer_tokens_mean": n_generated / len(answer_ids),
                       "rollout_tokens": n_generated, "rollout_seconds": seconds}
+    if getattr(cfg, "dynamic_sampling", 0):
+        batch["stats"] |= {"prompts_sampled": drawn, "sampled_groups_without_signal": flat}
     return batch
 
 

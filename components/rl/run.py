@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -39,7 +40,8 @@ def grpo_objective(cfg: RLConfig):
         return loss_sum, {"reward_mean": stats["reward_mean"], "kl": float(kl),
                           "groups_without_signal": stats["groups_without_signal"],
                           "answer_tokens_mean": stats["answer_tokens_mean"],
-                          "rollout_tokens_per_s": stats["rollout_tokens"] / max(1e-9, stats["rollout_seconds"])}
+                          "rollout_tokens_per_s": stats["rollout_tokens"] / max(1e-9, stats["rollout_seconds"]),
+                          **{k: stats[k] for k in ("prompts_sampled", "sampled_groups_without_signal") if k in stats}}
 
     return loss_fn
 
@@ -48,8 +50,12 @@ def rollout_source(model, reference, tokenizer, prompts: list[dict], cfg: RLConf
                    reward=checker_reward):
     """The loop's batch_fn: the GRPO rollouts of the micro-batch at a position, sampled from the current policy.
     reward(answer, example) -> float."""
+    def more(seed: int, round_: int) -> list[dict]:  # dynamic sampling's extra prompts: from the position's seed
+        rng = random.Random(seed * 1_000 + round_)  # alone, so a resumed run draws what it would have drawn
+        return [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.batch_size, len(prompts)))]
+
     return positional_source(prompts, cfg, lambda examples, seed: make_rollouts(
-        model, reference, tokenizer, examples, cfg, seed, autocast, reward))
+        model, reference, tokenizer, examples, cfg, seed, autocast, reward, more=lambda r: more(seed, r)))
 
 
 def heldout_accuracy(model, tokenizer, examples: list[dict], cfg: RLConfig) -> float:
