@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.common import VOCAB, Vocabulary, build_model, quiet
 from components.model.config import ModelConfig
-from components.train.device import cpu_has_native_bf16
+from components.train import device
 
 
 def repeated(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +89,7 @@ def main() -> None:
     rows = repeated if args.task == "repeat" else passkey_rows
     answer = args.length if args.task == "repeat" else 5
     held_out = {n: rows(64, n, torch.Generator().manual_seed(1)) for n in lengths}
-    print(f"precision: {'bf16 autocast' if cpu_has_native_bf16() else 'fp32 (no native bf16 on this CPU)'}")
+    print(f"precision: {'bf16 autocast' if device.cpu_has_native_bf16() else 'fp32 (no native bf16 on this CPU)'}")
     start = time.perf_counter()
     heads = [f"copy@{n}" for n in lengths] if args.task == "repeat" else [f"{k}@{n}" for n in lengths for k in ("digit", "key")]
     print(f"{'step':>5} {'loss':>7} " + " ".join(f"{h:>9}" for h in heads) + f" {'seconds':>8}")
@@ -109,7 +109,7 @@ def fit(model, next_batch, answer: int, steps: int, lr: float, report=None, warm
     autocast where the CPU has it natively (emulated bf16 is ~20x slower: components/train/device.py);
     answer > 0: the loss on the last `answer` ids alone. report(step, loss) every 25 steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_has_native_bf16() else contextlib.nullcontext
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if device.cpu_has_native_bf16() else contextlib.nullcontext
     for step in range(1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / warmup)

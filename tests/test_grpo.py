@@ -1,6 +1,5 @@
 """GRPO (the rl stage): our loss against TRL's GRPOTrainer on a fixed batch, the group-normalised
 advantages, a tiny run that learns a toy verifiable task, and the config checks."""
-import contextlib
 import dataclasses
 import json
 
@@ -135,7 +134,7 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     assert last > first + 0.3, rewards  # measured 0.90
 
 
-def test_dynamic_sampling_keeps_the_groups_that_disagree_and_redraws_the_same_on_resume(sft_dir, tokenizer):
+def test_dynamic_sampling_keeps_the_groups_that_disagree_and_redraws_the_same_on_resume(sft_dir, tokenizer, cpu_bf16):
     """rl.dynamic_sampling (DAPO): groups whose answers all got the same reward are dropped and more prompts
     drawn, up to R rounds; the batch keeps batch_size groups, the disagreeing ones first; the extra draws come
     from the position's seed alone (the same batch again), and 0 samples once, as before."""
@@ -143,11 +142,12 @@ def test_dynamic_sampling_keeps_the_groups_that_disagree_and_redraws_the_same_on
 
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
     prompts = sft_examples("train", 64)
-    off = RLConfig(enabled=True, batch_size=4, group_size=4, max_new_tokens=2, beta=0.0, mixed_precision="no")
+    off = RLConfig(enabled=True, batch_size=4, group_size=4, max_new_tokens=2, beta=0.0, mixed_precision="bf16")
     on = dataclasses.replace(off, dynamic_sampling=6)
+    autocast = make_accelerator(off, model).autocast  # sampled in bf16 where the CPU has it, fp32 where not
 
     def first_batch(cfg):
-        return rollout_source(model, None, tokenizer, prompts, cfg, contextlib.nullcontext, starts_early_in_alphabet)(0, 0)
+        return rollout_source(model, None, tokenizer, prompts, cfg, autocast, starts_early_in_alphabet)(0, 0)
 
     plain, dynamic = first_batch(off), first_batch(on)
     assert "prompts_sampled" not in plain["stats"]

@@ -203,3 +203,20 @@ def test_the_benchmarks_answer_only_labels_and_rope_swap():
     with torch.no_grad():
         logits = [m(input_ids=rows).logits for m in (base, same, interpolated)]
     assert torch.equal(logits[0], logits[1]) and not torch.allclose(logits[0], logits[2])
+
+
+def test_the_benchmarks_fit_trains_in_bf16_only_on_a_cpu_that_has_it(cpu_bf16):
+    """copy_skill.fit (behind copy_skill's and passkey_extension's figures) autocasts to bf16 where the CPU has it
+    natively and stays fp32 where it would be emulated (~20x slower), on either kind of host (forced both ways)."""
+    from benchmarks.common import Vocabulary, build_model
+    from benchmarks.copy_skill import fit, passkey_rows
+
+    model = build_model(ModelConfig(n_layers=1, d_model=64, n_heads=2, n_kv_heads=1, ffn_hidden=128), Vocabulary(), 0)
+    seen, losses = set(), []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    generator = torch.Generator().manual_seed(0)
+    fit(model, lambda: passkey_rows(4, 10, generator), 5, 25, 1e-3, report=lambda step, loss: losses.append(loss))
+    assert seen == ({torch.bfloat16} if cpu_bf16 else {torch.float32}), seen
+    assert len(losses) == 1 and 0 < losses[0] < 10
