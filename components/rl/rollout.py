@@ -88,7 +88,7 @@ def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autoca
     group had no signal). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
     len(examples) groups disagree (a group of equal rewards has zero advantages: no gradient), up to R more
     draws of prompts, more(r); the batch keeps len(examples) groups, those that disagree first."""
-    size, rounds = cfg.group_size, getattr(cfg, "dynamic_sampling", 0)
+    size, rounds = cfg.group_size, cfg.dynamic_sampling
     groups, seconds, drawn = [], 0.0, 0
     for r in range(rounds + 1):
         batch_examples = examples if r == 0 else more(r)
@@ -98,13 +98,18 @@ def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autoca
         for i, example in enumerate(batch_examples):
             rows = slice(i * size, (i + 1) * size)
             groups.append((prompt_ids[i * size], answer_ids[rows], [reward(a, example) for a in answers[rows]]))
-        if sum(len(set(g[2])) > 1 for g in groups) >= len(examples):
+        if sum(not flat(g) for g in groups) >= len(examples):
             break
-    flat = sum(len(set(g[2])) == 1 for g in groups) / len(groups)
+    flat_share = sum(map(flat, groups)) / len(groups)
     if rounds:  # a stable sort: the groups that disagree first, each kind in the order drawn
-        groups = sorted(groups, key=lambda g: len(set(g[2])) == 1)[: len(examples)]
+        groups = sorted(groups, key=flat)[: len(examples)]
     return ([g[0] for g in groups for _ in range(size)], [a for g in groups for a in g[1]],
-            [x for g in groups for x in g[2]], seconds, drawn, flat)
+            [x for g in groups for x in g[2]], seconds, drawn, flat_share)
+
+
+def flat(group: tuple) -> bool:
+    """A group whose answers all got the same reward: zero advantages, no gradient."""
+    return len(set(group[2])) == 1
 
 
 def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: int, autocast,
@@ -112,7 +117,7 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
     """One global micro-batch of rollouts with the reference's per-token log-probs and the step's rollout
     figures (mean reward, share of groups with no signal, answer length, rollout tokens/s; with
     dynamic sampling, the prompts sampled and the share of their groups that had no signal)."""
-    prompt_ids, answer_ids, rewards, seconds, drawn, flat = sample_groups(model, tokenizer, examples, cfg, seed,
+    prompt_ids, answer_ids, rewards, seconds, drawn, flat_share = sample_groups(model, tokenizer, examples, cfg, seed,
                                                                           autocast, reward, more)
     batch = rollout_batch(prompt_ids, answer_ids, rewards, cfg, tokenizer.pad_token_id)
     if cfg.beta:
@@ -126,8 +131,8 @@ def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: 
                       "groups_without_signal": float((grouped.std(1) == 0).float().mean()),
                       "answer_tokens_mean": n_generated / len(answer_ids),
                       "rollout_tokens": n_generated, "rollout_seconds": seconds}
-    if getattr(cfg, "dynamic_sampling", 0):
-        batch["stats"] |= {"prompts_sampled": drawn, "sampled_groups_without_signal": flat}
+    if cfg.dynamic_sampling:
+        batch["stats"] |= {"prompts_sampled": drawn, "sampled_groups_without_signal": flat_share}
     return batch
 
 
