@@ -123,5 +123,6 @@ def fit(model, next_batch, answer: int, steps: int, lr: float, report=None, warm
         if report and step % 25 == 0:
             report(step, loss.item())
 
+
 if __name__ == "__main__":
     main()

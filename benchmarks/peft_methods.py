@@ -32,6 +32,7 @@ def run_one(method: str, pretrain: Path, steps: int, examples: int, n_eval: int,
     import torch
     from transformers import AutoTokenizer
 
+    from components.artifacts import read_manifest
     from components.context import StageContext
     from components.eval import metrics as m
     from components.sft.config import SFTConfig
@@ -43,7 +44,7 @@ def run_one(method: str, pretrain: Path, steps: int, examples: int, n_eval: int,
                     num_examples=examples, num_val_examples=50, eval_every=0, save_every=10 * steps, log_every=steps)
     out.mkdir(parents=True)
     started = time.perf_counter()
-    tokenizer_dir = json.loads((pretrain / "manifest.json").read_text())["inputs"]["tokenizer"]["path"]  # sft.replay's shard
+    tokenizer_dir = read_manifest(pretrain)["inputs"]["tokenizer"]["path"]  # the shard sft.replay mixes in
     metrics = run(cfg, {"pretrain": pretrain, "tokenizer": Path(tokenizer_dir)}, StageContext.local(out))
     model, tokenizer = adapters.load_model(out / "model").eval(), AutoTokenizer.from_pretrained(out / "model")
     torch.manual_seed(0)
