@@ -168,7 +168,6 @@ def test_align_on_an_unmerged_sft_adapter_trains_it_further_or_names_the_key(tok
     (["sft.adapter=prefix", "align.prefix_sharing=false", "rl.enabled=true", "rl.adapter=lora"], r"rl\.adapter='lora': sft\.adapter=prefix"),
     (["sft.adapter=prefix", "align.prefix_sharing=false", "rl.enabled=true", "rl.algorithm=ppo", "rl.reward=checker"],
      r"rl\.algorithm='ppo': sft\.adapter=prefix"),
-    (["rl.adapter=lora", "rl.algorithm=ppo", "rl.reward=checker"], r"rl\.adapter='lora': is grpo's"),
     (["rl.enabled=true", "rl.adapter=prompt"], r"eval\.benchmarks=.*rl\.adapter=prompt"),
 ])
 def test_what_later_stages_cannot_do_with_an_adapter_fails_when_the_config_is_read(overrides, key):

@@ -2,6 +2,8 @@
 formulas on fixed batches, and the config checks. TRL 1.16 no longer ships PPOTrainer (removed, not moved
 to trl.experimental), so its loop and loss are reproduced below line for line as its trl/trainer/ppo_trainer.py wrote them
 (written from that source as last released, not imported: no installed copy to import)."""
+import json
+
 import pytest
 import torch
 
@@ -224,6 +226,50 @@ def test_tiny_ppo_run_through_the_stage(tmp_path):
     loss = [json.loads(line)["loss"] for line in (whole / "log.jsonl").read_text().splitlines()]
     loss_resumed = [json.loads(line)["loss"] for line in (first / "log.jsonl").read_text().splitlines()]
     assert loss_resumed == pytest.approx(loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "adalora", "prefix"])
+def test_ppo_adapters_train_the_actor_only_beside_the_critic_and_export_as_grpos_do(tmp_path, adapter):
+    """rl.adapter with ppo: the actor trains only its adapter, the critic in full (TRL's value model); the
+    held-out figure before training is the sft model's; adalora prunes its ranks through the ActorCritic
+    the loop holds; lora and adalora are exported merged, prefix as the sft base + an adapter load_model reads."""
+    from transformers import AutoModelForCausalLM
+
+    from components.context import StageContext
+    from components.rl.run import run
+    from components.train import adapters
+
+    sft, reward_dir = tiny_sft_and_reward(tmp_path)
+    cfg = RLConfig(enabled=True, algorithm="ppo", reward="checker", max_steps=6, warmup_steps=1, lr=5e-2, batch_size=4,
+                   group_size=1, max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no",
+                   log_every=100, eval_every=0, ppo_epochs=1, adapter=adapter, lora_rank=4, adalora_target_rank=2,
+                   num_virtual_tokens=4)
+    full_dir, out = tmp_path / "full", tmp_path / "out"
+    full_dir.mkdir(), out.mkdir()
+    full = run(RLConfig(**{**cfg.__dict__, "adapter": "none", "max_steps": 1, "warmup_steps": 0}),
+               {"sft": sft}, StageContext.local(full_dir, stage="rl"))
+    metrics = run(cfg, {"sft": sft}, StageContext.local(out, stage="rl"))
+    assert metrics["val_task_accuracy_before"] == full["val_task_accuracy_before"]  # no adapter init before it
+    critic = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(sft / "model").parameters())  # its decoder
+    assert critic < metrics["trainable_params"] < full["trainable_params"]  # the critic in full, the actor's adapter
+    assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"])) for line in (out / "log.jsonl").read_text().splitlines())
+    export = out / "model"
+    assert (export / adapters.ADAPTER_DIR).is_dir() == (adapter == "prefix")
+    start = dict(AutoModelForCausalLM.from_pretrained(sft / "model").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(export).named_parameters())
+    moved = {k for k in base if not torch.equal(base[k], start[k])}
+    if adapter == "prefix":
+        assert not moved  # the sft base; what ppo learnt is in the adapter
+        model = adapters.load_model(export).eval()
+        assert adapters.method_of(model) == "PREFIX_TUNING"
+        ids = torch.tensor([[1, 5, 6, 7]])
+        with torch.no_grad():
+            assert not torch.allclose(model(input_ids=ids).logits, AutoModelForCausalLM.from_pretrained(export)(input_ids=ids).logits)
+        return
+    assert moved and all(k.endswith("proj.weight") for k in moved), moved  # merged into the adapted projections
+    if adapter == "adalora":  # pruned during the run: the loop reached the actor's adapter inside ActorCritic
+        log = (out / "log.jsonl").read_text()
+        assert '"orth_reg"' in log
 
 
 def test_whiten_rewards_keeps_the_mean_as_trl_does():

@@ -66,8 +66,6 @@ class RLConfig(TrainConfig, AdapterConfig):
         check(self.group_size >= 1, "rl.group_size", self.group_size, "must be >= 1")
         self.check_ppo()
         self.check_adapter("rl")
-        check(self.adapter == "none" or self.algorithm == "grpo", "rl.adapter", self.adapter,
-              "is grpo's: ppo trains the policy and its critic as one model, in full; set none")
         check(self.dynamic_sampling >= 0, "rl.dynamic_sampling", self.dynamic_sampling, "must be >= 0 (0: off)")
         check(self.dynamic_sampling == 0 or self.algorithm == "grpo", "rl.dynamic_sampling", self.dynamic_sampling,
               "is grpo's (groups of answers to one prompt); set 0 with ppo")

@@ -5,20 +5,20 @@ batch takes ppo_epochs x num_mini_batches optimizer steps (TRL's num_ppo_epochs,
 one shuffled minibatch; batch_fn stays a pure function of the position (checkpoints fall between rollouts)."""
 from __future__ import annotations
 
-import torch
-
 import logging
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import torch
+from transformers import AutoTokenizer
 
 from components.chat.generate import generate
-from components.model.export import save_export
 from components.reward.model import scalar_head_model
 from components.rl.rollout import checker_reward
 from components.tasks import sft_examples
+from components.train import adapters
+from components.train.budget import count_parameters
 from components.train.epochs import with_epochs
-from components.train.loop import make_accelerator, train
+from components.train.loop import make_accelerator, save_model, train
 from components.reward.model import score_conversations
 from components.rl.grpo import token_logps
 from components.rl.ppo import gae, masked_whiten, ppo_loss, token_rewards
@@ -156,8 +156,8 @@ def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
     out_dir, src = ctx.out_dir, Path(inputs["sft"]) / "model"
     tokenizer = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(cfg.seed)
-    policy = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval().requires_grad_(False)
+    policy = adapters.load_trainable(src, cfg, "rl")  # an sft adapter that does not merge trains further
+    reference = adapters.load_model(src).eval().requires_grad_(False)  # the sft model as it came in
     reward_model = None
     if cfg.reward == "model":
         reward_dir = Path(inputs["reward"]) / "model"
@@ -165,29 +165,33 @@ def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
         critic = scalar_head_model(reward_dir, tokenizer.pad_token_id, cfg.seed)
     else:
         critic = scalar_head_model(src, tokenizer.pad_token_id, cfg.seed)  # the sft decoder and a fresh head
-    model = ActorCritic(policy, critic)
-    accelerator = make_accelerator(cfg, model, ctx.strategy)
-    for module in (model, reference, reward_model):
-        if module is not None:
-            module.to(accelerator.device)
     prompts = sft_examples("train", cfg.num_prompts, cfg.seed)
     heldout = sft_examples("heldout", cfg.num_val_prompts, cfg.seed)
     cfg, epochs = with_epochs(cfg, len(prompts), "prompts")
+    before = heldout_figures(policy, tokenizer, heldout, cfg, reward_model)  # the sft model, before any adapter's init
+    # rl.adapter adapts the actor alone; the critic (a separate model, as TRL's value model) trains in full
+    policy = adapters.add_adapter(policy, cfg, "rl", cfg.max_steps)
+    model = ActorCritic(policy, critic)
+    accelerator = make_accelerator(cfg, model, ctx.strategy)
+    for module in (critic, reference, reward_model) + ((policy,) if cfg.adapter != "qlora" else ()):
+        if module is not None:  # a 4-bit policy was placed on its GPU as it loaded
+            module.to(accelerator.device)
     score = reward_model_score(reward_model, tokenizer) if reward_model is not None else checker_score
     batch_fn = ppo_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast, score)
 
     def evaluate(wrapped: torch.nn.Module) -> dict:
         return heldout_figures(accelerator.unwrap_model(wrapped).policy, tokenizer, heldout, cfg, reward_model)
 
-    before = heldout_figures(policy, tokenizer, heldout, cfg, reward_model)
+    n_trainable = count_parameters(model, trainable_only=True)
+    log.info("rl (ppo): %d of %d parameters trainable (actor adapter %s; the critic in full)", n_trainable,
+             count_parameters(model), cfg.adapter)
     metrics = train(model, cfg, batch_fn, ppo_objective(cfg), out_dir, evaluate, accelerator=accelerator, ctx=ctx)
-    if accelerator.is_main_process:  # the actor alone is the rl model (single process: the loop trained it in place)
-        save_export(policy, tokenizer, out_dir / "model", accelerator.get_state_dict(policy))
-    accelerator.wait_for_everyone()
+    # the actor alone is the rl model (single process: the loop trained it in place), merged or base + adapter
+    save_model(accelerator, policy, tokenizer, out_dir / "model")
     log_path = out_dir / "log.jsonl"
     speeds, rewards = per_step(log_path, "rollout_tokens_per_s"), per_step(log_path, "reward_mean")
     tail = max(1, len(rewards) // 10)
-    return {**metrics, **epochs, **{f"{k}_before": v for k, v in before.items()},
+    return {**metrics, **epochs, **{f"{k}_before": v for k, v in before.items()}, "trainable_params": n_trainable,
             "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
             "reward_per_step": rewards, "kl_per_step": per_step(log_path, "kl"),
             "value_loss_per_step": per_step(log_path, "value_loss"),

@@ -94,10 +94,18 @@ def add_adapter(model: torch.nn.Module, cfg: AdapterConfig, section: str, total_
     return get_peft_model(model, peft_config(model, cfg, section, total_steps))
 
 
+def adapted_part(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The peft model the loop trains: the model itself, or its adapted child (ppo's ActorCritic: the actor); None."""
+    if lora.is_adapted(model):
+        return model
+    return next((child for child in model.children() if lora.is_adapted(child)), None)
+
+
 def after_update(model: torch.nn.Module, step: int) -> None:
     """What a method does after each optimizer update, the gradients still there: AdaLoRA scores its ranks'
     importance and prunes. (Its importance averages are not checkpointed: a resumed adalora run re-learns them.)"""
-    if lora.is_adapted(model) and hasattr(model.base_model, "update_and_allocate"):
+    model = adapted_part(model)
+    if model is not None and hasattr(model.base_model, "update_and_allocate"):
         model.base_model.update_and_allocate(step)
 
 
@@ -106,7 +114,8 @@ def orthogonal_penalty(model: torch.nn.Module):
     orth_reg_weight x the mean over the adapter's P (lora_A) and Q (lora_B) of ||P P^T - I||_F (||Q^T Q - I||_F).
     Our loss functions read logits, so peft never adds it: the loop does, through this function of no
     arguments (None for every other model)."""
-    if not lora.is_adapted(model) or not hasattr(model.base_model, "update_and_allocate"):
+    model = adapted_part(model)
+    if model is None or not hasattr(model.base_model, "update_and_allocate"):
         return None
     name = model.base_model.trainable_adapter_name
     weight = model.peft_config[name].orth_reg_weight
