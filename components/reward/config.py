@@ -34,9 +34,15 @@ class RewardConfig(TrainConfig, AdapterConfig, PreferenceDataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_adapter("reward")
+        # why not the others, each tried: peft 0.21's prefix tuning of a sequence classifier looks for a
+        # `past_key_values` argument, which transformers 5 renamed `cache` (it raises "Model does not support past
+        # key values"); prompt / ptuning give the classifier embeddings without ids, so a padded row's score is read
+        # at a pad; qlora: no 4-bit sequence classifier here
         check(self.adapter in ("none", *MERGING), "reward.adapter", self.adapter,
               f"the reward model is exported merged (one plain sequence classifier that eval and ppo load): "
-              f"choose none or one of {', '.join(MERGING)}")
+              f"choose none or one of {', '.join(MERGING)} (prefix: peft 0.21 cannot prefix-tune a transformers 5 "
+              "sequence classifier; prompt / ptuning: peft would read a padded row's score at a pad; qlora: no 4-bit "
+              "classifier here)")
         check(self.margin >= 0, "reward.margin", self.margin, "must be >= 0 (0: the plain pairwise loss)")
         check(self.center_coef >= 0, "reward.center_coef", self.center_coef, "must be >= 0 (0: off)")
         self.check_preference_data()
