@@ -41,10 +41,9 @@ class CrossStageChecks:
         check(self.extend.enabled or self.run.until != "extend", "run.until", self.run.until,
               "the extend stage is off: set extend.enabled=true, or stop at another stage")
         check_adapters(self)
-        check(not (self.rl.enabled and not self.rl.algorithm == "grpo" and self.rl.reward == "model")
-              or self.reward.enabled, "reward.enabled", self.reward.enabled,
-              "rl.algorithm=ppo with rl.reward=model scores answers with the reward stage's model: set "
-              "reward.enabled=true, or rl.reward=checker")
+        check(not (self.rl.enabled and self.rl.reward_source == "model") or self.reward.enabled, "reward.enabled",
+              self.reward.enabled, f"rl.reward={self.rl.reward} (with rl.algorithm={self.rl.algorithm}) scores answers with "
+              "the reward stage's model: set reward.enabled=true, or rl.reward=checker")
         if self.extend.enabled and init is None:  # an imported model's context is known only from its files, at run time
             short = self.pretrain.model.context_length
             check(self.extend.context_length > short, "extend.context_length", self.extend.context_length,

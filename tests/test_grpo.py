@@ -12,6 +12,7 @@ from components.rl.config import RLConfig
 from components.rl.grpo import group_advantages, grpo_loss, token_logps
 from components.rl.run import grpo_objective, rollout_source
 from components.rl.rollout import rollout_batch
+from components.rl.scores import per_answer
 from components.tasks import sft_examples
 from components.train.loop import make_accelerator, train
 from tests.tiny import save_tiny_model, tiny_tokenizer
@@ -124,7 +125,7 @@ def test_tiny_run_raises_the_mean_reward(sft_dir, tokenizer, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=torch.float32)
     accelerator = make_accelerator(cfg, model)
     prompts = sft_examples("train", 64)
-    batch_fn = rollout_source(model, None, tokenizer, prompts, cfg, accelerator.autocast, starts_early_in_alphabet)
+    batch_fn = rollout_source(model, None, tokenizer, prompts, cfg, accelerator.autocast, per_answer(starts_early_in_alphabet))
     train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
           ctx=StageContext.local(tmp_path, stage="rl"))
     rewards = [json.loads(line)["reward_mean"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -147,7 +148,7 @@ def test_dynamic_sampling_keeps_the_groups_that_disagree_and_redraws_the_same_on
     autocast = make_accelerator(off, model).autocast  # sampled in bf16 where the CPU has it, fp32 where not
 
     def first_batch(cfg):
-        return rollout_source(model, None, tokenizer, prompts, cfg, autocast, starts_early_in_alphabet)(0, 0)
+        return rollout_source(model, None, tokenizer, prompts, cfg, autocast, per_answer(starts_early_in_alphabet))(0, 0)
 
     plain, dynamic = first_batch(off), first_batch(on)
     assert "prompts_sampled" not in plain["stats"]
@@ -195,7 +196,7 @@ def test_rollouts_and_updates_run_in_the_resolved_precision_on_either_kind_of_cp
             module.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
     accelerator = make_accelerator(cfg, model)
     batch_fn = rollout_source(model, None, tokenizer, sft_examples("train", 8), cfg, accelerator.autocast,
-                              starts_early_in_alphabet)
+                              per_answer(starts_early_in_alphabet))
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), tmp_path, accelerator=accelerator,
                     ctx=StageContext.local(tmp_path, stage="rl"))
     assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")
@@ -225,6 +226,48 @@ def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path, cp
     assert resumed["val_task_accuracy"] == metrics["val_task_accuracy"]
 
 
+def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_stage(sft_dir, tokenizer, tmp_path):
+    """rl.reward=model with grpo: the reward stage's model scores every sampled answer (real-valued rewards, the
+    same scores score_conversations gives), the held-out figures gain its mean score, and the plan makes the
+    reward stage an input of rl only then (auto: checker with grpo, model with ppo)."""
+    from flows.config import PipelineConfig
+    from flows.plan import make_plan
+
+    from components.reward.config import RewardConfig
+    from components.reward.model import scalar_head_model, score_conversations
+    from components.rl.run import run
+
+    reward_dir = tmp_path / "reward"
+    scalar_head_model(sft_dir / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
+    cfg = RLConfig(enabled=True, reward="model", max_steps=2, warmup_steps=1, lr=1e-3, batch_size=2, group_size=4,
+                   max_new_tokens=3, num_prompts=16, num_val_prompts=4, mixed_precision="no", log_every=100, eval_every=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    metrics = run(cfg, {"sft": sft_dir, "reward": reward_dir}, StageContext.local(out, stage="rl"))
+    assert "val_reward_model_score" in metrics and "val_reward_model_score_before" in metrics
+    rewards = metrics["reward_per_step"]
+    assert len(rewards) == 2 and all(r not in (0.0, 1.0) for r in rewards)  # a score, not the checker's 1/0
+    # the first step's rollouts, sampled again as the stage sampled them: their rewards are the reward model's scores
+    from transformers import AutoModelForCausalLM
+
+    from components.chat.batches import epoch_indices
+    from components.rl.rollout import sample_answers
+
+    examples = [sft_examples("train", 16, cfg.seed)[i] for i in epoch_indices(16, 2, cfg.seed, 0)]  # position 0's
+    _, _, answers, _ = sample_answers(AutoModelForCausalLM.from_pretrained(sft_dir / "model"), tokenizer, examples, cfg,
+                                      cfg.seed * 1_000_003)
+    model = scalar_head_model(reward_dir / "model", tokenizer.pad_token_id, seed=0).eval()
+    scores = score_conversations(model, tokenizer, [examples[i // 4]["messages"][:-1] + [{"role": "assistant", "content": a}]
+                                                    for i, a in enumerate(answers)], 8)
+    assert rewards[0] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+    grpo = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True), reward=RewardConfig(enabled=True)))}
+    assert grpo["rl"].inputs == {"sft": grpo["sft"].key}  # auto: the checker; the reward model's key is not rl's
+    on = {s.stage: s for s in make_plan(PipelineConfig(rl=RLConfig(enabled=True, reward="model"), reward=RewardConfig(enabled=True)))}
+    assert on["rl"].inputs == {"sft": on["sft"].key, "reward": on["reward"].key}
+    with pytest.raises(ValueError, match=r"reward\.enabled.*rl\.reward=model"):
+        PipelineConfig(rl=RLConfig(enabled=True, reward="model"), reward=RewardConfig(enabled=False))
+
+
 @pytest.mark.parametrize("adapter", ["lora", "prefix", "prompt"])
 def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokenizer, tmp_path, adapter, monkeypatch):
     """rl.adapter (grpo): the held-out figure before training is the sft model's, the adapter moves, the base
@@ -237,7 +280,7 @@ def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokeni
     from components.train import adapters
 
     # the tiny model never answers a task right: a reward it can earn gives the adapter a gradient
-    monkeypatch.setattr(rl_run, "rollout_source", lambda *a: rollout_source(*a, reward=starts_early_in_alphabet))
+    monkeypatch.setattr(rl_run, "rollout_source", lambda *a: rollout_source(*a[:6], score=per_answer(starts_early_in_alphabet)))
     cfg = RLConfig(enabled=True, max_steps=3, warmup_steps=1, lr=5e-2, batch_size=4, group_size=4, max_new_tokens=4,
                    num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100, eval_every=0,
                    adapter=adapter, lora_rank=4, num_virtual_tokens=4)

@@ -7,15 +7,16 @@ from components.train.adapter_config import AdapterConfig
 from components.train.config import TrainConfig
 
 ALGORITHMS = ("grpo", "ppo")
-REWARDS = ("model", "checker")
+REWARDS = ("auto", "model", "checker")
 LOSSES = ("grpo", "dapo")
 SCALE_REWARDS = ("group", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RLConfig(TrainConfig, AdapterConfig):
-    """RL from verifiable rewards after sft: each step samples group_size answers per generated task prompt,
-    rewards them 1/0 with the task's checker (exact match, as eval scores), and takes a clipped
+    """RL from rewards after sft: each step samples group_size answers per generated task prompt,
+    rewards them 1/0 with the task's checker (exact match, as eval scores; or with the reward stage's model,
+    rl.reward=model), and takes a clipped
     policy-gradient step on the group-normalised advantages with a KL penalty to the frozen sft model
     (GRPO, Shao et al. 2024, as TRL's GRPOTrainer computes it). On by default; rl.enabled=false drops it."""
 
@@ -44,8 +45,9 @@ class RLConfig(TrainConfig, AdapterConfig):
     max_new_tokens: int = 16  # answer budget per rollout (the tasks' answers are a few tokens)
     num_prompts: int = 4000  # training prompts: generated tasks of the train split, drawn in seeded order
     num_val_prompts: int = 200  # held-out task prompts scored (greedy, exact match) at each validation
-    # ppo only: model: the reward stage's model scores (prompt, answer) (needs reward.enabled=true) | checker: the task's
-    reward: str = "model"
+    # what scores an answer: model: the reward stage's model scores (prompt, answer) (needs reward.enabled=true) |
+    # checker: the task's check, 1/0 | auto: checker with grpo, model with ppo (reward_source)
+    reward: str = "auto"
     kl_coef: float = 0.05  # ppo: per-token reward -kl_coef * (logp - ref_logp) (TRL's kl_coef); 0: no KL penalty
     gamma: float = 1.0  # ppo: discount of GAE (TRL's)
     lam: float = 0.95  # ppo: GAE's lambda (TRL's)
@@ -105,6 +107,13 @@ class RLConfig(TrainConfig, AdapterConfig):
         """Optimizer steps on each rollout batch: ppo's epochs x minibatches; grpo takes one (its ratio is 1)."""
         return self.ppo_epochs * self.num_mini_batches if self.algorithm == "ppo" else 1
 
+    @property
+    def reward_source(self) -> str:
+        """model or checker: rl.reward, with auto resolved (checker for grpo, model for ppo)."""
+        if self.reward != "auto":
+            return self.reward
+        return "checker" if self.algorithm == "grpo" else "model"
+
     def reads_input(self, role: str) -> bool:
-        """The reward stage's model is an input only of ppo with reward=model (components/stages.py)."""
-        return role != "reward" or (self.algorithm == "ppo" and self.reward == "model")
+        """The reward stage's model is an input only where it scores the answers (components/stages.py)."""
+        return role != "reward" or self.reward_source == "model"

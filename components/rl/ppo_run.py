@@ -11,16 +11,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from components.chat.generate import generate
 from components.reward.model import scalar_head_model
-from components.rl.rollout import checker_reward
 from components.tasks import sft_examples
 from components.train import adapters
 from components.train.budget import count_parameters
 from components.train.epochs import with_epochs
 from components.train.loop import make_accelerator, save_model, train
-from components.reward.model import score_conversations
 from components.rl.grpo import token_logps
+from components.rl.scores import checker_score, heldout_figures, reward_model_score
 from components.rl.ppo import gae, masked_whiten, ppo_loss, token_rewards
 from components.rl.rollout import positional_source, rollout_batch, sample_answers, stop_ids
 from components.train.device import model_device
@@ -128,28 +126,6 @@ def ppo_source(actor_critic, reference, tokenizer, prompts: list[dict], cfg, aut
         actor_critic, reference, tokenizer, examples, cfg, seed, autocast, score), minibatch(cfg))
 
 
-def reward_model_score(reward_model, tokenizer, batch_size: int = 64):
-    """score(answers, examples): the reward model's score of each (prompt, answer) conversation."""
-    def score(answers: list[str], examples: list[dict]) -> list[float]:
-        conversations = [ex["messages"][:-1] + [{"role": "assistant", "content": a}] for a, ex in zip(answers, examples)]
-        return score_conversations(reward_model, tokenizer, conversations, batch_size)
-
-    return score
-
-
-def checker_score(answers: list[str], examples: list[dict]) -> list[float]:
-    return [checker_reward(a, ex) for a, ex in zip(answers, examples)]
-
-
-def heldout_figures(policy, tokenizer, examples: list[dict], cfg, reward_model) -> dict:
-    """Greedy answers to held-out prompts: task accuracy, and the reward model's mean score when there is one."""
-    answers = generate(policy, tokenizer, [ex["messages"][:-1] for ex in examples], cfg.max_new_tokens, batch_size=64)
-    out = {"val_task_accuracy": sum(checker_score(answers, examples)) / len(examples)}
-    if reward_model is not None:
-        out["val_reward_model_score"] = sum(reward_model_score(reward_model, tokenizer)(answers, examples)) / len(examples)
-    return out
-
-
 def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
     """The rl stage with algorithm=ppo: actor and reference from sft, the critic (and the scorer with
     reward=model) from the reward stage's model; the actor is exported as the rl model."""
@@ -159,7 +135,7 @@ def run_ppo(cfg, inputs: dict[str, Path], ctx, per_step) -> dict:
     policy = adapters.load_trainable(src, cfg, "rl")  # an sft adapter that does not merge trains further
     reference = adapters.load_model(src).eval().requires_grad_(False)  # the sft model as it came in
     reward_model = None
-    if cfg.reward == "model":
+    if cfg.reward_source == "model":
         reward_dir = Path(inputs["reward"]) / "model"
         reward_model = scalar_head_model(reward_dir, tokenizer.pad_token_id, cfg.seed).eval().requires_grad_(False)
         critic = scalar_head_model(reward_dir, tokenizer.pad_token_id, cfg.seed)

@@ -1,5 +1,6 @@
 """Rollouts: G sampled answers per task prompt through the model's `generate` (the GenerationConfig of
-components/chat/generate.py), rewarded 1/0 by the task's checker, laid out for the GRPO loss."""
+components/chat/generate.py), rewarded by the task's checker (1/0) or the reward model (components/rl/scores.py),
+laid out for the GRPO loss."""
 from __future__ import annotations
 
 import contextlib
@@ -11,12 +12,8 @@ from components.chat.batches import epoch_indices
 from components.chat.generate import cut_answer, generation_config
 from components.chat.template import end_of_turn
 from components.rl.grpo import group_advantages, token_logps
+from components.rl.scores import checker_score
 from components.train.device import model_device
-
-
-def checker_reward(answer: str, example: dict) -> float:
-    """The task's check, as eval scores it: exact match of the answer, whitespace stripped."""
-    return float(answer.strip() == example["answer"].strip())
 
 
 def stop_ids(config) -> set[int]:
@@ -82,10 +79,10 @@ def rollout_batch(prompt_ids: list[list[int]], answer_ids: list[list[int]], rewa
             "n_targets": n if cfg.loss == "grpo" else n_answer_tokens, "n_tokens": int(attention_mask.sum())}
 
 
-def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autocast, reward,
+def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autocast, score,
                   more=None) -> tuple[list[list[int]], list[list[int]], list[float], float, int, float]:
-    """(prompt ids, answer ids and reward per answer; sampling seconds, prompts sampled, share of them whose
-    group had no signal). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
+    """(prompt ids, answer ids and reward per answer, score(answers, examples) of each draw's answers; sampling
+    seconds, prompts sampled, share of them whose group had no signal). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
     len(examples) groups disagree (a group of equal rewards has zero advantages: no gradient), up to R more
     draws of prompts, more(r); the batch keeps len(examples) groups, those that disagree first."""
     size, rounds = cfg.group_size, cfg.dynamic_sampling
@@ -95,9 +92,10 @@ def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autoca
         prompt_ids, answer_ids, answers, spent = sample_answers(model, tokenizer, batch_examples, cfg,
                                                                 seed if r == 0 else seed * 1_000 + r, autocast)
         seconds, drawn = seconds + spent, drawn + len(batch_examples)
-        for i, example in enumerate(batch_examples):
+        rewards = score(answers, [ex for ex in batch_examples for _ in range(size)])
+        for i in range(len(batch_examples)):
             rows = slice(i * size, (i + 1) * size)
-            groups.append((prompt_ids[i * size], answer_ids[rows], [reward(a, example) for a in answers[rows]]))
+            groups.append((prompt_ids[i * size], answer_ids[rows], rewards[rows]))
         if sum(not flat(g) for g in groups) >= len(examples):
             break
     flat_share = sum(map(flat, groups)) / len(groups)
@@ -113,12 +111,12 @@ def flat(group: tuple) -> bool:
 
 
 def make_rollouts(model, reference, tokenizer, examples: list[dict], cfg, seed: int, autocast,
-                  reward=checker_reward, more=None) -> dict:
+                  score=checker_score, more=None) -> dict:
     """One global micro-batch of rollouts with the reference's per-token log-probs and the step's rollout
     figures (mean reward, share of groups with no signal, answer length, rollout tokens/s; with
     dynamic sampling, the prompts sampled and the share of their groups that had no signal)."""
     prompt_ids, answer_ids, rewards, seconds, drawn, flat_share = sample_groups(model, tokenizer, examples, cfg, seed,
-                                                                          autocast, reward, more)
+                                                                          autocast, score, more)
     batch = rollout_batch(prompt_ids, answer_ids, rewards, cfg, tokenizer.pad_token_id)
     if cfg.beta:
         with torch.no_grad(), autocast():

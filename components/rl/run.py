@@ -1,4 +1,5 @@
-"""RL stage (GRPO with checker rewards): the sft model is the starting policy and the frozen reference.
+"""RL stage (GRPO with checker rewards, or the reward model's): the sft model is the starting policy and the
+frozen reference.
 
 Inside the shared training loop: batch_fn(step, micro) samples that position's rollouts from the
 current policy (the prompts and the sampling seed are functions of the position, so a resumed run
@@ -15,11 +16,12 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from components.chat.generate import generate
 from components.context import StageContext
 from components.rl.config import RLConfig
 from components.rl.grpo import grpo_loss, token_logps
-from components.rl.rollout import checker_reward, make_rollouts, positional_source
+from components.reward.model import scalar_head_model
+from components.rl.rollout import make_rollouts, positional_source
+from components.rl.scores import checker_score, heldout_figures, reward_model_score
 from components.tasks import sft_examples
 from components.train import adapters
 from components.train.budget import count_parameters
@@ -47,21 +49,15 @@ def grpo_objective(cfg: RLConfig):
 
 
 def rollout_source(model, reference, tokenizer, prompts: list[dict], cfg: RLConfig, autocast,
-                   reward=checker_reward):
+                   score=checker_score):
     """The loop's batch_fn: the GRPO rollouts of the micro-batch at a position, sampled from the current policy.
-    reward(answer, example) -> float."""
+    score(answers, examples) -> [float]."""
     def more(seed: int, round_: int) -> list[dict]:  # dynamic sampling's extra prompts: from the position's seed
         rng = random.Random(seed * 1_000 + round_)  # alone, so a resumed run draws what it would have drawn
         return [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.batch_size, len(prompts)))]
 
     return positional_source(prompts, cfg, lambda examples, seed: make_rollouts(
-        model, reference, tokenizer, examples, cfg, seed, autocast, reward, more=lambda r: more(seed, r)))
-
-
-def heldout_accuracy(model, tokenizer, examples: list[dict], cfg: RLConfig) -> float:
-    """Greedy exact-match accuracy on held-out task prompts (what eval's task_accuracy measures)."""
-    answers = generate(model, tokenizer, [ex["messages"][:-1] for ex in examples], cfg.max_new_tokens, batch_size=64)
-    return sum(checker_reward(a, ex) for a, ex in zip(answers, examples)) / len(examples)
+        model, reference, tokenizer, examples, cfg, seed, autocast, score, more=lambda r: more(seed, r)))
 
 
 def per_step(log_path: Path, key: str) -> list[float]:
@@ -88,26 +84,31 @@ def run(cfg: RLConfig, inputs: dict[str, Path], ctx: StageContext) -> dict:
     if cfg.adapter != "qlora":  # a 4-bit model was placed on its GPU as it loaded
         model.to(accelerator.device)
     reference.to(accelerator.device)
+    reward_model = None
+    if cfg.reward_source == "model":  # the reward stage's model scores each answer (needs reward.enabled)
+        reward_model = scalar_head_model(Path(inputs["reward"]) / "model", tokenizer.pad_token_id, cfg.seed)
+        reward_model = reward_model.eval().requires_grad_(False).to(accelerator.device)
+    score = reward_model_score(reward_model, tokenizer) if reward_model is not None else checker_score
     prompts = sft_examples("train", cfg.num_prompts, cfg.seed)
     heldout = sft_examples("heldout", cfg.num_val_prompts, cfg.seed)
     cfg, epochs = with_epochs(cfg, len(prompts), "prompts")
-    before = heldout_accuracy(model, tokenizer, heldout, cfg)  # the sft model, before any adapter's init
+    before = heldout_figures(model, tokenizer, heldout, cfg, reward_model)  # the sft model, before any adapter's init
     model = adapters.add_adapter(model, cfg, "rl", cfg.max_steps)  # adalora schedules its pruning by the steps
-    batch_fn = rollout_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast)
+    batch_fn = rollout_source(model, reference, tokenizer, prompts, cfg, accelerator.autocast, score)
 
     def evaluate(policy: torch.nn.Module) -> dict:
-        return {"val_task_accuracy": heldout_accuracy(accelerator.unwrap_model(policy), tokenizer, heldout, cfg)}
+        return heldout_figures(accelerator.unwrap_model(policy), tokenizer, heldout, cfg, reward_model)
 
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    log.info("rl: sft model's held-out accuracy %.3f on %d prompts; %d training prompts, %d answers each; "
-             "%d of %d parameters trainable (adapter %s)", before, len(heldout), len(prompts), cfg.group_size,
-             n_trainable, n_params, cfg.adapter)
+    log.info("rl: sft model's held-out figures %s on %d prompts; %d training prompts, %d answers each, rewarded by "
+             "the %s; %d of %d parameters trainable (adapter %s)", before, len(heldout), len(prompts), cfg.group_size,
+             cfg.reward_source, n_trainable, n_params, cfg.adapter)
     metrics = train(model, cfg, batch_fn, grpo_objective(cfg), out_dir, evaluate, accelerator=accelerator,
                     export=(tokenizer, out_dir / "model"), ctx=ctx)
     rewards, kls = per_step(out_dir / "log.jsonl", "reward_mean"), per_step(out_dir / "log.jsonl", "kl")
     speeds = per_step(out_dir / "log.jsonl", "rollout_tokens_per_s")
     tail = max(1, len(rewards) // 10)
-    return {**metrics, **epochs, "val_task_accuracy_before": before, "trainable_params": n_trainable,
+    return {**metrics, **epochs, **{f"{k}_before": v for k, v in before.items()}, "trainable_params": n_trainable,
             "reward_mean_first": sum(rewards[:tail]) / tail, "reward_mean_last": sum(rewards[-tail:]) / tail,
             "rollout_tokens_per_s": round(sum(speeds) / max(1, len(speeds)), 1),
             "reward_per_step": rewards, "kl_per_step": kls}
