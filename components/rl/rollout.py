@@ -81,8 +81,9 @@ def rollout_batch(prompt_ids: list[list[int]], answer_ids: list[list[int]], rewa
 
 def sample_groups(model, tokenizer, examples: list[dict], cfg, seed: int, autocast, score,
                   more=None) -> tuple[list[list[int]], list[list[int]], list[float], float, int, float]:
-    """(prompt ids, answer ids and reward per answer, score(answers, examples) of each draw's answers; sampling
-    seconds, prompts sampled, share of them whose group had no signal). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
+    """(prompt ids, answer ids and reward per answer; sampling seconds, prompts sampled, share of them whose
+    group had no signal). score(answers, examples) rewards each draw's answers at once (a reward model scores
+    them in batches). With cfg.dynamic_sampling = R (DAPO's dynamic sampling), while fewer than
     len(examples) groups disagree (a group of equal rewards has zero advantages: no gradient), up to R more
     draws of prompts, more(r); the batch keeps len(examples) groups, those that disagree first."""
     size, rounds = cfg.group_size, cfg.dynamic_sampling
