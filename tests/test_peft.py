@@ -1,6 +1,7 @@
 """PEFT methods (sft.adapter / align.adapter): each trains only its own parameters, exports a model that
 transformers + peft load with the logits it had in training, and the combinations that cannot work fail
 at config time naming their key."""
+import dataclasses
 import json
 import math
 
@@ -81,6 +82,51 @@ def test_each_method_trains_only_its_parameters_and_its_export_loads_with_the_sa
         loaded = AutoModelForCausalLM.from_pretrained(export)
     torch.testing.assert_close(logits_of(loaded, batch), trained, atol=1e-5, rtol=0)
     torch.testing.assert_close(logits_of(adapters.load_model(export), batch), trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ptuning", "lora"])
+def test_generation_with_virtual_tokens_answers_as_the_trained_model_does(method, tokenizer):
+    """Every answer the project generates (eval, chat, rollouts) goes through adapters.generate: batched, left-padded
+    chat prompts of different lengths give, token for token, the greedy answers of full forward passes over each
+    unpadded prompt (the computation training optimises); the same with several answers a prompt. Weights are
+    randomised so that the virtual tokens change the answers (a freshly initialised adapter barely does)."""
+    from components.chat.generate import generate
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, n_layers=2), tokenizer, seed=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.5)
+    model = adapters.add_adapter(model, SFTConfig(adapter=method, **SMALL), "sft", 10).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0, 3.0)
+    prompts = [ex["messages"][:-1] for ex in sft_examples("heldout", 5, 0)]
+    lengths = {len(tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False)["input_ids"]) for p in prompts}
+    assert len(lengths) > 1  # the batch is padded
+
+    def full_forward_greedy(prompt, n: int) -> list[int]:
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        for _ in range(n):
+            with torch.no_grad():
+                ids = torch.cat([ids, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1:].argmax(-1)], 1)
+        return ids[0, -n:].tolist()
+
+    n = 6
+    config = dict(min_new_tokens=n, eos_token_id=None)  # every answer n tokens long: compared as ids
+    answers = generate(model, tokenizer, prompts, n, batch_size=5, **config)
+    expected = [tokenizer.decode(full_forward_greedy(p, n), skip_special_tokens=False) for p in prompts]
+    from components.chat.generate import cut_answer
+    from components.chat.template import end_of_turn
+
+    assert answers == [cut_answer(tokenizer, e, end_of_turn(tokenizer)) for e in expected]
+    # sampling among the top token only is greedy: two answers a prompt, as rollouts draw them, both the greedy one
+    twice = generate(model, tokenizer, prompts, n, batch_size=5, num_return_sequences=2, do_sample=True, top_k=1, **config)
+    assert twice == [a for a in answers for _ in range(2)]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: qlora can run (tests/test_gpu.py)")

@@ -12,6 +12,7 @@ import logging
 import torch
 
 from components.chat.template import end_of_turn
+from components.train import adapters
 from components.train.device import model_device
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
                         return_token_type_ids=False).to(model_device(model))
         if seed is not None:
             torch.manual_seed(seed * 1_000_003 + batch_index)
-        out = model.generate(**enc, generation_config=config)
+        out = adapters.generate(model, enc["input_ids"], enc["attention_mask"], generation_config=config)
         for row in out[:, enc["input_ids"].shape[1] :].cpu():
             answers.append(cut_answer(tokenizer, tokenizer.decode(row, skip_special_tokens=False), end))
     return answers

@@ -16,6 +16,7 @@ import torch
 
 from components.chat.generate import cut_answer, generation_config
 from components.chat.template import end_of_turn, with_system_prompt
+from components.train import adapters
 from components.train.device import default_device, model_device
 
 Write = Callable[[str], None]
@@ -39,8 +40,6 @@ def decoding_kwargs(temperature: float = 0.0, top_k: int | None = None, top_p: f
 def load_model(model_dir: Path):
     """(model, tokenizer) of an exported model directory, on the GPU when there is one."""
     from transformers import AutoTokenizer
-
-    from components.train import adapters
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:
@@ -83,7 +82,7 @@ class Chat:
         ids = self._prompt_ids(write)
         mask = torch.ones_like(ids)
         if (self.config.num_beams or 1) > 1:  # transformers streams no beam search: the answer comes whole
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config)
+            out = adapters.generate(self.model, ids, mask, generation_config=self.config)
             answer = self._visible(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False))
             write(answer)
         else:
@@ -100,7 +99,7 @@ class Chat:
 
         def decode() -> None:
             try:
-                self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config, streamer=streamer)
+                adapters.generate(self.model, ids, mask, generation_config=self.config, streamer=streamer)
             except BaseException as err:  # re-raised below, in the caller's thread
                 failure.append(err)
                 streamer.end()

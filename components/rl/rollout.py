@@ -13,6 +13,7 @@ from components.chat.generate import cut_answer, generation_config
 from components.chat.template import end_of_turn
 from components.rl.grpo import group_advantages, token_logps
 from components.rl.scores import checker_score
+from components.train import adapters
 from components.train.device import model_device
 
 
@@ -47,7 +48,7 @@ def sample_answers(model, tokenizer, examples: list[dict], cfg, seed: int,
     torch.manual_seed(seed)
     start = time.perf_counter()
     with autocast():
-        out = model.generate(**enc, generation_config=config).cpu()
+        out = adapters.generate(model, enc["input_ids"], enc["attention_mask"], generation_config=config).cpu()
     seconds = time.perf_counter() - start
     width, stops, end = enc["input_ids"].shape[1], stop_ids(config), end_of_turn(tokenizer)
     prompts = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]

@@ -151,6 +151,39 @@ def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
     return model
 
 
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    """model.generate(input_ids=..., attention_mask=..., **kwargs): the prompt ids and the new tokens, for a plain
+    model and for peft's virtual-token methods alike. Through peft's own generate those are wrong with
+    transformers 5 (peft 0.21.2 puts its prefix in `past_key_values`, which generate's `cache` overrides, so a
+    prefix model answers as its base; prompt and p-tuning insert their virtual tokens again at every cached
+    step). Here the base model generates from the virtual tokens itself: the prefix as a pre-filled cache (one
+    dummy id per virtual position, which generate skips), prompt embeddings ahead of the prompt's, the mask
+    covering them; left padding stays between them and the prompt, so every real token sits where training put
+    it (tests/test_peft.py checks greedy answers against full forward passes, one unpadded row at a time)."""
+    if not (lora.is_adapted(model) and model.active_peft_config.is_prompt_learning):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    import copy
+
+    config = copy.deepcopy(kwargs.pop("generation_config", None) or model.generation_config)
+    config.update(**{k: kwargs.pop(k) for k in list(kwargs) if hasattr(config, k)})  # streamer etc. stay kwargs
+    repeat = config.num_return_sequences or 1
+    if repeat > 1:  # expanded here: generate would not expand a cache handed to it
+        input_ids, attention_mask = input_ids.repeat_interleave(repeat, 0), attention_mask.repeat_interleave(repeat, 0)
+        config.num_return_sequences = 1
+    peft_config, base = model.active_peft_config, model.get_base_model()
+    n, virtual = input_ids.shape[0], peft_config.num_virtual_tokens
+    mask = torch.cat([attention_mask.new_ones(n, virtual), attention_mask], 1)
+    if peft_config.peft_type.value == "PREFIX_TUNING":
+        dummy = input_ids.new_full((n, virtual), config.pad_token_id or 0)
+        out = base.generate(input_ids=torch.cat([dummy, input_ids], 1), attention_mask=mask,
+                            past_key_values=model.get_prompt(batch_size=n), generation_config=config, **kwargs)
+        return out[:, virtual:]
+    embeds = model.word_embeddings(input_ids)
+    embeds = torch.cat([model.get_prompt(batch_size=n).to(embeds.dtype), embeds], 1)
+    new = base.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, **kwargs)
+    return torch.cat([input_ids, new], 1)  # from embeddings alone, generate returns the new tokens only
+
+
 def harness_adapter(model_dir: Path) -> str | None:
     """The adapter directory for lm-evaluation-harness (HFLM(peft=...)), None for a plain model. A prompt or
     p-tuning adapter is refused: its model returns logits for the virtual tokens too, which the harness would
