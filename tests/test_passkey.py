@@ -97,6 +97,31 @@ def test_rope_conditions_set_the_loaded_models_rope(model_dir):
         assert not torch.allclose(logits[name], logits["none"], atol=1e-3), name
 
 
+def test_an_unmerged_adapter_export_is_measured_with_its_adapter_under_each_rope(model_dir, tmp_path, tokenizer):
+    """An sft / align / rl export that is base + prefix adapter (sft.adapter=prefix): each condition loads the
+    base under its RoPE and puts the adapter back, and the greedy answers are the adapted model's."""
+    from transformers import AutoModelForCausalLM
+
+    from components.sft.config import SFTConfig
+    from components.train import adapters
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = adapters.add_adapter(base, SFTConfig(adapter="prefix", num_virtual_tokens=4), "sft", 10)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0, 3.0)
+    export = tmp_path / "export"
+    model.save_pretrained(export / adapters.ADAPTER_DIR)
+    base.save_pretrained(export)
+    linear = pk.load_with_rope(export, "linear", 2.0, CONTEXT, "cpu")
+    assert adapters.method_of(linear) == "PREFIX_TUNING"
+    assert linear.get_base_model().config.rope_parameters["rope_type"] == "linear"
+    prompts = [[tokenizer.bos_token_id, *range(10, 30)]] * 2
+    plain = pk.greedy(pk.load_with_rope(model_dir, "linear", 2.0, CONTEXT, "cpu"), tokenizer, prompts, 4, 2)
+    assert pk.greedy(linear, tokenizer, prompts, 4, 2) != plain  # the prefix is part of the measured model
+
+
 def test_conditions_for_models_with_and_without_extend(model_dir, tmp_path, tokenizer):
     cfg = EvalConfig()
     assert [c for c, _ in pk.conditions_for(cfg, model_dir, None)] == ["none", "linear", "dynamic", "yarn"]

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from components.model.build import max_positions, rope_parameters
 from components.model.config import ModelConfig
 from components.tasks.passkey import KEY_SENTENCE, QUESTION, answered, random_key
+from components.train import adapters
 from components.train.device import model_device
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def load_with_rope(model_dir: Path, scaling: str, factor: float, original: int, 
         scaled = ModelConfig(rope_scaling=scaling, rope_factor=factor)
         config.rope_parameters = rope_parameters(scaled, config.rope_parameters["rope_theta"], original)
         config.max_position_embeddings = max_positions(scaled, original)
-    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32).to(device).eval()
+    return adapters.load_model(model_dir, config=config).to(device).eval()  # with its adapter where it does not merge
 
 
 @torch.no_grad()
@@ -102,8 +103,8 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     out = []
     for i in range(0, len(prompts), batch_size):
         ids = torch.tensor(prompts[i : i + batch_size], device=model_device(model))
-        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = adapters.generate(model, ids, torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         out += new[:, ids.shape[1] :].tolist()
     return out
 

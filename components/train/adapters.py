@@ -131,12 +131,13 @@ def orthogonal_penalty(model: torch.nn.Module):
     return penalty if weight else None
 
 
-def load_model(model_dir: Path, trainable: bool = False) -> torch.nn.Module:
+def load_model(model_dir: Path, trainable: bool = False, config=None) -> torch.nn.Module:
     """An exported model in float32: the plain Hugging Face model, or base + adapter where the method does
-    not merge (trainable: the adapter trains further, the base stays frozen)."""
+    not merge (trainable: the adapter trains further, the base stays frozen). config: a model config to load
+    the weights under instead of the saved one (eval's passkey conditions set its RoPE)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **({"config": config} if config else {}))
     adapter = Path(model_dir) / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         return model
