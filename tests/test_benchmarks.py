@@ -117,6 +117,31 @@ def test_figures_equal_the_lm_eval_command_line_on_the_export(scored, planted, t
         assert benchmarks.summarize(spec, cli, name) == scores[name]
 
 
+def test_a_prefix_export_is_scored_by_log_likelihood_and_its_generation_tasks_are_recorded_not_scored(scored, planted,
+                                                                                                       tmp_path):
+    """A base + prefix adapter export: the harness's log-likelihood tasks score the adapted model; its generation
+    tasks are left out with the reason (peft's generate would answer as the base), in metrics and the table."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.sft.config import SFTConfig
+    from components.train import adapters
+
+    cfg, tasks_dir, plain = scored
+    base = AutoModelForCausalLM.from_pretrained(planted / "model")
+    model = adapters.add_adapter(base, SFTConfig(adapter="prefix", num_virtual_tokens=4), "sft", 10)
+    export = tmp_path / "export"
+    model.save_pretrained(export / adapters.ADAPTER_DIR)
+    base.save_pretrained(export)
+    AutoTokenizer.from_pretrained(planted / "model").save_pretrained(export)
+    assert [s.generates for s in cfg.benchmark_specs] == [False, False, False, True]  # gsm8k; the user yaml: choice
+    scores = benchmarks.score_model(cfg, tasks_dir, export, "cpu", chat_template=False)
+    skipped = scores["embedded_arithmetic"]
+    assert skipped["value"] is None and "prefix" in skipped["skipped"] and skipped["n"] == 0
+    assert scores["planted"]["value"] is not None and scores["planted"]["n"] == len(THINGS)
+    table = "\n".join(benchmarks.table({"base": {"benchmarks": plain}, "sft": {"benchmarks": scores}}, ["base", "sft"]))
+    assert "| embedded_arithmetic | gsm8k |" in table and "not scored" in table
+
+
 @pytest.mark.parametrize("entries", [
     ({"name": "x", "task": "arc_easy", "path": "/no/such/file.jsonl"}, r"eval.benchmarks\[0\].path"),
     ({"name": "x", "task": "piqa", "path": None}, r"eval.benchmarks\[0\].path"),  # no embedded piqa

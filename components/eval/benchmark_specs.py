@@ -79,6 +79,14 @@ class BenchmarkSpec:
         return self.max_gen_toks or (EMBEDDED_MAX_GEN_TOKS if self.embedded else HARNESS_MAX_GEN_TOKS)
 
     @property
+    def generates(self) -> bool:
+        """Whether the harness generates for it (output_type generate_until): a standard generate task, or a user
+        task whose yaml says so."""
+        if self.task_yaml is not None:
+            return "generate_until" in Path(self.task_yaml).read_text(encoding="utf-8")
+        return self.task in GENERATES
+
+    @property
     def embedded(self) -> str | None:
         return EMBEDDED[self.task] if self.task in EMBEDDED and not self.files else None
 

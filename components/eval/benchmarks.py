@@ -142,7 +142,15 @@ def score_model(cfg: EvalConfig, tasks_dir: Path, model_dir: Path, device: str, 
                              f"set {spec.key}.max_gen_toks below it (e.g. {lm.max_length // 2})")
     managers: dict[Path, TaskManager] = {}
     scores = {}
+    prefix = adapters.unmerged_method(model_dir) == "PREFIX_TUNING"
     for spec in cfg.benchmark_specs:
+        if prefix and spec.generates:  # recorded with its reason, not scored wrong
+            reason = ("not scored: the harness generates through peft's own generate, which answers as the base model "
+                      "for a prefix adapter (peft 0.21 under transformers 5; README, PEFT methods)")
+            scores[spec.name] = {"metric": spec.metric, "value": None, "stderr": None, "n": 0, "skipped": reason,
+                                 "num_fewshot": spec.num_fewshot, "task": spec.task if spec.task != "yaml" else str(spec.task_yaml)}
+            log.warning("benchmark %s on %s: %s", spec.name, label or model_dir, reason)
+            continue
         include = spec.task_yaml.parent if spec.task_yaml else tasks_dir
         if include not in managers:  # only these tasks are indexed: the ~4,000 bundled ones take ~10 s
             managers[include] = TaskManager(include_path=str(include), include_defaults=False)
@@ -203,8 +211,8 @@ def table(results: dict, models: list[str]) -> list[str]:
     for name in names:
         rows = [results.get(m, {}).get("benchmarks", {}).get(name) for m in models]
         first = next(r for r in rows if r)
-        cells = [f"{r['value']:.3f} ± {r['stderr']:.3f}" if r and r["stderr"] is not None
-                 else (f"{r['value']:.3f}" if r else "n/a") for r in rows]
+        cells = ["not scored" if r and r["value"] is None else f"{r['value']:.3f} ± {r['stderr']:.3f}"
+                 if r and r["stderr"] is not None else (f"{r['value']:.3f}" if r else "n/a") for r in rows]
         lines.append(f"| {name} | {Path(first['task']).name} | {first['metric']} | {first['n']} | "
                      f"{first['num_fewshot']} | " + " | ".join(cells) + " |")
     return lines + [""]

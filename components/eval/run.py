@@ -101,7 +101,8 @@ def _track(ctx: StageContext, cfg: EvalConfig, results: dict, samples: dict, out
     flat = {k: results[k] for k in ("unigram_ppl", "unigram_bits_per_byte", "val_tokens")}
     for name in models:
         flat.update({f"{name}/{k}": v for k, v in results[name].items() if isinstance(v, (int, float))})
-        flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()})
+        flat.update({f"{name}/benchmarks/{b}": r["value"] for b, r in results[name].get("benchmarks", {}).items()
+                     if r["value"] is not None})
         flat.update(passkey.flat_means(name, results[name].get("passkey", {})))
     flat = {k: v for k, v in flat.items() if v is not None}
     per_task_rows = [[task, *(results["per_task"][name].get(task) for name in models)]

@@ -189,17 +189,24 @@ def harness_adapter(model_dir: Path) -> str | None:
     """The adapter directory for lm-evaluation-harness (HFLM(peft=...)), None for a plain model. A prompt or
     p-tuning adapter is refused: its model returns logits for the virtual tokens too, which the harness would
     read as the prompt's (scores silently shifted)."""
+    method = unmerged_method(model_dir)
+    if method is None:
+        return None
+    if method in ("PROMPT_TUNING", "P_TUNING"):
+        raise ValueError(f"eval.benchmarks: {model_dir} is a {method} adapter (sft/align.adapter=prompt "
+                         "or ptuning), whose extra logits lm-evaluation-harness cannot align: use another adapter "
+                         "or set eval.benchmarks=[]")
+    return str(Path(model_dir) / ADAPTER_DIR)
+
+
+def unmerged_method(model_dir: Path) -> str | None:
+    """The peft method of an export that is base + adapter (PREFIX_TUNING, ...), None for a plain model."""
     adapter = Path(model_dir) / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         return None
     from peft import PeftConfig
 
-    method = PeftConfig.from_pretrained(adapter).peft_type.value
-    if method in ("PROMPT_TUNING", "P_TUNING"):
-        raise ValueError(f"eval.benchmarks: {model_dir} is a {method} adapter (sft/align.adapter=prompt "
-                         "or ptuning), whose extra logits lm-evaluation-harness cannot align: use another adapter "
-                         "or set eval.benchmarks=[]")
-    return str(adapter)
+    return PeftConfig.from_pretrained(adapter).peft_type.value
 
 
 def method_of(model: torch.nn.Module) -> str:
