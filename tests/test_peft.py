@@ -127,6 +127,10 @@ def test_generation_with_virtual_tokens_answers_as_the_trained_model_does(method
     # sampling among the top token only is greedy: two answers a prompt, as rollouts draw them, both the greedy one
     twice = generate(model, tokenizer, prompts, n, batch_size=5, num_return_sequences=2, do_sample=True, top_k=1, **config)
     assert twice == [a for a in answers for _ in range(2)]
+    # beam search (chat's num_beams): one answer a prompt; over one token, the best beam is the greedy token
+    beams = generate(model, tokenizer, prompts, 1, batch_size=5, num_beams=2, min_new_tokens=1, eos_token_id=None)
+    assert beams == [cut_answer(tokenizer, tokenizer.decode(full_forward_greedy(p, 1), skip_special_tokens=False),
+                                end_of_turn(tokenizer)) for p in prompts]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: qlora can run (tests/test_gpu.py)")

@@ -167,17 +167,17 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
 
     config = copy.deepcopy(kwargs.pop("generation_config", None) or model.generation_config)
     config.update(**{k: kwargs.pop(k) for k in list(kwargs) if hasattr(config, k)})  # streamer etc. stay kwargs
-    repeat = config.num_return_sequences or 1
-    if repeat > 1:  # expanded here: generate would not expand a cache handed to it
+    beams, repeat = config.num_beams or 1, config.num_return_sequences or 1
+    if repeat > 1 and beams == 1:  # samples expanded here: generate would not expand a cache handed to it
         input_ids, attention_mask = input_ids.repeat_interleave(repeat, 0), attention_mask.repeat_interleave(repeat, 0)
         config.num_return_sequences = 1
     peft_config, base = model.active_peft_config, model.get_base_model()
     n, virtual = input_ids.shape[0], peft_config.num_virtual_tokens
     mask = torch.cat([attention_mask.new_ones(n, virtual), attention_mask], 1)
-    if peft_config.peft_type.value == "PREFIX_TUNING":
+    if peft_config.peft_type.value == "PREFIX_TUNING":  # beam search expands the ids by num_beams, not the cache
         dummy = input_ids.new_full((n, virtual), config.pad_token_id or 0)
         out = base.generate(input_ids=torch.cat([dummy, input_ids], 1), attention_mask=mask,
-                            past_key_values=model.get_prompt(batch_size=n), generation_config=config, **kwargs)
+                            past_key_values=model.get_prompt(batch_size=n * beams), generation_config=config, **kwargs)
         return out[:, virtual:]
     embeds = model.word_embeddings(input_ids)
     embeds = torch.cat([model.get_prompt(batch_size=n).to(embeds.dtype), embeds], 1)
