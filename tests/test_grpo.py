@@ -226,7 +226,8 @@ def test_a_resumed_grpo_stage_equals_the_uninterrupted_one(sft_dir, tmp_path, cp
     assert resumed["val_task_accuracy"] == metrics["val_task_accuracy"]
 
 
-def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_stage(sft_dir, tokenizer, tmp_path):
+def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_stage(sft_dir, tokenizer, tmp_path,
+                                                                                     cpu_bf16):
     """rl.reward=model with grpo: the reward stage's model scores every sampled answer (real-valued rewards, the
     same scores score_conversations gives), the held-out figures gain its mean score, and the plan makes the
     reward stage an input of rl only then (auto: checker with grpo, model with ppo)."""
@@ -240,7 +241,7 @@ def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_
     reward_dir = tmp_path / "reward"
     scalar_head_model(sft_dir / "model", tokenizer.pad_token_id, seed=7).save_pretrained(reward_dir / "model")
     cfg = RLConfig(enabled=True, reward="model", max_steps=2, warmup_steps=1, lr=1e-3, batch_size=2, group_size=4,
-                   max_new_tokens=3, num_prompts=16, num_val_prompts=4, mixed_precision="no", log_every=100, eval_every=0)
+                   max_new_tokens=3, num_prompts=16, num_val_prompts=4, mixed_precision="bf16", log_every=100, eval_every=0)
     out = tmp_path / "out"
     out.mkdir()
     metrics = run(cfg, {"sft": sft_dir, "reward": reward_dir}, StageContext.local(out, stage="rl"))
@@ -254,8 +255,10 @@ def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_
     from components.rl.rollout import sample_answers
 
     examples = [sft_examples("train", 16, cfg.seed)[i] for i in epoch_indices(16, 2, cfg.seed, 0)]  # position 0's
-    _, _, answers, _ = sample_answers(AutoModelForCausalLM.from_pretrained(sft_dir / "model"), tokenizer, examples, cfg,
-                                      cfg.seed * 1_000_003)
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # the fixture forces each kind of CPU
+    policy = AutoModelForCausalLM.from_pretrained(sft_dir / "model")
+    _, _, answers, _ = sample_answers(policy, tokenizer, examples, cfg, cfg.seed * 1_000_003,
+                                      make_accelerator(cfg, policy).autocast)  # sampled as the stage sampled
     model = scalar_head_model(reward_dir / "model", tokenizer.pad_token_id, seed=0).eval()
     scores = score_conversations(model, tokenizer, [examples[i // 4]["messages"][:-1] + [{"role": "assistant", "content": a}]
                                                     for i, a in enumerate(answers)], 8)
@@ -269,7 +272,8 @@ def test_grpo_with_the_reward_model_scores_answers_with_it_and_reads_the_reward_
 
 
 @pytest.mark.parametrize("adapter", ["lora", "prefix", "prompt"])
-def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokenizer, tmp_path, adapter, monkeypatch):
+def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokenizer, tmp_path, adapter, monkeypatch,
+                                                                 cpu_bf16):
     """rl.adapter (grpo): the held-out figure before training is the sft model's, the adapter moves, the base
     weights stay; lora is exported merged, prefix and prompt as base + adapter that load_model puts back together
     with the logits the stage trained (prompt's virtual tokens: their logits are cut off before the log-probs)."""
@@ -282,13 +286,14 @@ def test_rl_adapters_train_only_themselves_and_export_as_sfts_do(sft_dir, tokeni
     # the tiny model never answers a task right: a reward it can earn gives the adapter a gradient
     monkeypatch.setattr(rl_run, "rollout_source", lambda *a: rollout_source(*a[:6], score=per_answer(starts_early_in_alphabet)))
     cfg = RLConfig(enabled=True, max_steps=3, warmup_steps=1, lr=5e-2, batch_size=4, group_size=4, max_new_tokens=4,
-                   num_prompts=32, num_val_prompts=8, mixed_precision="no", log_every=100, eval_every=0,
-                   adapter=adapter, lora_rank=4, num_virtual_tokens=4)
+                   num_prompts=32, num_val_prompts=8, mixed_precision="bf16", log_every=100, eval_every=0,
+                   adapter=adapter, lora_rank=4, num_virtual_tokens=4)  # rollouts through adapters.generate, either CPU
     (tmp_path / "none").mkdir(), (tmp_path / "out").mkdir()
     plain = run(dataclasses.replace(cfg, adapter="none", max_steps=1, warmup_steps=0), {"sft": sft_dir},
                 StageContext.local(tmp_path / "none", stage="rl"))
     metrics = run(cfg, {"sft": sft_dir}, StageContext.local(tmp_path / "out", stage="rl"))
     assert metrics["val_task_accuracy_before"] == plain["val_task_accuracy_before"]  # the sft model, no adapter init
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # the fixture forces each kind of CPU
     assert 0 < metrics["trainable_params"] < plain["trainable_params"] / 5  # only the adapter trains
     assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"]))
                for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines())

@@ -229,7 +229,7 @@ def test_tiny_ppo_run_through_the_stage(tmp_path):
 
 
 @pytest.mark.parametrize("adapter", ["lora", "adalora", "prefix"])
-def test_ppo_adapters_train_the_actor_only_beside_the_critic_and_export_as_grpos_do(tmp_path, adapter):
+def test_ppo_adapters_train_the_actor_only_beside_the_critic_and_export_as_grpos_do(tmp_path, adapter, cpu_bf16):
     """rl.adapter with ppo: the actor trains only its adapter, the critic in full (TRL's value model); the
     held-out figure before training is the sft model's; adalora prunes its ranks through the ActorCritic
     the loop holds; lora and adalora are exported merged, prefix as the sft base + an adapter load_model reads."""
@@ -241,7 +241,7 @@ def test_ppo_adapters_train_the_actor_only_beside_the_critic_and_export_as_grpos
 
     sft, reward_dir = tiny_sft_and_reward(tmp_path)
     cfg = RLConfig(enabled=True, algorithm="ppo", reward="checker", max_steps=6, warmup_steps=1, lr=5e-2, batch_size=4,
-                   group_size=1, max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="no",
+                   group_size=1, max_new_tokens=4, num_prompts=32, num_val_prompts=8, mixed_precision="bf16",
                    log_every=100, eval_every=0, ppo_epochs=1, adapter=adapter, lora_rank=4, adalora_target_rank=2,
                    num_virtual_tokens=4)
     full_dir, out = tmp_path / "full", tmp_path / "out"
@@ -250,6 +250,7 @@ def test_ppo_adapters_train_the_actor_only_beside_the_critic_and_export_as_grpos
                {"sft": sft}, StageContext.local(full_dir, stage="rl"))
     metrics = run(cfg, {"sft": sft}, StageContext.local(out, stage="rl"))
     assert metrics["val_task_accuracy_before"] == full["val_task_accuracy_before"]  # no adapter init before it
+    assert metrics["precision"] == ("bf16" if cpu_bf16 else "no")  # the fixture forces each kind of CPU
     critic = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(sft / "model").parameters())  # its decoder
     assert critic < metrics["trainable_params"] < full["trainable_params"]  # the critic in full, the actor's adapter
     assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"])) for line in (out / "log.jsonl").read_text().splitlines())
